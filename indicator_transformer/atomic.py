@@ -1,0 +1,130 @@
+"""The only place that knows how to put a file under its final name safely.
+
+Every writer goes through :func:`atomic_write`: data goes to a temporary file in the same folder
+(named ``.<final>.<pid>.<random>.tmp`` so readers can ignore it and cleanup can tell whose it is),
+is flushed and fsynced, then ``os.replace`` puts it under the final name and the folder is fsynced
+so the rename itself survives a power cut. A crash or ``kill -9`` at any instant therefore leaves
+either the old complete file or the new complete file under the final name, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from . import shutdown
+
+TMP_SUFFIX = ".tmp"
+
+
+def is_temp_file(path: str | Path) -> bool:
+    """True for a temporary file written by :func:`atomic_write` (complete or not)."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+
+
+def _temp_owner_pid(path: Path) -> int | None:
+    parts = path.name[: -len(TMP_SUFFIX)].rsplit(".", 2)
+    try:
+        return int(parts[-2])
+    except (IndexError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but not ours, or we cannot tell: be conservative
+    return True
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename inside ``folder`` durable. A no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Write a file through ``write(fileobj)`` so that ``path`` is always complete or absent/old.
+
+    A second signal that arrives while the rename is committed is held until the folder is fsynced
+    (see :func:`shutdown.critical_section`); before that point the temporary file may be abandoned,
+    and the previous file under ``path`` stays intact.
+    """
+    path = Path(path)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with shutdown.critical_section():
+            os.replace(tmp, path)
+            fsync_dir(folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Atomically write ``data`` to ``path``."""
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Atomically write UTF-8 ``text`` to ``path``."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented, key-sorted JSON."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def iter_temp_files(folder: str | Path) -> Iterator[Path]:
+    """Temporary files left in ``folder`` (not recursive)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if p.is_file() and is_temp_file(p):
+            yield p
+
+
+def remove_stale_temp_files(folder: str | Path, *, include_live: bool = False) -> list[Path]:
+    """Remove temporary files whose writer process is gone (or all of them with ``include_live``).
+
+    Files of a live writer are kept so that two processes sharing a folder never delete each
+    other's in-flight writes.
+    """
+    removed = []
+    for p in iter_temp_files(folder):
+        pid = _temp_owner_pid(p)
+        if not include_live and pid is not None and _pid_alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed

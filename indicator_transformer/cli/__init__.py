@@ -1,0 +1,1 @@
+"""One module per command, each with ``parser()``, ``run(args)`` and ``main()``."""

@@ -1,0 +1,56 @@
+"""What every command shares: error-to-exit-code mapping and warning format."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+import warnings
+from collections.abc import Callable
+
+from ..errors import EXIT_FAILURE, UserError
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    return f"warning: {message}\n"
+
+
+def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
+                argv: list[str] | None = None) -> int:
+    """Parse ``argv``, call ``run`` and turn exceptions into the documented exit codes.
+
+    A :class:`UserError` prints one ``error:`` line (no traceback) and returns 2; anything
+    unexpected prints its traceback and returns 1.
+    """
+    warnings.formatwarning = _format_warning
+    args = parser.parse_args(argv)  # exits 2 with a usage message on bad flags
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except KeyboardInterrupt:  # only reachable when no SignalHandler is installed
+        print("Interrupted", file=sys.stderr, flush=True)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return EXIT_FAILURE
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def print_table(headers: list[str], rows: list[list[str]], stream=None) -> None:  # noqa: ANN001
+    """A plain aligned text table."""
+    stream = stream or sys.stdout
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(), file=stream)
+    print("  ".join("-" * w for w in widths), file=stream)
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=stream)

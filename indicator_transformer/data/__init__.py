@@ -1,0 +1,1 @@
+"""OHLCV sources, TA-Lib features, the feature cache, preparation and windows."""

@@ -1,0 +1,185 @@
+"""Interruptible parallel preparation: sources -> validated bars -> features -> committed cache.
+
+Symbols are prepared in a ThreadPoolExecutor registered with the SignalHandler. The stop flag is
+checked before each submission and inside each task between its stages (hash, load, compute,
+write), so a Ctrl-C cancels what has not started, lets running tasks stop at their next stage
+boundary, and commits to the manifest everything that finished. The next run then computes only
+what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+import warnings
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import numpy as np
+
+from ..config import DataConfig, FeatureConfig
+from ..errors import DataError, DataErrors
+from ..progress import Progress
+from ..shutdown import SignalHandler
+from .cache import FeatureCache
+from .features import compute_features, warmup_bars
+from .sources import Source, discover_files, synthetic_sources
+
+
+@dataclass(frozen=True)
+class SymbolData:
+    """One symbol's cached arrays (memory-mapped, read-only)."""
+
+    symbol: str
+    key: str
+    features: np.ndarray   # (T, F) float32
+    label: np.ndarray      # (T,) float32
+    time: np.ndarray       # (T,) int64 ns
+
+
+@dataclass
+class PreparedData:
+    """What preparation produced, with the figures for its summary."""
+
+    symbols: list[SymbolData] = field(default_factory=list)
+    feature_names: list[str] = field(default_factory=list)
+    hits: int = 0
+    misses: int = 0
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+    total_sources: int = 0
+
+    @property
+    def bars(self) -> int:
+        return sum(len(s.label) for s in self.symbols)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the sorted cache keys: changes whenever any input or feature setting does."""
+        keys = sorted(f"{s.symbol}:{s.key}" for s in self.symbols)
+        return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+    def summary(self) -> str:
+        """A few human lines for the end of preparation."""
+        f = len(self.feature_names)
+        lines = [
+            f"Prepared {len(self.symbols)}/{self.total_sources} symbols, {self.bars:,} bars x {f} "
+            f"features in {self.seconds:.2f}s (cache hits {self.hits}, misses {self.misses})",
+        ]
+        if self.skipped:
+            lines.append(f"Skipped {len(self.skipped)} bad file(s): {', '.join(self.skipped)}")
+        return "\n".join(lines)
+
+
+class _Stopped(Exception):
+    """Raised inside a task at a stage boundary when a stop was requested."""
+
+
+def resolve_sources(cfg: DataConfig) -> list[Source]:
+    """The files of ``cfg.data_dir``, or the built-in synthetic market when it is None."""
+    if cfg.data_dir is None:
+        return synthetic_sources(cfg.symbols, cfg.bars, cfg.data_seed)
+    return discover_files(cfg.data_dir)
+
+
+def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache, *,
+            handler: SignalHandler | None = None, workers: int = 2, skip_bad_files: bool = False,
+            use_adj_close: bool = False, stream: TextIO | None = None,
+            show_progress: bool = True) -> PreparedData:
+    """Prepare every source's features through ``cache`` with ``workers`` threads.
+
+    Raises :class:`DataErrors` listing every bad file (unless ``skip_bad_files``); good entries
+    computed before that are still committed. On a stop request returns with ``interrupted=True``
+    after committing everything that completed.
+    """
+    handler = handler or SignalHandler()
+    stream = stream or sys.stderr
+    names = list(features.features)
+    warmup = warmup_bars(names)
+    min_rows = warmup + features.window + features.horizon
+    result = PreparedData(feature_names=names, total_sources=len(sources))
+    order = {s.symbol: i for i, s in enumerate(sources)}
+    done: dict[str, SymbolData] = {}
+    errors: list[DataError] = []
+    start = time.perf_counter()
+
+    def task(src: Source) -> tuple[SymbolData, bool]:
+        def checkpoint() -> None:
+            if handler.should_stop:
+                raise _Stopped
+        checkpoint()
+        from .cache import cache_key
+
+        key = cache_key(src.identity(), names, features.horizon)
+        arrays = cache.get(key)
+        if arrays is not None:
+            return SymbolData(src.symbol, key, arrays["features"], arrays["label"], arrays["time"]), True
+        checkpoint()
+        bars = src.load(use_adj_close=use_adj_close)
+        if len(bars) < min_rows:
+            raise DataError(src.path or src.symbol,
+                            f"only {len(bars)} rows (expected at least {min_rows}: {warmup} indicator "
+                            f"warm-up + window {features.window} + horizon {features.horizon})")
+        checkpoint()
+        fs = compute_features(bars, names, features.horizon)
+        checkpoint()
+        arrays = cache.put(key, src.symbol, fs)
+        return SymbolData(src.symbol, key, arrays["features"], arrays["label"], arrays["time"]), False
+
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
+    handler.register_executor(executor)
+    progress = Progress(len(sources), "prepare", unit="sym", stream=stream, enabled=show_progress)
+    running: set[Future] = set()
+    try:
+        pending = list(sources)
+        while pending or running:
+            # Keep at most 2 x workers tasks queued: a stop then has little to cancel, and the
+            # flag is checked before every submission.
+            while pending and len(running) < 2 * workers and not handler.should_stop:
+                src = pending.pop(0)
+                fut = executor.submit(task, src)
+                fut.src = src  # type: ignore[attr-defined]
+                running.add(handler.register_future(fut))
+            if handler.should_stop:
+                pending.clear()
+            if not running:
+                break
+            finished, running = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                src = fut.src  # type: ignore[attr-defined]
+                if fut.cancelled():
+                    continue
+                exc = fut.exception()
+                if isinstance(exc, _Stopped):
+                    continue
+                if isinstance(exc, DataError):
+                    errors.append(exc)
+                    if skip_bad_files:
+                        warnings.warn(f"skipping bad file: {exc}", stacklevel=2)
+                    progress.update(1)
+                    continue
+                if exc is not None:
+                    raise exc
+                sd, hit = fut.result()
+                done[src.symbol] = sd
+                result.hits += hit
+                result.misses += not hit
+                progress.update(1, bars_per_s=round(sum(len(d.label) for d in done.values())
+                                                    / max(progress.elapsed, 1e-9)))
+    finally:
+        # Let running tasks reach a stage boundary (they never leave a partial file), then commit
+        # what completed - also on Ctrl-C and on errors: finished work is never thrown away.
+        executor.shutdown(wait=True, cancel_futures=True)
+        handler.register_executor(None)
+        progress.close()
+        cache.commit()
+    result.interrupted = handler.should_stop
+    result.seconds = time.perf_counter() - start
+    result.symbols = sorted(done.values(), key=lambda d: order[d.symbol])
+    result.skipped = [str(e.path) for e in errors]
+    if errors and not skip_bad_files and not result.interrupted:
+        raise DataErrors(sorted(errors, key=lambda e: e.path))
+    return result

@@ -1,0 +1,47 @@
+"""Exceptions that map to the documented exit codes.
+
+Exit codes: 0 done; 130 stopped by SIGINT after saving; 143 stopped by SIGTERM after saving;
+2 bad input or usage; 1 anything else.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A mistake in the user's input or flags: reported in one message, exit code 2, no traceback."""
+
+    exit_code = EXIT_USAGE
+
+
+class DataError(UserError):
+    """Bad OHLCV input. The message names the file, the row or column, and what was expected."""
+
+    def __init__(self, path: object, problem: str, *, row: int | None = None, column: str | None = None):
+        self.path = str(path)
+        self.row = row
+        self.column = column
+        self.problem = problem
+        where = self.path
+        if row is not None:
+            where += f", row {row}"
+        if column is not None:
+            where += f", column '{column}'"
+        super().__init__(f"{where}: {problem}")
+
+
+class DataErrors(UserError):
+    """Several bad input files, reported together."""
+
+    def __init__(self, errors: list[DataError]):
+        self.errors = errors
+        lines = [f"{len(errors)} input file(s) are invalid:"] + [f"  - {e}" for e in errors]
+        lines.append("Fix them, or pass --skip-bad-files to train on the valid files only.")
+        super().__init__("\n".join(lines))
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used: corrupt, truncated, unsafe or incompatible."""

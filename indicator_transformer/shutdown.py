@@ -1,0 +1,227 @@
+"""SignalHandler: turn SIGINT / SIGTERM / SIGHUP into a request that the main loop acts on.
+
+The handler itself only records which signal came (invariant 1): a Python signal handler runs in
+the main thread between two bytecodes, possibly while that thread holds a lock of the executor or
+of an I/O buffer, so doing real work there can deadlock. Cancelling futures and shutting the
+executor down happens the first time anyone reads :attr:`SignalHandler.should_stop` after the
+request, from ordinary code.
+
+A second signal escalates: pending work is abandoned and the process exits at once with the same
+exit code - unless it is inside a :func:`critical_section` (the rename that commits a file), in
+which case it exits the moment that section ends. Files under final names are therefore always
+complete; at worst a temporary file is left, which readers ignore and cleanup removes.
+
+Windows: Ctrl-C arrives as SIGINT and works as on POSIX. ``signal.SIGTERM`` exists there but the
+OS never delivers it (a TerminateProcess cannot be caught), and SIGHUP does not exist: only the
+signals present in the ``signal`` module are installed, the rest are skipped without error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import FrameType
+from typing import Any
+
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
+
+# Module-level because a second signal must be able to see whether *any* file commit is under
+# way, wherever it happens (atomic.py calls critical_section without knowing about a handler).
+_critical_depth = 0
+_exit_after_critical: int | None = None
+
+
+def default_signals() -> list[int]:
+    """The signals we handle on this platform."""
+    sigs = [signal.SIGINT]
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            sigs.append(getattr(signal, name))
+    return sigs
+
+
+def exit_code_for(signum: int | None) -> int:
+    """128 + signal number convention: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP."""
+    if signum is None:
+        return 130
+    try:
+        return EXIT_CODES.get(signal.Signals(signum).name, 128 + int(signum))
+    except ValueError:
+        return 128 + int(signum)
+
+
+def _write_stderr(msg: str) -> None:
+    # os.write, not print: print inside a handler can hit "reentrant call" on sys.stderr's buffer.
+    with contextlib.suppress(OSError):
+        os.write(2, msg.encode("utf-8", "replace"))
+
+
+@contextlib.contextmanager
+def critical_section() -> Iterator[None]:
+    """Hold a second-signal exit until the enclosed (short) commit step has finished."""
+    global _critical_depth, _exit_after_critical
+    _critical_depth += 1
+    try:
+        yield
+    finally:
+        _critical_depth -= 1
+        if _critical_depth == 0 and _exit_after_critical is not None:
+            code = _exit_after_critical
+            _write_stderr("File commit finished; exiting now.\n")
+            os._exit(code)
+
+
+class SignalHandler:
+    """Records shutdown requests and tracks the work that must be cancelled on one.
+
+    Use as a context manager from the main thread::
+
+        with SignalHandler() as handler:
+            prepare(..., signal_handler=handler)
+            train(..., signal_handler=handler)
+            if handler.should_stop:
+                ...  # save, then exit with handler.exit_code
+
+    Attributes:
+        shutdown_requested: a stop was requested (by a signal or :meth:`request_shutdown`).
+        signal_received: the number of the first signal, or None.
+        executor: the registered ThreadPoolExecutor, shut down on request.
+        active_futures: registered futures not yet done; pending ones are cancelled on request.
+    """
+
+    def __init__(self, signals: list[int] | None = None, *, hard_exit_on_second: bool = True) -> None:
+        self.signals = list(signals) if signals is not None else default_signals()
+        self.hard_exit_on_second = hard_exit_on_second
+        self.shutdown_requested = False
+        self.signal_received: int | None = None
+        self.signal_count = 0
+        self.executor: ThreadPoolExecutor | None = None
+        self.active_futures: list[Future[Any]] = []
+        self._lock = threading.RLock()
+        self._previous: dict[int, Any] = {}
+        self._installed = False
+        self._actions_done = False
+
+    # ----------------------------------------------------------------- install / restore
+    def install(self) -> SignalHandler:
+        """Install the handler for every signal; remembers the previous handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("SignalHandler.install() must be called from the main thread "
+                               "(Python delivers signals only to the main thread)")
+        if self._installed:
+            return self
+        for sig in self.signals:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle_signal)
+        self._installed = True
+        return self
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before :meth:`install`."""
+        if not self._installed:
+            return
+        for sig, prev in self._previous.items():
+            with contextlib.suppress(ValueError, TypeError, OSError):
+                signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+        self._previous.clear()
+        self._installed = False
+
+    def __enter__(self) -> SignalHandler:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    # ----------------------------------------------------------------- the handler
+    def _handle_signal(self, signum: int, frame: FrameType | None) -> None:
+        """Record the request. First signal: graceful. Second: abandon pending work and exit."""
+        global _exit_after_critical
+        self.signal_count += 1
+        name = signal.Signals(signum).name
+        if self.signal_count == 1:
+            self.signal_received = signum
+            self.shutdown_requested = True
+            _write_stderr(f"\nReceived {name}: stopping at the next safe point and saving "
+                          f"(send it again to exit immediately)...\n")
+            return
+        code = exit_code_for(self.signal_received)
+        if not self.hard_exit_on_second:
+            return
+        if _critical_depth > 0:
+            _write_stderr(f"\nReceived {name} again: abandoning pending work; "
+                          f"exiting as soon as the file being committed is complete.\n")
+            _exit_after_critical = code
+            return
+        _write_stderr(f"\nReceived {name} again: abandoning pending work and exiting now. "
+                      f"Files under final names are intact; unsaved progress since the last "
+                      f"checkpoint is lost.\n")
+        os._exit(code)
+
+    def request_shutdown(self, signum: int | None = None) -> None:
+        """Ask for a graceful stop from code (tests, or a stop agreed between ranks)."""
+        if not self.shutdown_requested:
+            self.signal_received = signum if signum is not None else signal.SIGINT
+            self.shutdown_requested = True
+
+    # ----------------------------------------------------------------- registry
+    def register_executor(self, executor: ThreadPoolExecutor | None) -> None:
+        """Track the executor to shut down on request (None unregisters)."""
+        with self._lock:
+            self.executor = executor
+        if executor is not None and self.shutdown_requested:
+            self._perform_shutdown_actions(force=True)
+
+    def register_future(self, future: Future[Any]) -> Future[Any]:
+        """Track a future so a stop request can cancel it if it has not started."""
+        with self._lock:
+            self.active_futures.append(future)
+        future.add_done_callback(self._forget_future)
+        if self.shutdown_requested:
+            future.cancel()
+        return future
+
+    def _forget_future(self, future: Future[Any]) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self.active_futures.remove(future)
+
+    # ----------------------------------------------------------------- status
+    @property
+    def should_stop(self) -> bool:
+        """True once a stop was requested; the first read after it cancels the pending work."""
+        if self.shutdown_requested and not self._actions_done:
+            self._perform_shutdown_actions()
+        return self.shutdown_requested
+
+    @property
+    def exit_code(self) -> int:
+        """130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP, 0 when no stop was requested."""
+        return exit_code_for(self.signal_received) if self.shutdown_requested else 0
+
+    @property
+    def signal_name(self) -> str:
+        if self.signal_received is None:
+            return "none"
+        return signal.Signals(self.signal_received).name
+
+    def _perform_shutdown_actions(self, force: bool = False) -> None:
+        """Cancel not-started futures and shut the executor down without waiting for running tasks."""
+        with self._lock:
+            if self._actions_done and not force:
+                return
+            self._actions_done = True
+            futures = list(self.active_futures)
+            executor = self.executor
+        for f in futures:
+            f.cancel()
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+
+def print_cleanup_complete(stream: Any = None) -> None:
+    """The last line of every graceful shutdown."""
+    print("Cleanup complete", file=stream or sys.stderr, flush=True)
