@@ -15,14 +15,15 @@ class Progress:
     """
 
     def __init__(self, total: int, desc: str, *, unit: str = "it", stream: TextIO | None = None,
-                 every: float = 5.0, enabled: bool = True) -> None:
+                 every: float = 5.0, enabled: bool = True, initial: int = 0) -> None:
         self.total = total
         self.desc = desc
         self.unit = unit
         self.stream = stream or sys.stderr
         self.every = every
         self.enabled = enabled
-        self.n = 0
+        self.n = initial
+        self._initial = initial
         self.postfix: dict[str, Any] = {}
         self._start = time.perf_counter()
         self._last_line = self._start
@@ -31,7 +32,7 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, leave=True,
-                             dynamic_ncols=True)
+                             dynamic_ncols=True, initial=initial)
 
     def __enter__(self) -> Progress:
         return self
@@ -60,7 +61,7 @@ class Progress:
             self._print_line()
 
     def _print_line(self, final: bool = False) -> None:
-        rate = self.n / self.elapsed if self.elapsed > 0 else 0.0
+        rate = (self.n - self._initial) / self.elapsed if self.elapsed > 0 else 0.0
         eta = (self.total - self.n) / rate if rate > 0 and self.total else 0.0
         extras = " ".join(f"{k}={_fmt(v)}" for k, v in self.postfix.items())
         tail = f"{self.elapsed:.1f}s" if final else f"eta {eta:.0f}s"

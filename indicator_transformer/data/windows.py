@@ -77,25 +77,37 @@ def make_splits(symbols: list[SymbolData], cfg: FeatureConfig) -> dict[str, Spli
 
 @dataclass(frozen=True)
 class Normalisation:
-    """Per-feature mean and std fitted on the training rows only."""
+    """Per-feature mean and std, and the label's mean and std, fitted on the training rows only.
+
+    The model is trained on the standardised label; predictions are turned back into returns with
+    ``label_mean + label_std * prediction``.
+    """
 
     mean: np.ndarray  # (F,) float32
     std: np.ndarray   # (F,) float32
+    label_mean: float = 0.0
+    label_std: float = 1.0
 
     def to_dict(self) -> dict[str, torch.Tensor]:
-        return {"mean": torch.from_numpy(self.mean.copy()), "std": torch.from_numpy(self.std.copy())}
+        """Tensors only, so that a checkpoint holding it loads with ``weights_only=True``."""
+        return {"mean": torch.from_numpy(self.mean.copy()), "std": torch.from_numpy(self.std.copy()),
+                "label_mean": torch.tensor(self.label_mean, dtype=torch.float64),
+                "label_std": torch.tensor(self.label_std, dtype=torch.float64)}
 
     @classmethod
     def from_dict(cls, d: dict[str, torch.Tensor]) -> Normalisation:
-        return cls(d["mean"].numpy().astype(np.float32), d["std"].numpy().astype(np.float32))
+        return cls(d["mean"].numpy().astype(np.float32), d["std"].numpy().astype(np.float32),
+                   float(d["label_mean"]), float(d["label_std"]))
 
 
 def fit_normalisation(symbols: list[SymbolData], train: SplitIndex, window: int) -> Normalisation:
-    """Mean/std over every feature row that any training window reads (and nothing later)."""
+    """Mean/std over every feature row that any training window reads (and nothing later),
+    and of the training labels."""
     F = symbols[0].features.shape[1]
     n = 0
     s1 = np.zeros(F, np.float64)
     s2 = np.zeros(F, np.float64)
+    labels = []
     for s, lo, hi in zip(symbols, train.starts, train.stops, strict=True):
         if hi <= lo:
             continue
@@ -103,18 +115,22 @@ def fit_normalisation(symbols: list[SymbolData], train: SplitIndex, window: int)
         n += rows.shape[0]
         s1 += rows.sum(0)
         s2 += (rows * rows).sum(0)
+        labels.append(np.asarray(s.label[lo:hi], dtype=np.float64))
     if n == 0:
         return Normalisation(np.zeros(F, np.float32), np.ones(F, np.float32))
     mean = s1 / n
     std = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
     std[std < 1e-8] = 1.0  # a constant feature: leave it centred, do not blow it up
-    return Normalisation(mean.astype(np.float32), std.astype(np.float32))
+    y = np.concatenate(labels)
+    y_std = float(y.std()) if y.size > 1 and y.std() > 1e-12 else 1.0
+    return Normalisation(mean.astype(np.float32), std.astype(np.float32), float(y.mean()), y_std)
 
 
 class WindowDataset(Dataset):
     """Windows of one split, built on demand from the memory-mapped cache arrays.
 
-    ``dataset[i]`` -> (x (L, F) float32 normalised and clipped to +-10, y () float32).
+    ``dataset[i]`` -> (x (L, F) float32 normalised and clipped to +-10, y () float32 standardised
+    label).
     ``dataset.__getitems__(indices)`` builds a whole batch at once (used by the DataLoader).
     """
 
@@ -127,6 +143,8 @@ class WindowDataset(Dataset):
         self.window = window
         self.mean = norm.mean
         self.inv_std = (1.0 / norm.std).astype(np.float32)
+        self.label_mean = np.float32(norm.label_mean)
+        self.label_inv_std = np.float32(1.0 / norm.label_std)
         self._offsets = split.offsets
         self._starts = split.starts
 
@@ -148,6 +166,7 @@ class WindowDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self._window(i)
         x = np.clip((x - self.mean) * self.inv_std, -self.CLIP, self.CLIP)
+        y = (np.float32(y) - self.label_mean) * self.label_inv_std
         return torch.from_numpy(x.astype(np.float32)), torch.tensor(y, dtype=torch.float32)
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,6 +177,8 @@ class WindowDataset(Dataset):
         xs -= self.mean
         xs *= self.inv_std
         np.clip(xs, -self.CLIP, self.CLIP, out=xs)
+        ys -= self.label_mean
+        ys *= self.label_inv_std
         return torch.from_numpy(xs), torch.from_numpy(ys)
 
 

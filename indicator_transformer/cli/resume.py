@@ -1,0 +1,144 @@
+"""``python resume_training.py``: list checkpoints, or continue training exactly where it stopped.
+
+Examples::
+
+    python resume_training.py --list
+    python resume_training.py                       # newest valid checkpoint in models/
+    python resume_training.py --checkpoint models/checkpoint_epoch_15_interrupted.pth
+    python resume_training.py --epochs 30           # 30 more epochs after the last completed one
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import CheckpointError, UserError
+from ..run import RunOptions, run_pipeline
+from ..training import checkpoint as ckpt
+from .common import human_bytes, print_table, run_command
+from .options import (
+    DATA_FLAGS,
+    FEATURE_FLAGS,
+    FIXED_ON_RESUME,
+    MODEL_FLAGS,
+    OPTIM_FLAGS,
+    RUNTIME_FLAGS,
+    add_common_switches,
+    add_flags,
+    flag_values,
+)
+from .train import run_with_handler
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    p = argparse.ArgumentParser(
+        prog="resume_training.py",
+        description="Resume training from a checkpoint in models/ (the newest valid one by "
+                    "default). Model, optimizer, scheduler, RNG and data position are restored, so "
+                    "the result equals an uninterrupted run. Architecture, feature and optimisation "
+                    "settings come from the checkpoint; giving a different value is an error.",
+        epilog="Exit codes: 0 done, 130/143 stopped again after saving, 2 bad input or usage.")
+    p.add_argument("--list", action="store_true", help="list the checkpoints and exit")
+    p.add_argument("--checkpoint", metavar="PATH", help="resume from this checkpoint file")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="train N more epochs after the checkpoint's last completed epoch (an "
+                        "interrupted epoch is finished first and counts as one); default: continue "
+                        "to the originally configured epoch count")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="resume even if the data or feature cache keys differ from the checkpoint's")
+    add_flags(p, [("runtime", RUNTIME_FLAGS), ("data location", DATA_FLAGS[:1]),
+                  ("must match the checkpoint", DATA_FLAGS[1:] + FEATURE_FLAGS + MODEL_FLAGS
+                   + OPTIM_FLAGS)])
+    add_common_switches(p)
+    return p
+
+
+def list_table(models_dir: str) -> int:
+    """Print the checkpoints of ``models_dir``, newest last; corrupt ones are listed as such."""
+    infos = ckpt.list_checkpoints(models_dir)
+    if not infos:
+        print(f"No checkpoints in {models_dir}")
+        return 0
+    rows = []
+    for i in infos:
+        if not i.ok:
+            rows.append([str(i.path), "-", "-", "CORRUPT", "-", "-", "-", human_bytes(i.size)])
+            continue
+        s = i.state
+        hist = s["loss_history"]["epochs"]
+        steps = s["loss_history"]["steps"]
+        train = f"{hist[-1]['train_loss']:.4f}" if hist else (f"{sum(steps[-50:]) / len(steps[-50:]):.4f}"
+                                                              if steps else "-")
+        val = f"{hist[-1]['val_loss']:.4f}" if hist else "-"
+        spe = s.get("steps_per_epoch", "?")
+        rows.append([str(i.path), str(s["epoch"]), f"{s['global_step']} ({s['step_in_epoch']}/{spe})",
+                     "yes" if s["interrupted"] else "no", s["timestamp"], train, val,
+                     human_bytes(i.size)])
+    print_table(["file", "epoch", "step (in epoch)", "interrupted", "timestamp", "train_loss",
+                 "val_loss", "size"], rows)
+    for i in infos:
+        if not i.ok:
+            print(f"corrupt: {i.path}: {i.error}")
+    return 0
+
+
+def _check_fixed(args: argparse.Namespace, saved: Config, path: Path) -> None:
+    given = flag_values(args)
+    saved_flat = {k: v for section in saved.to_dict().values() for k, v in section.items()}
+    for flag in FIXED_ON_RESUME:
+        key = flag[2:].replace("-", "_")
+        if key in given and given[key] != saved_flat[key]:
+            raise UserError(f"{flag} {given[key]} conflicts with the checkpoint {path} "
+                            f"({key} = {saved_flat[key]}); architecture, feature and optimisation "
+                            f"settings come from the checkpoint (omit the flag)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """List, or pick a checkpoint and resume from it."""
+    models_dir = args.models_dir or "models"
+    if args.list:
+        return list_table(models_dir)
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs}: expected an integer >= 1")
+    if args.checkpoint:
+        path = Path(args.checkpoint)
+        state = ckpt.load_checkpoint(path)
+    else:
+        info, corrupt = ckpt.newest_valid(models_dir)
+        for c in corrupt:
+            print(f"warning: skipping corrupt checkpoint {c.path}: {c.error}", file=sys.stderr)
+        if info is None:
+            raise CheckpointError(f"{models_dir}: no valid checkpoint to resume from (train first with "
+                                  f"train_indicator_transformer.py, or pass --checkpoint PATH)")
+        path, state = info.path, info.state
+    saved = Config.from_dict(state["config"], source=str(path))
+    _check_fixed(args, saved, path)
+    overrides: dict[str, Any] = {k: v for k, v in flag_values(args).items()
+                                 if f"--{k.replace('_', '-')}" not in FIXED_ON_RESUME}
+    if args.models_dir is None:
+        overrides["models_dir"] = str(path.parent)
+    cfg = saved.replace(**overrides)
+
+    completed = int(state["epoch"]) if state.get("epoch_complete") else int(state["epoch"]) - 1
+    target = completed + args.epochs if args.epochs is not None else cfg.train.epochs
+    if completed >= target:
+        print(f"Nothing to do: {path} has completed {completed} epoch(s) of {target}. Use --epochs N "
+              f"to train N more.")
+        return 0
+    opts = RunOptions(show_progress=not args.no_progress, resume_state=state, resume_path=path,
+                      target_epochs=target, allow_data_change=args.allow_data_change)
+    return run_with_handler(lambda handler: run_pipeline(cfg, handler, opts))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    return run_command(parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The pipeline both commands run: prepare -> (resume) -> train -> evaluate, under one SignalHandler.
+
+It returns an exit code; the caller prints ``Cleanup complete`` last on a stop.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from .atomic import atomic_write_json
+from .config import Config
+from .data.cache import FeatureCache
+from .data.prepare import PreparedData, prepare, resolve_sources
+from .data.windows import Normalisation, fit_normalisation, make_splits
+from .errors import CheckpointError, UserError
+from .model import count_parameters
+from .shutdown import SignalHandler
+from .training import checkpoint as ckpt
+from .training.trainer import Trainer
+
+
+@dataclass
+class RunOptions:
+    """Switches that are not part of the saved configuration."""
+
+    prepare_only: bool = False
+    show_progress: bool = True
+    resume_state: dict[str, Any] | None = None
+    resume_path: Path | None = None
+    target_epochs: int | None = None
+    allow_data_change: bool = False
+
+
+def prepare_data(cfg: Config, handler: SignalHandler, cache: FeatureCache, stream: TextIO,
+                 show_progress: bool) -> PreparedData:
+    """Resolve the sources and prepare them through the cache."""
+    sources = resolve_sources(cfg.data)
+    what = (f"synthetic market ({cfg.data.symbols} symbols x {cfg.data.bars} bars, seed "
+            f"{cfg.data.data_seed})" if cfg.data.data_dir is None else f"{cfg.data.data_dir}")
+    print(f"Preparing {len(sources)} symbol(s) from {what} -> cache {cfg.data.cache_dir}",
+          file=stream, flush=True)
+    return prepare(sources, cfg.features, cache, handler=handler, workers=cfg.data.prep_workers,
+                   skip_bad_files=cfg.data.skip_bad_files, use_adj_close=cfg.data.use_adj_close,
+                   stream=stream, show_progress=show_progress)
+
+
+def check_fingerprint(state: dict[str, Any], data: PreparedData, path: Path, allow: bool,
+                      stream: TextIO) -> None:
+    """Refuse to resume on different data unless allowed; name what changed."""
+    saved = state["data_fingerprint"]
+    if saved.get("fingerprint") == data.fingerprint:
+        return
+    old = dict(saved.get("keys", {}))
+    new = {s.symbol: s.key for s in data.symbols}
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    changed = sorted(s for s in set(old) & set(new) if old[s] != new[s])
+    detail = "; ".join(f"{label}: {', '.join(v[:5])}{' ...' if len(v) > 5 else ''}"
+                       for label, v in (("added", added), ("removed", removed), ("changed", changed)) if v)
+    msg = (f"{path}: the data or feature configuration changed since this checkpoint "
+           f"({detail or 'different fingerprint'})")
+    if not allow:
+        raise UserError(msg + ". Resume with the same data, or pass --allow-data-change to continue "
+                              "anyway (normalisation is kept from the checkpoint).")
+    print(f"warning: {msg}; continuing because of --allow-data-change", file=stream, flush=True)
+
+
+def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: TextIO | None = None) -> int:
+    """Prepare, train (or resume) and evaluate. Returns the exit code."""
+    stream = stream or sys.stderr
+    cache = FeatureCache(cfg.data.cache_dir).open()
+    data = prepare_data(cfg, handler, cache, stream, opts.show_progress)
+    print(data.summary(), file=stream, flush=True)
+    if data.interrupted:
+        print(f"Preparation stopped: {len(data.symbols)} completed symbol(s) committed to "
+              f"{Path(cfg.data.cache_dir) / 'manifest.json'}", file=stream, flush=True)
+        return handler.exit_code
+    if opts.prepare_only:
+        return 0
+    if not data.symbols:
+        raise UserError("no usable symbols to train on")
+
+    splits = make_splits(data.symbols, cfg.features)
+    state = opts.resume_state
+    if state is not None:
+        check_fingerprint(state, data, opts.resume_path or Path("?"), opts.allow_data_change, stream)
+        names = list(state.get("feature_names", data.feature_names))
+        if names != data.feature_names:
+            raise CheckpointError(f"{opts.resume_path}: trained on features {names}, data has "
+                                  f"{data.feature_names}")
+        norm = Normalisation.from_dict(state["normalisation"])
+    else:
+        norm = fit_normalisation(data.symbols, splits["train"], cfg.features.window)
+
+    trainer = Trainer(cfg, data, splits, norm, handler=handler, stream=stream,
+                      show_progress=opts.show_progress)
+    if state is not None:
+        trainer.load_state_dict(state)
+        if opts.target_epochs is not None:
+            trainer.set_total_epochs(opts.target_epochs)
+        print(f"Resuming from {opts.resume_path}: epoch {trainer.epoch}, step "
+              f"{trainer.step_in_epoch}/{trainer.steps_per_epoch}, global step {trainer.global_step}",
+              file=stream, flush=True)
+    else:
+        existing = ckpt.checkpoint_files(cfg.train.models_dir)
+        if existing:
+            print(f"note: {cfg.train.models_dir} already holds {len(existing)} checkpoint(s); this new "
+                  f"run adds its own (resume_training.py continues an old one)", file=stream, flush=True)
+    sizes = {k: len(v) for k, v in trainer.datasets.items()}
+    print(f"Training {count_parameters(trainer.model):,} parameters on {trainer.device}: windows "
+          f"train {sizes['train']:,} / val {sizes['val']:,} / test {sizes['test']:,}, "
+          f"{trainer.steps_per_epoch} steps per epoch, {trainer.cfg.train.epochs} epochs",
+          file=stream, flush=True)
+
+    result = trainer.fit()
+    if not result.completed:
+        return handler.exit_code
+
+    best = Path(trainer.cfg.train.models_dir) / ckpt.BEST_NAME
+    which = "final model"
+    if best.exists():
+        try:
+            best_state = ckpt.load_checkpoint(best)
+            if best_state["data_fingerprint"].get("fingerprint") == data.fingerprint:
+                trainer.model.load_state_dict(best_state["model"])
+                which = f"best model (epoch {best_state['epoch']})"
+        except CheckpointError as e:
+            print(f"warning: {e}; evaluating the final model", file=stream, flush=True)
+    test = trainer.evaluate("test")
+    if test is None:
+        print("Evaluation stopped: no report written (training state is saved)", file=stream, flush=True)
+        return handler.exit_code
+    report = {"evaluated": which, "test": test, "history": trainer.epoch_history,
+              "global_step": trainer.global_step, "data_fingerprint": data.fingerprint}
+    out = atomic_write_json(Path(trainer.cfg.train.models_dir) / "evaluation.json",
+                            json.loads(json.dumps(report, default=_jsonable)))
+    print(f"Test ({which}): IC {test['ic']:+.4f}, rank IC {test['rank_ic']:+.4f}, hit rate "
+          f"{test['hit_rate']:.3f}, MSE/baseline {test['mse_ratio']:.4f} over {test['samples']:,} "
+          f"windows -> {out}", file=stream, flush=True)
+    return 0
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    return str(x)

@@ -1,0 +1,1 @@
+"""Trainer, resumable sampler, RNG capture and the checkpoint schema."""

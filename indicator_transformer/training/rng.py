@@ -1,0 +1,56 @@
+"""Capture and restore every RNG a training step can touch, in a form ``weights_only`` loads."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def capture_rng(include_cuda: bool) -> dict[str, Any]:
+    """Python, NumPy, torch CPU (and CUDA) generator states as tensors, ints and lists."""
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "python": _to_lists(random.getstate()),
+        "numpy": {"bit_generator": np_state["bit_generator"],
+                  "key": torch.from_numpy(np.asarray(np_state["state"]["key"], dtype=np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
+    if include_cuda and torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng`."""
+    random.setstate(_to_tuples(state["python"]))
+    npst = state["numpy"]
+    np.random.set_state({"bit_generator": npst["bit_generator"],
+                         "state": {"key": npst["key"].numpy().astype(np.uint32), "pos": npst["pos"]},
+                         "has_gauss": npst["has_gauss"], "gauss": npst["gauss"]})
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) from one integer."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _to_lists(x: Any) -> Any:
+    if isinstance(x, tuple):
+        return [_to_lists(v) for v in x]
+    return x
+
+
+def _to_tuples(x: Any) -> Any:
+    if isinstance(x, list):
+        return tuple(_to_tuples(v) for v in x)
+    return x

@@ -1,0 +1,344 @@
+"""The training loop: plain, top to bottom, with a stop check after every optimizer step.
+
+    for epoch in epochs:
+        check stop                      -> save checkpoint_epoch_<E>_interrupted.pth, return
+        for batch in loader:            # resumable sampler: starts at the saved position
+            forward, backward, clip, step, scheduler step
+            every --checkpoint-every steps: checkpoint_epoch_<E>_step_<S>.pth (+ retention)
+            check stop                  -> save interrupted checkpoint, return
+        validate (checks stop per batch)
+        checkpoint_epoch_<E>.pth, best.pth when val loss improved, retention
+
+Exactness: model, optimizer, scheduler, every RNG and the sampler position are in each checkpoint,
+the data order depends only on (seed, epoch), and the DataLoader gets its own generator so creating
+an iterator never draws from the global RNG that dropout uses. Resuming after step k therefore
+replays steps k+1.. exactly as the uninterrupted run did, bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..config import Config
+from ..data.prepare import PreparedData
+from ..data.windows import Normalisation, SplitIndex, WindowDataset, collate_batch
+from ..evaluation import regression_metrics
+from ..model import IndicatorTransformer
+from ..progress import Progress
+from ..shutdown import SignalHandler
+from . import checkpoint as ckpt
+from .rng import capture_rng, restore_rng, seed_everything
+from .sampler import ResumableBatchSampler
+
+EVAL_BATCH = 1024
+LOSS_FLUSH_EVERY = 50  # steps between fetching losses from the device (avoids a sync per step)
+
+
+def worker_init(_: int) -> None:
+    """DataLoader workers: the parent decides about stopping (invariant 3), and one thread each."""
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu."""
+    from ..errors import UserError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu "
+                        f"or auto)")
+    return torch.device(name)
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0.1 at ``total`` steps."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class FitResult:
+    """How :meth:`Trainer.fit` ended."""
+
+    completed: bool
+    checkpoint: Path | None = None          # the interrupted checkpoint, when stopped
+    stopped_in: str = ""                    # "train", "validation" or ""
+
+
+class Trainer:
+    """Owns the model, optimizer, scheduler, sampler and loaders of one run."""
+
+    def __init__(self, cfg: Config, data: PreparedData, splits: dict[str, SplitIndex],
+                 norm: Normalisation, *, handler: SignalHandler, stream: TextIO | None = None,
+                 show_progress: bool = True) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.norm = norm
+        self.handler = handler
+        self.stream = stream or sys.stderr
+        self.show_progress = show_progress
+        self.device = resolve_device(cfg.train.device)
+        self.models_dir = Path(cfg.train.models_dir)
+        t, f = cfg.train, cfg.features
+
+        self.datasets = {k: WindowDataset(data.symbols, splits[k], f.window, norm) for k in splits}
+        if len(self.datasets["train"]) == 0:
+            from ..errors import UserError
+            raise UserError(f"no training windows: the data has too few bars for window {f.window} "
+                            f"and horizon {f.horizon} (use more bars or a smaller --window)")
+
+        seed_everything(t.seed)
+        self.model = IndicatorTransformer(len(data.feature_names), f.window, cfg.model).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.sampler = ResumableBatchSampler(len(self.datasets["train"]), t.batch_size, t.seed)
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        self._make_scheduler()
+        self.loss_fn = nn.MSELoss()
+
+        # Progress counters (all saved in checkpoints).
+        self.epoch = 1
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.epoch_complete = False
+        self.epoch_history: list[dict[str, Any]] = []
+        self.step_losses: list[float] = []
+        self.best_val = float("inf")
+        self._pending_losses: list[torch.Tensor] = []
+
+    # ------------------------------------------------------------------ setup helpers
+    def _make_scheduler(self) -> None:
+        total = self.cfg.train.epochs * self.steps_per_epoch
+        warmup = min(self.cfg.train.warmup_steps, max(total // 10, 1))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, warmup, total))
+
+    def _loader(self, split: str, sampler: Any) -> DataLoader:
+        nw = self.cfg.train.num_workers
+        return DataLoader(
+            self.datasets[split], batch_sampler=sampler, collate_fn=collate_batch, num_workers=nw,
+            worker_init_fn=worker_init if nw else None, pin_memory=self.device.type == "cuda",
+            # A private generator: creating the iterator must not draw from the global RNG.
+            generator=torch.Generator().manual_seed(self.cfg.train.seed),
+            prefetch_factor=4 if nw else None)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, *, interrupted: bool) -> dict[str, Any]:
+        """The checkpoint dict (schema owned by :mod:`training.checkpoint`)."""
+        self._flush_losses()
+        sampler_state = self.sampler.state_dict()
+        sampler_state.update(epoch=self.epoch, position=self.step_in_epoch)
+        return {
+            "format_version": ckpt.FORMAT_VERSION,
+            "timestamp": ckpt.now_iso(),
+            "interrupted": interrupted,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epoch_complete": self.epoch_complete,
+            "global_step": self.global_step,
+            "best_val": self.best_val,
+            "loss_history": {"epochs": [dict(e) for e in self.epoch_history],
+                             "steps": list(self.step_losses)},
+            "rng": capture_rng(include_cuda=self.device.type == "cuda"),
+            "sampler": sampler_state,
+            "config": self.cfg.to_dict(),
+            "normalisation": self.norm.to_dict(),
+            "data_fingerprint": {"fingerprint": self.data.fingerprint,
+                                 "keys": {s.symbol: s.key for s in self.data.symbols}},
+            "feature_names": list(self.data.feature_names),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint: weights, optimizer, scheduler, counters, RNG, sampler."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.step_in_epoch = int(state["step_in_epoch"])
+        self.global_step = int(state["global_step"])
+        self.epoch_complete = bool(state.get("epoch_complete", False))
+        self.best_val = float(state.get("best_val", float("inf")))
+        self.epoch_history = [dict(e) for e in state["loss_history"]["epochs"]]
+        self.step_losses = list(state["loss_history"]["steps"])
+        if self.epoch_complete:  # an end-of-epoch checkpoint: the next epoch starts from step 0
+            self.epoch += 1
+            self.step_in_epoch = 0
+            self.epoch_complete = False
+        self.step_in_epoch = min(self.step_in_epoch, self.steps_per_epoch)
+        restore_rng(state["rng"])
+
+    def set_total_epochs(self, epochs: int) -> None:
+        """Change the planned epoch count (resume --epochs); the LR schedule follows it."""
+        if epochs != self.cfg.train.epochs:
+            self.cfg = self.cfg.replace(epochs=epochs)
+            sched_state = self.scheduler.state_dict()
+            self._make_scheduler()
+            self.scheduler.load_state_dict(sched_state)
+
+    # ------------------------------------------------------------------ saving
+    def _save(self, name: str, *, interrupted: bool, also_best: bool = False) -> Path:
+        data = ckpt.serialize(self.state_dict(interrupted=interrupted))
+        path = ckpt.save_checkpoint(self.models_dir / name, {}, data=data)
+        if also_best:
+            ckpt.save_checkpoint(self.models_dir / ckpt.BEST_NAME, {}, data=data)
+        return path
+
+    def save_interrupted(self) -> Path:
+        """Save ``checkpoint_epoch_<E>_interrupted.pth`` and say so."""
+        path = self._save(ckpt.interrupted_checkpoint_name(self.epoch), interrupted=True)
+        print(f"Checkpoint saved: {path}", file=self.stream, flush=True)
+        return path
+
+    def _flush_losses(self) -> None:
+        if self._pending_losses:
+            values = torch.stack(self._pending_losses).cpu().tolist()
+            self._pending_losses.clear()
+            bad = [v for v in values if not math.isfinite(v)]
+            self.step_losses.extend(values)
+            if bad:
+                raise FloatingPointError(
+                    f"training loss became {bad[0]} by step {self.global_step}; try a lower --lr")
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> FitResult:
+        """Train until the configured epoch count, or until a stop is requested."""
+        t = self.cfg.train
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        while self.epoch <= t.epochs:
+            if self.handler.should_stop:
+                return FitResult(False, self.save_interrupted(), "train")
+            epoch_start = time.perf_counter()
+            if self.step_in_epoch < self.steps_per_epoch:
+                if not self._train_epoch():
+                    return FitResult(False, self.save_interrupted(), "train")
+            val = self.evaluate("val")
+            if val is None:
+                return FitResult(False, self.save_interrupted(), "validation")
+            self._end_epoch(val, time.perf_counter() - epoch_start)
+        return FitResult(True)
+
+    def _train_epoch(self) -> bool:
+        """Run the rest of the current epoch. False when stopped after a step."""
+        t = self.cfg.train
+        self.model.train()
+        self.sampler.set_epoch(self.epoch, self.step_in_epoch)
+        loader = self._loader("train", self.sampler)
+        progress = Progress(self.steps_per_epoch, f"epoch {self.epoch}/{t.epochs}", unit="step",
+                            stream=self.stream, enabled=self.show_progress, initial=self.step_in_epoch)
+        it = iter(loader)
+        samples, tick = 0, time.perf_counter()
+        try:
+            for x, y in it:
+                x = x.to(self.device, non_blocking=True)      # (B, L, F)
+                y = y.to(self.device, non_blocking=True)      # (B,)
+                loss = self.loss_fn(self.model(x), y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step_in_epoch += 1
+                self.global_step += 1
+                self._pending_losses.append(loss.detach())
+                samples += len(y)
+                if len(self._pending_losses) >= LOSS_FLUSH_EVERY:
+                    self._flush_losses()
+                if self.show_progress:
+                    rate = samples / max(time.perf_counter() - tick, 1e-9)
+                    progress.update(1, loss=self._recent_loss(loss), samples_per_s=round(rate))
+                if t.checkpoint_every and self.global_step % t.checkpoint_every == 0 \
+                        and self.step_in_epoch < self.steps_per_epoch:
+                    self._save(ckpt.step_checkpoint_name(self.epoch, self.global_step), interrupted=False)
+                    ckpt.apply_retention(self.models_dir, t.keep)
+                if self.handler.should_stop:
+                    return False
+        finally:
+            progress.close()
+            _shutdown_loader(it)
+        self._flush_losses()
+        return True
+
+    def _recent_loss(self, loss: torch.Tensor) -> float:
+        # The progress bar shows a loss averaged over what is already on the host: no sync per step.
+        recent = self.step_losses[-LOSS_FLUSH_EVERY:]
+        return float(np.mean(recent)) if recent else float(loss.detach().cpu())
+
+    def _end_epoch(self, val: dict[str, float], seconds: float) -> None:
+        first = (self.epoch - 1) * self.steps_per_epoch
+        train_loss = float(np.mean(self.step_losses[first:first + self.steps_per_epoch]))
+        self.epoch_history.append({"epoch": self.epoch, "train_loss": train_loss,
+                                   "val_loss": val["loss"], "val_ic": val["ic"],
+                                   "seconds": round(seconds, 3)})
+        improved = val["loss"] < self.best_val
+        if improved:
+            self.best_val = val["loss"]
+        self.epoch_complete = True
+        self._save(ckpt.epoch_checkpoint_name(self.epoch), interrupted=False, also_best=improved)
+        ckpt.apply_retention(self.models_dir, self.cfg.train.keep)
+        print(f"epoch {self.epoch}/{self.cfg.train.epochs}: train_loss={train_loss:.4f} "
+              f"val_loss={val['loss']:.4f} val_ic={val['ic']:+.4f}"
+              f"{' (best)' if improved else ''} [{seconds:.1f}s]", file=self.stream, flush=True)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_complete = False
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict(self, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Standardised predictions and targets over a split, in order; None if stopped."""
+        ds = self.datasets[split]
+        if len(ds) == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        self.model.eval()
+        sampler = ResumableBatchSampler(len(ds), EVAL_BATCH, 0, shuffle=False)
+        it = iter(self._loader(split, sampler))
+        preds, targets = [], []
+        try:
+            for x, y in it:
+                preds.append(self.model(x.to(self.device)).float().cpu())
+                targets.append(y)
+                if self.handler.should_stop:
+                    return None
+        finally:
+            _shutdown_loader(it)
+            self.model.train()
+        return torch.cat(preds).numpy(), torch.cat(targets).numpy()
+
+    def evaluate(self, split: str) -> dict[str, float] | None:
+        """Loss (standardised MSE) and return-space metrics on a split; None if stopped."""
+        out = self.predict(split)
+        if out is None:
+            return None
+        pred, target = out
+        loss = float(np.mean((pred - target) ** 2)) if len(pred) else float("nan")
+        m = self.norm.label_mean, self.norm.label_std
+        metrics = regression_metrics(m[0] + m[1] * pred, m[0] + m[1] * target, baseline=m[0])
+        metrics["loss"] = loss
+        return metrics
+
+
+def _shutdown_loader(it: Any) -> None:
+    """Stop and join DataLoader workers now rather than whenever the iterator is collected."""
+    shutdown = getattr(it, "_shutdown_workers", None)  # private, but the only explicit way
+    if shutdown is not None:
+        shutdown()

@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""Thin entry point; see `python resume_training.py --help`."""
+
+import sys
+
+from indicator_transformer.cli.resume import main
+
+if __name__ == "__main__":
+    sys.exit(main())
