@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from . import shutdown
+from . import faults, shutdown
 
 TMP_SUFFIX = ".tmp"
 
@@ -78,6 +78,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        faults.point("before_commit")
         with shutdown.critical_section():
             os.replace(tmp, path)
             fsync_dir(folder)

@@ -34,6 +34,12 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
 # way, wherever it happens (atomic.py calls critical_section without knowing about a handler).
 _critical_depth = 0
 _exit_after_critical: int | None = None
+_signals_seen = 0
+
+
+def signal_seen_count() -> int:
+    """How many signals any installed SignalHandler has received in this process."""
+    return _signals_seen
 
 
 def default_signals() -> list[int]:
@@ -140,7 +146,8 @@ class SignalHandler:
     # ----------------------------------------------------------------- the handler
     def _handle_signal(self, signum: int, frame: FrameType | None) -> None:
         """Record the request. First signal: graceful. Second: abandon pending work and exit."""
-        global _exit_after_critical
+        global _exit_after_critical, _signals_seen
+        _signals_seen += 1
         self.signal_count += 1
         name = signal.Signals(signum).name
         if self.signal_count == 1:

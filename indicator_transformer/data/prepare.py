@@ -19,6 +19,7 @@ from typing import TextIO
 
 import numpy as np
 
+from .. import faults
 from ..config import DataConfig, FeatureConfig
 from ..errors import DataError, DataErrors
 from ..progress import Progress
@@ -167,6 +168,7 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
                 done[src.symbol] = sd
                 result.hits += hit
                 result.misses += not hit
+                faults.point("prepare_symbol", len(done))
                 progress.update(1, bars_per_s=round(sum(len(d.label) for d in done.values())
                                                     / max(progress.elapsed, 1e-9)))
     finally:

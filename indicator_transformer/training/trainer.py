@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .. import faults
 from ..config import Config
 from ..data.prepare import PreparedData
 from ..data.windows import Normalisation, SplitIndex, WindowDataset, collate_batch
@@ -261,6 +262,7 @@ class Trainer:
                 self.global_step += 1
                 self._pending_losses.append(loss.detach())
                 samples += len(y)
+                faults.point("train_step", self.global_step)
                 if len(self._pending_losses) >= LOSS_FLUSH_EVERY:
                     self._flush_losses()
                 if self.show_progress:
@@ -317,6 +319,7 @@ class Trainer:
             for x, y in it:
                 preds.append(self.model(x.to(self.device)).float().cpu())
                 targets.append(y)
+                faults.point(f"{split}_batch", len(preds))
                 if self.handler.should_stop:
                     return None
         finally:

@@ -1,0 +1,59 @@
+"""Named pause points, so a test can deliver a *real* signal at an exact moment.
+
+Set ``INDICATOR_TRANSFORMER_PAUSE_AT`` to ``"<point>:<n>"`` (several separated by commas). When the
+program reaches that point with that value, it prints ``PAUSED <point> <n>`` to stderr and waits
+(up to 60 s) until a new signal arrives - a real one, sent by the test - then carries on, so
+the signal lands exactly there. Points:
+
+    train_step       after optimizer step n (n = global step)
+    val_batch        after validation batch n of an epoch (n counts from 1)
+    prepare_symbol   after symbol n (1-based, completion order) of preparation was committed in memory
+    before_commit    inside an atomic write, the temporary file complete, before its rename
+                     (n = how many atomic writes this process has done, from 1; or "*" for any)
+
+With the variable unset, :func:`point` costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+ENV = "INDICATOR_TRANSFORMER_PAUSE_AT"
+TIMEOUT_S = 60.0
+
+
+def _parse(spec: str) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, value = part.partition(":")
+        out.setdefault(name, set()).add(value or "*")
+    return out
+
+
+_PAUSES = _parse(os.environ.get(ENV, ""))
+_counts: dict[str, int] = {}
+
+
+def point(name: str, value: Any = None) -> None:
+    """Pause here if the environment asks for it (see the module docstring).
+
+    The pause ends when a signal arrives that had not arrived before the pause began.
+    """
+    wanted = _PAUSES.get(name)
+    if not wanted:
+        return
+    if value is None:
+        _counts[name] = _counts.get(name, 0) + 1
+        value = _counts[name]
+    if str(value) not in wanted and "*" not in wanted:
+        return
+    from .shutdown import signal_seen_count
+
+    seen = signal_seen_count()
+    print(f"PAUSED {name} {value}", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline and signal_seen_count() == seen:
+        time.sleep(0.01)
