@@ -78,7 +78,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        faults.point("before_commit")
+        faults.point("before_commit", path.name)
         with shutdown.critical_section():
             os.replace(tmp, path)
             fsync_dir(folder)

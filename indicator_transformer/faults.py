@@ -7,9 +7,10 @@ the signal lands exactly there. Points:
 
     train_step       after optimizer step n (n = global step)
     val_batch        after validation batch n of an epoch (n counts from 1)
+    test_batch       after batch n of the final test evaluation
     prepare_symbol   after symbol n (1-based, completion order) of preparation was committed in memory
     before_commit    inside an atomic write, the temporary file complete, before its rename
-                     (n = how many atomic writes this process has done, from 1; or "*" for any)
+                     (n = the final file name, e.g. checkpoint_epoch_2_interrupted.pth; "*" = any)
 
 With the variable unset, :func:`point` costs one dict lookup.
 """
@@ -34,10 +35,9 @@ def _parse(spec: str) -> dict[str, set[str]]:
 
 
 _PAUSES = _parse(os.environ.get(ENV, ""))
-_counts: dict[str, int] = {}
 
 
-def point(name: str, value: Any = None) -> None:
+def point(name: str, value: Any) -> None:
     """Pause here if the environment asks for it (see the module docstring).
 
     The pause ends when a signal arrives that had not arrived before the pause began.
@@ -45,9 +45,6 @@ def point(name: str, value: Any = None) -> None:
     wanted = _PAUSES.get(name)
     if not wanted:
         return
-    if value is None:
-        _counts[name] = _counts.get(name, 0) + 1
-        value = _counts[name]
     if str(value) not in wanted and "*" not in wanted:
         return
     from .shutdown import signal_seen_count

@@ -75,13 +75,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: checkpoint not found")
     if not path.is_file():
         raise CheckpointError(f"{path}: is not a file")
+    # torch.save always writes a zip archive; anything else is damage (or a legacy pickle, which we
+    # would refuse anyway), and checking first gives a precise message instead of an unpickling one.
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint (not a complete PyTorch zip "
+                              f"archive)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        culprit = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "global" in ln), "")
         raise CheckpointError(
             f"{path}: refused: it holds Python objects that loading would have to execute "
-            f"(only tensors, numbers, strings, lists and dicts are accepted). Detail: "
-            f"{str(e).splitlines()[0]}") from None
+            f"(only tensors, numbers, strings, lists and dicts are accepted)"
+            + (f"; found {culprit}" if culprit else "")) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None

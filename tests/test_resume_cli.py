@@ -1,0 +1,119 @@
+"""resume_training.py as a user runs it: --list, --checkpoint, --epochs, conflicts, changed data."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO_ROOT, default_sigint
+from trainproc import SMALL, STEPS_PER_EPOCH, Child, load, pause_env
+
+TINY = ["--window", "8", "--batch-size", "64", "--d-model", "8", "--heads", "2", "--layers", "1",
+        "--no-progress"]
+
+
+@pytest.fixture
+def trained(run_python, tmp_path: Path) -> Path:
+    """A finished 2-epoch run; returns its models folder (cache next to it)."""
+    r = run_python(["train_indicator_transformer.py", *SMALL, "--cache-dir", str(tmp_path / "cache"),
+                    "--models-dir", str(tmp_path / "models")])
+    assert r.returncode == 0, r.stderr
+    return tmp_path / "models"
+
+
+def interrupt(tmp_path: Path, point: str) -> Path:
+    child = Child(subprocess.Popen(
+        [sys.executable, "train_indicator_transformer.py", *SMALL, "--cache-dir", str(tmp_path / "cache"),
+         "--models-dir", str(tmp_path / "models")], cwd=REPO_ROOT, env=pause_env(point),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint))
+    child.wait_for("PAUSED")
+    child.proc.send_signal(signal.SIGINT)
+    assert child.finish() == 130, child.stderr
+    return tmp_path / "models"
+
+
+def test_list_shows_a_table_newest_last_with_corrupt_files_marked(run_python, trained: Path) -> None:
+    (trained / "checkpoint_epoch_9.pth").write_bytes(b"\x00" * 100)
+    r = run_python(["resume_training.py", "--list", "--models-dir", str(trained)])
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:4] == ["file", "epoch", "step", "(in"]
+    rows = [ln for ln in lines if ".pth" in ln and not ln.startswith("corrupt:")]
+    assert "checkpoint_epoch_9.pth" in rows[0] and "CORRUPT" in rows[0]
+    assert "checkpoint_epoch_1.pth" in rows[1]
+    assert rows[-1].split()[0].endswith("best.pth") or rows[-1].split()[0].endswith("checkpoint_epoch_2.pth")
+    assert any("interrupted" in ln for ln in lines[:1])
+
+
+def test_resume_without_checkpoints_exits_2_with_a_hint(run_python, tmp_path: Path) -> None:
+    r = run_python(["resume_training.py", "--models-dir", str(tmp_path)])
+    assert r.returncode == 2
+    assert "no valid checkpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_missing_or_corrupt_checkpoint_path_exits_2_naming_it(run_python, tmp_path: Path) -> None:
+    r = run_python(["resume_training.py", "--checkpoint", str(tmp_path / "nope.pth")])
+    assert r.returncode == 2 and "nope.pth" in r.stderr
+    bad = tmp_path / "checkpoint_epoch_1.pth"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    r = run_python(["resume_training.py", "--checkpoint", str(bad)])
+    assert r.returncode == 2 and str(bad) in r.stderr and "corrupt" in r.stderr
+
+
+def test_a_conflicting_architecture_flag_is_an_error_naming_it(run_python, trained: Path) -> None:
+    r = run_python(["resume_training.py", "--models-dir", str(trained), "--d-model", "32", "--epochs", "1"])
+    assert r.returncode == 2
+    assert "--d-model 32" in r.stderr and "d_model = 16" in r.stderr
+    # The same value as the checkpoint is not a conflict.
+    r = run_python(["resume_training.py", "--models-dir", str(trained), "--d-model", "16"])
+    assert r.returncode == 0, r.stderr
+    assert "Nothing to do" in r.stdout
+
+
+def test_epochs_trains_that_many_more_after_the_last_completed_epoch(run_python, trained: Path) -> None:
+    r = run_python(["resume_training.py", "--models-dir", str(trained), "--epochs", "1", "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    state = load(trained / "checkpoint_epoch_3.pth")
+    assert [e["epoch"] for e in state["loss_history"]["epochs"]] == [1, 2, 3]
+    assert len(state["loss_history"]["steps"]) == 3 * STEPS_PER_EPOCH
+
+
+def test_an_interrupted_epoch_counts_as_one_of_the_epochs(run_python, tmp_path: Path) -> None:
+    models = interrupt(tmp_path, f"train_step:{STEPS_PER_EPOCH + 5}")
+    r = run_python(["resume_training.py", "--models-dir", str(models), "--epochs", "1", "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    assert (models / "checkpoint_epoch_2.pth").exists()
+    assert not (models / "checkpoint_epoch_3.pth").exists()
+
+
+def test_resume_skips_a_corrupt_newest_checkpoint_with_a_warning(run_python, tmp_path: Path) -> None:
+    models = interrupt(tmp_path, "train_step:40")
+    newest = models / "checkpoint_epoch_2_interrupted.pth"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    r = run_python(["resume_training.py", "--models-dir", str(models), "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    assert "skipping corrupt checkpoint" in r.stderr and "checkpoint_epoch_2_interrupted.pth" in r.stderr
+    assert "Resuming from" in r.stderr and "checkpoint_epoch_1.pth" in r.stderr
+
+
+def test_changed_data_is_refused_unless_allowed(run_python, make_data_dir, tmp_path: Path) -> None:
+    data = make_data_dir(3, 400)
+    common = ["--cache-dir", str(tmp_path / "cache"), "--models-dir", str(tmp_path / "models")]
+    r = run_python(["train_indicator_transformer.py", "--data-dir", str(data), "--epochs", "1", *TINY,
+                    *common])
+    assert r.returncode == 0, r.stderr
+    f = data / "S001.csv"
+    df = pd.read_csv(f)
+    df.loc[200, "Volume"] += 1
+    df.to_csv(f, index=False)
+    r = run_python(["resume_training.py", "--epochs", "1", "--no-progress", *common])
+    assert r.returncode == 2
+    assert "changed" in r.stderr and "S001" in r.stderr and "--allow-data-change" in r.stderr
+    assert not (tmp_path / "models" / "checkpoint_epoch_2.pth").exists()
+    r = run_python(["resume_training.py", "--epochs", "1", "--allow-data-change", "--no-progress", *common])
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "models" / "checkpoint_epoch_2.pth").exists()
