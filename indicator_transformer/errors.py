@@ -45,3 +45,9 @@ class DataErrors(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be used: corrupt, truncated, unsafe or incompatible."""
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite: reported without a traceback, exit code 1."""
+
+    exit_code = EXIT_FAILURE

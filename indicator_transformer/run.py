@@ -22,7 +22,7 @@ from .errors import CheckpointError, UserError
 from .model import count_parameters
 from .shutdown import SignalHandler
 from .training import checkpoint as ckpt
-from .training.trainer import Trainer
+from .training.trainer import Trainer, resolve_device
 
 
 @dataclass
@@ -74,6 +74,7 @@ def check_fingerprint(state: dict[str, Any], data: PreparedData, path: Path, all
 def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: TextIO | None = None) -> int:
     """Prepare, train (or resume) and evaluate. Returns the exit code."""
     stream = stream or sys.stderr
+    resolve_device(cfg.train.device)  # a bad --device is a usage error before any work is done
     cache = FeatureCache(cfg.data.cache_dir).open()
     data = prepare_data(cfg, handler, cache, stream, opts.show_progress)
     print(data.summary(), file=stream, flush=True)

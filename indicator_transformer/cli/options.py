@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..config import Config
+from ..config import DEFAULT_FEATURES, Config
 
 # (flag, type, help). Grouped by what resume may change.
 DATA_FLAGS = [
@@ -19,7 +19,13 @@ DATA_FLAGS = [
     ("--bars", int, "synthetic market: bars per symbol (default 2500)"),
     ("--data-seed", int, "synthetic market: generator seed (default 7)"),
 ]
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 FEATURE_FLAGS = [
+    ("--features", _csv, "comma-separated indicator names (default: all of " + ", ".join(DEFAULT_FEATURES)
+     + ")"),
     ("--window", int, "bars per input window, L (default 32)"),
     ("--horizon", int, "label horizon in bars: predict the return from t to t+h (default 1)"),
 ]

@@ -43,8 +43,7 @@ def parser() -> argparse.ArgumentParser:
                     "resume_training.py.",
         epilog="Exit codes: 0 done, 130 stopped by SIGINT after saving, 143 stopped by SIGTERM after "
                "saving, 2 bad input or usage, 1 anything else. Settings can also come from a TOML "
-               "file (--config) with keys named like the flags (d_model = 64); flags override it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+               "file (--config) with keys named like the flags (d_model = 64); flags override it.")
     p.add_argument("--config", metavar="FILE", help="TOML file of settings (flags override it)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 6)")
     add_flags(p, [("data", DATA_FLAGS), ("features", FEATURE_FLAGS), ("model", MODEL_FLAGS),

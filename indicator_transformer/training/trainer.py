@@ -34,6 +34,7 @@ from .. import faults
 from ..config import Config
 from ..data.prepare import PreparedData
 from ..data.windows import Normalisation, SplitIndex, WindowDataset, collate_batch
+from ..errors import TrainingDiverged, UserError
 from ..evaluation import regression_metrics
 from ..model import IndicatorTransformer
 from ..progress import Progress
@@ -56,8 +57,6 @@ def worker_init(_: int) -> None:
 
 def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda when available, else cpu."""
-    from ..errors import UserError
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -101,7 +100,6 @@ class Trainer:
 
         self.datasets = {k: WindowDataset(data.symbols, splits[k], f.window, norm) for k in splits}
         if len(self.datasets["train"]) == 0:
-            from ..errors import UserError
             raise UserError(f"no training windows: the data has too few bars for window {f.window} "
                             f"and horizon {f.horizon} (use more bars or a smaller --window)")
 
@@ -217,8 +215,9 @@ class Trainer:
             bad = [v for v in values if not math.isfinite(v)]
             self.step_losses.extend(values)
             if bad:
-                raise FloatingPointError(
-                    f"training loss became {bad[0]} by step {self.global_step}; try a lower --lr")
+                raise TrainingDiverged(
+                    f"training loss became {bad[0]} by step {self.global_step}; the last good "
+                    f"checkpoint is kept; try a lower --lr")
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> FitResult:
