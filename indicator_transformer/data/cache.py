@@ -39,6 +39,7 @@ import talib
 from filelock import FileLock
 
 from ..atomic import atomic_write_bytes, atomic_write_json, is_temp_file, remove_stale_temp_files
+from ..errors import UserError
 from .features import FEATURE_CODE_VERSION, FeatureSet
 
 MANIFEST = "manifest.json"
@@ -214,8 +215,13 @@ class FeatureCache:
     def commit(self) -> int:
         """Write the manifest: entries on disk (from other processes too) merged with ours.
 
-        Returns the number of entries committed by this call. Safe to call repeatedly.
+        Returns the number of entries committed by this call. Safe to call repeatedly. With nothing
+        pending and a manifest already on disk it writes nothing (a warm start costs no fsync).
         """
+        with self._lock:
+            nothing_to_add = not self._pending
+        if nothing_to_add and (self.root / MANIFEST).exists():
+            return 0
         self.root.mkdir(parents=True, exist_ok=True)
         with self._flock:
             on_disk, _ = self._read_manifest()
@@ -239,7 +245,11 @@ class FeatureCache:
 
     # --------------------------------------------------------------------- maintenance
     def validate_full(self, *, fix: bool = True) -> ValidationReport:
-        """Hash every file; remove corrupt, partial and orphaned files; rewrite the manifest."""
+        """Hash every file; remove corrupt, partial and orphaned files; rewrite the manifest.
+
+        Orphaned = a ``.npy`` data file that no manifest entry lists. Files of other kinds are left
+        alone: they are not the cache's to delete.
+        """
         report = ValidationReport()
         if not self.root.is_dir():
             return report
@@ -266,7 +276,10 @@ class FeatureCache:
                                     (self.root / n).unlink()
                 report.bytes[status] += size
             for p in sorted(self.root.iterdir()):
-                if p.name in (MANIFEST, LOCK) or is_temp_file(p) or p.name in listed or not p.is_file():
+                # Only data files the cache writes (.npy) can be orphans: anything else in the
+                # folder is not ours to delete.
+                if p.name in (MANIFEST, LOCK) or is_temp_file(p) or p.name in listed \
+                        or not self._is_cache_file(p):
                     continue
                 report.orphaned.append(p)
                 report.bytes["orphaned"] += p.stat().st_size
@@ -299,10 +312,26 @@ class FeatureCache:
             return "corrupt"
         return "valid"
 
+    @staticmethod
+    def _is_cache_file(p: Path) -> bool:
+        """A name this module writes: the manifest, the lock, a data file or a temporary file."""
+        return p.is_file() and (p.name in (MANIFEST, LOCK) or p.suffix == ".npy" or is_temp_file(p))
+
     def clear_all(self) -> tuple[int, int]:
-        """Remove the whole cache folder. Returns (files, bytes) removed."""
+        """Remove the whole cache folder. Returns (files, bytes) removed.
+
+        Refuses (:class:`UserError`) a path that is not a folder, or a folder holding anything the
+        cache never writes (a subfolder, a file of another kind): a mistyped ``--cache-dir`` must
+        not delete unrelated data.
+        """
         if not self.root.exists():
             return 0, 0
+        if not self.root.is_dir():
+            raise UserError(f"{self.root}: is not a folder (expected the feature cache directory)")
+        foreign = [p for p in sorted(self.root.iterdir()) if not self._is_cache_file(p)]
+        if foreign:
+            raise UserError(f"{self.root}: does not look like a feature cache ({foreign[0].name} is "
+                            f"not a cache file); refusing to delete it")
         files = [p for p in self.root.rglob("*") if p.is_file()]
         total = sum(p.stat().st_size for p in files)
         shutil.rmtree(self.root)

@@ -134,6 +134,7 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
     handler.register_executor(executor)
     progress = Progress(len(sources), "prepare", unit="sym", stream=stream, enabled=show_progress)
     running: set[Future] = set()
+    bars_done = 0
     try:
         pending = list(sources)
         while pending or running:
@@ -146,6 +147,10 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
                 running.add(handler.register_future(fut))
             if handler.should_stop:
                 pending.clear()
+            # A future cancelled before it started (by the stop request or the executor's
+            # shutdown) stays in state CANCELLED, which wait() never counts as done: drop those
+            # here, or a stop with queued tasks would spin this loop forever.
+            running = {f for f in running if not f.cancelled()}
             if not running:
                 break
             finished, running = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -169,8 +174,8 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
                 result.hits += hit
                 result.misses += not hit
                 faults.point("prepare_symbol", len(done))
-                progress.update(1, bars_per_s=round(sum(len(d.label) for d in done.values())
-                                                    / max(progress.elapsed, 1e-9)))
+                bars_done += len(sd.label)  # a running total: summing over done is O(symbols^2)
+                progress.update(1, bars_per_s=round(bars_done / max(progress.elapsed, 1e-9)))
     finally:
         # Let running tasks reach a stage boundary (they never leave a partial file), then commit
         # what completed - also on Ctrl-C and on errors: finished work is never thrown away.

@@ -52,9 +52,9 @@ def make_splits(symbols: list[SymbolData], cfg: FeatureConfig) -> dict[str, Spli
     # Valid end bars: a full window behind, a known label ahead.
     firsts = [L - 1 for _ in symbols]
     lasts = [len(s.label) - h for s in symbols]                       # exclusive
-    all_times = np.concatenate([np.asarray(s.time[f:la]) for s, f, la in zip(symbols, firsts, lasts,
-                                                                          strict=True) if la > f])
-    if all_times.size == 0:
+    pieces = [np.asarray(s.time[f:la]) for s, f, la in zip(symbols, firsts, lasts, strict=True) if la > f]
+    all_times = np.concatenate(pieces) if pieces else np.empty(0, np.int64)
+    if all_times.size == 0:  # no symbol is long enough for one window and its label
         return {k: SplitIndex(np.zeros(len(symbols), np.int64), np.zeros(len(symbols), np.int64))
                 for k in SPLITS}
     cut1 = np.quantile(all_times, cfg.train_frac, method="lower")

@@ -1,0 +1,269 @@
+"""prepare.py: hits and misses, bad files reported together, and a stop that keeps finished work."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from indicator_transformer.config import DataConfig, FeatureConfig
+from indicator_transformer.data.cache import MANIFEST, FeatureCache
+from indicator_transformer.data.prepare import prepare, resolve_sources
+from indicator_transformer.data.sources import Source, discover_files, synthetic_sources
+from indicator_transformer.errors import EXIT_USAGE, DataError, DataErrors
+from indicator_transformer.shutdown import SignalHandler
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(sources, cfg, root, **kwargs):
+    kwargs.setdefault("show_progress", False)
+    return prepare(sources, cfg, FeatureCache(root).open(), **kwargs)
+
+
+def _manifest_symbols(root: Path) -> set[str]:
+    doc = json.loads((root / MANIFEST).read_text())
+    return {e["symbol"] for e in doc["entries"].values()}
+
+
+def test_a_cold_run_misses_every_symbol_and_a_warm_run_hits_every_one(tmp_path, make_data_dir,
+                                                                      small_features):
+    sources = discover_files(make_data_dir(5, 300))
+    cold = _run(sources, small_features, tmp_path / "cache")
+    warm = _run(sources, small_features, tmp_path / "cache")
+
+    assert (cold.hits, cold.misses) == (0, 5)
+    assert (warm.hits, warm.misses) == (5, 0)
+    assert not cold.interrupted and not warm.interrupted
+    assert [s.symbol for s in warm.symbols] == [f"S{i:03d}" for i in range(5)]
+    assert warm.fingerprint == cold.fingerprint
+    for a, b in zip(cold.symbols, warm.symbols, strict=True):
+        np.testing.assert_array_equal(a.features, b.features)
+        np.testing.assert_array_equal(a.label, b.label)
+        assert isinstance(b.features, np.memmap)
+    summary = warm.summary()
+    assert "Prepared 5/5 symbols" in summary and "(cache hits 5, misses 0)" in summary
+
+
+def test_changing_one_input_file_recomputes_only_that_symbol(tmp_path, make_data_dir, small_features):
+    data = make_data_dir(4, 300)
+    cold = _run(discover_files(data), small_features, tmp_path / "cache")
+    changed = data / "S002.csv"
+    lines = changed.read_text().splitlines()
+    fields = lines[-1].split(",")
+    fields[5] = str(float(fields[5]) + 1)  # one more share traded on the last day
+    lines[-1] = ",".join(fields)
+    changed.write_text("\n".join(lines) + "\n")
+
+    again = _run(discover_files(data), small_features, tmp_path / "cache")
+
+    assert (again.hits, again.misses) == (3, 1)
+    keys = {s.symbol: s.key for s in again.symbols}
+    old = {s.symbol: s.key for s in cold.symbols}
+    assert [s for s in keys if keys[s] != old[s]] == ["S002"]
+    assert again.fingerprint != cold.fingerprint
+
+
+def test_changing_the_horizon_recomputes_everything(tmp_path, make_data_dir):
+    sources = discover_files(make_data_dir(3, 300))
+    _run(sources, FeatureConfig(window=8, horizon=1), tmp_path / "cache")
+    h5 = _run(sources, FeatureConfig(window=8, horizon=5), tmp_path / "cache")
+    assert (h5.hits, h5.misses) == (0, 3)
+
+
+def _write_bad_files(data: Path) -> dict[str, str]:
+    """Three kinds of bad file; returns symbol -> what its error must say."""
+    good = (data / "S000.csv").read_text().splitlines()
+    rows = list(good)
+    rows[7] = rows[7].rsplit(",", 2)[0] + ",oops," + rows[7].rsplit(",", 1)[1]
+    (data / "BADNUM.csv").write_text("\n".join(rows) + "\n")
+    rows = list(good)
+    rows[10], rows[11] = rows[11], rows[10]
+    (data / "BADORDER.csv").write_text("\n".join(rows) + "\n")
+    (data / "BADBYTES.csv").write_bytes(b"\xff\xfe\x00garbage")
+    return {"BADNUM": "row 7, column 'Close'", "BADORDER": "row 11, column 'Date'",
+            "BADBYTES": "cannot be decoded as UTF-8"}
+
+
+def test_bad_files_are_all_reported_together_and_nothing_is_cached_for_them(tmp_path, make_data_dir,
+                                                                            small_features):
+    data = make_data_dir(3, 300)
+    expected = _write_bad_files(data)
+    root = tmp_path / "cache"
+
+    with pytest.raises(DataErrors) as info:
+        _run(discover_files(data), small_features, root)
+
+    errors = info.value.errors
+    assert sorted(Path(e.path).stem for e in errors) == sorted(expected)
+    message = str(info.value)
+    for symbol, where in expected.items():
+        assert str(data / f"{symbol}.csv") in message
+        assert where in message
+    assert "3 input file(s) are invalid" in message and "--skip-bad-files" in message
+    assert info.value.exit_code == EXIT_USAGE == 2
+    # The good files were committed; nothing of the bad ones is in the cache folder.
+    assert _manifest_symbols(root) == {"S000", "S001", "S002"}
+    assert not [p for p in root.iterdir() if p.name.startswith("BAD")]
+    assert FeatureCache(root).validate_full(fix=False).consistent
+
+
+def test_skip_bad_files_prepares_the_good_ones_and_warns_about_each_bad_one(tmp_path, make_data_dir,
+                                                                           small_features):
+    data = make_data_dir(3, 300)
+    expected = _write_bad_files(data)
+
+    with pytest.warns(UserWarning, match="skipping bad file") as record:
+        result = _run(discover_files(data), small_features, tmp_path / "cache", skip_bad_files=True)
+
+    assert [s.symbol for s in result.symbols] == ["S000", "S001", "S002"]
+    assert sorted(Path(p).stem for p in result.skipped) == sorted(expected)
+    assert len([w for w in record if "skipping bad file" in str(w.message)]) == 3
+    assert "Skipped 3 bad file(s)" in result.summary()
+
+
+def test_a_file_too_short_for_warm_up_window_and_horizon_is_a_data_error(tmp_path, make_data_dir,
+                                                                         small_features):
+    data = make_data_dir(1, 40, name="short")
+    with pytest.raises(DataErrors) as info:
+        _run(discover_files(data), small_features, tmp_path / "cache")
+    (err,) = info.value.errors
+    assert isinstance(err, DataError)
+    assert "only 40 rows" in str(err) and "warm-up" in str(err)
+
+
+def test_a_stop_requested_before_preparation_computes_nothing_and_the_next_run_everything(tmp_path):
+    sources = synthetic_sources(6, 300, seed=1)
+    cfg = FeatureConfig(window=8)
+    handler = SignalHandler()
+    handler.request_shutdown()
+
+    stopped = _run(sources, cfg, tmp_path / "cache", handler=handler)
+
+    assert stopped.interrupted and stopped.symbols == [] and stopped.misses == 0
+    assert _manifest_symbols(tmp_path / "cache") == set()
+    nxt = _run(sources, cfg, tmp_path / "cache")
+    assert (nxt.hits, nxt.misses) == (0, 6)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StopWhenLoaded(Source):
+    """A real synthetic source that, once its bars are loaded, asks the program to stop."""
+
+    on_load: Callable[[], None] | None = None
+
+    def load(self, *, use_adj_close: bool = False):
+        bars = super().load(use_adj_close=use_adj_close)
+        if self.on_load is not None:
+            self.on_load()
+        return bars
+
+
+def _real_sigint(handler: SignalHandler) -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+    deadline = time.monotonic() + 10
+    while not handler.shutdown_requested and time.monotonic() < deadline:
+        time.sleep(0.001)  # the main thread runs the Python-level handler
+
+
+@pytest.mark.parametrize("how", ["request_shutdown", "real SIGINT"])
+def test_a_stop_during_preparation_commits_exactly_the_completed_symbols(tmp_path, capfd, how):
+    n, trigger = 14, 5
+    cfg = FeatureConfig(window=8)
+    root = tmp_path / "cache"
+    base = synthetic_sources(n, 400, seed=9)
+    with SignalHandler() as handler:
+        stop = handler.request_shutdown if how == "request_shutdown" else lambda: _real_sigint(handler)
+        sources = [_StopWhenLoaded(s.symbol, synthetic=s.synthetic, on_load=stop if i == trigger else None)
+                   for i, s in enumerate(base)]
+        result = _run(sources, cfg, root, handler=handler, workers=2)
+        assert handler.exit_code == 130
+
+    assert result.interrupted
+    done = {s.symbol for s in result.symbols}
+    assert base[trigger].symbol not in done
+    assert len(done) <= n - 4  # at most 2 x workers tasks were in flight at the stop
+    assert _manifest_symbols(root) == done
+    report = FeatureCache(root).validate_full(fix=False)
+    assert report.consistent and len(report.valid) == len(done)
+
+    nxt = _run(base, cfg, root)
+    assert (nxt.hits, nxt.misses) == (len(done), n - len(done))
+    assert not nxt.interrupted and len(nxt.symbols) == n
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_the_same_features_come_out_whatever_the_number_of_threads(tmp_path, workers):
+    sources = synthetic_sources(6, 300, seed=5)
+    result = _run(sources, FeatureConfig(window=8), tmp_path / f"c{workers}", workers=workers)
+    reference = _run(sources, FeatureConfig(window=8), tmp_path / "ref", workers=1)
+    assert result.fingerprint == reference.fingerprint
+    for a, b in zip(result.symbols, reference.symbols, strict=True):
+        np.testing.assert_array_equal(a.features, b.features)
+
+
+def test_resolve_sources_uses_the_synthetic_market_without_a_data_dir(make_data_dir):
+    synthetic = resolve_sources(DataConfig(symbols=3, bars=100, data_seed=1))
+    assert [s.symbol for s in synthetic] == ["SYN000", "SYN001", "SYN002"]
+    files = resolve_sources(DataConfig(data_dir=str(make_data_dir(2, 50))))
+    assert [s.symbol for s in files] == ["S000", "S001"]
+
+
+# --------------------------------------------------------------------------- the real CLI
+_SUMMARY = re.compile(r"Prepared (\d+)/(\d+) symbols.*\(cache hits (\d+), misses (\d+)\)")
+
+
+def _prepare_only_cmd(cache: Path, symbols: int, bars: int) -> list[str]:
+    return [str(REPO_ROOT / "train_indicator_transformer.py"), "--prepare-only", "--symbols", str(symbols),
+            "--bars", str(bars), "--cache-dir", str(cache), "--prep-workers", "2"]
+
+
+def test_sigint_during_preparation_commits_completed_symbols_and_exits_130(tmp_path, spawn, run_python):
+    symbols, bars = 400, 3000
+    cache = tmp_path / "cache"
+    proc = spawn(_prepare_only_cmd(cache, symbols, bars), cwd=str(tmp_path))
+
+    # Wait for preparation to be well under way: feature files of ~20 symbols in the cache folder.
+    def written() -> set[str]:
+        if not cache.is_dir():
+            return set()
+        return {p.name for p in cache.iterdir() if p.name.endswith(".features.npy")}
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(written()) < 20:
+        time.sleep(0.005)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    seen = written()
+    assert proc.poll() is None, "preparation ended before it could be interrupted"
+
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "Cleanup complete"
+    assert "Received SIGINT" in err
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    committed = _manifest_symbols(cache)
+    assert len(seen) <= len(committed) < symbols  # a symbol whose writing had begun was finished
+    entries = json.loads((cache / MANIFEST).read_text())["entries"].values()
+    assert seen <= {e["files"]["features"]["name"] for e in entries}
+    report = FeatureCache(cache).validate_full(fix=False)
+    assert report.consistent, (report.corrupt, report.missing, report.orphaned, report.manifest_problem)
+    assert len(report.valid) == len(committed)
+
+    again = run_python(_prepare_only_cmd(cache, symbols, bars), cwd=str(tmp_path), timeout=300)
+    assert again.returncode == 0, again.stderr
+    m = _SUMMARY.search(again.stdout + again.stderr)
+    assert m, again.stdout + again.stderr
+    done, total, hits, misses = map(int, m.groups())
+    assert (done, total) == (symbols, symbols)
+    assert (hits, misses) == (len(committed), symbols - len(committed))

@@ -1,0 +1,264 @@
+"""SignalHandler: real signals, real executors, real child processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from indicator_transformer.shutdown import SignalHandler, default_signals, exit_code_for
+
+
+def _wait_until(cond, timeout: float = 10.0) -> bool:
+    """Poll ``cond`` until true (outcome-based: the timeout is only a safety net)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.005)
+    return cond()
+
+
+def _read_stderr_until(proc, needle: str) -> str:
+    """Read the child's stderr line by line until ``needle`` appears (or the pipe closes)."""
+    seen = []
+    while True:
+        line = proc.stderr.readline()
+        if not line:
+            raise AssertionError(f"child ended before printing {needle!r}; stderr: {''.join(seen)}")
+        seen.append(line)
+        if needle in line:
+            return "".join(seen)
+
+
+def test_install_from_a_non_main_thread_raises_a_clear_runtime_error():
+    caught: list[BaseException] = []
+
+    def target():
+        try:
+            SignalHandler().install()
+        except BaseException as e:  # noqa: BLE001 - we want to see exactly what came out
+            caught.append(e)
+
+    before = signal.getsignal(signal.SIGINT)
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+
+    assert len(caught) == 1
+    assert isinstance(caught[0], RuntimeError)
+    assert "main thread" in str(caught[0])
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_previous_handlers_are_restored_when_the_context_manager_exits():
+    def previous(signum, frame):  # pragma: no cover - never called
+        pass
+
+    sigs = default_signals()
+    originals = {s: signal.getsignal(s) for s in sigs}
+    try:
+        for s in sigs:
+            signal.signal(s, previous)
+        with SignalHandler() as handler:
+            for s in sigs:
+                assert signal.getsignal(s) == handler._handle_signal
+        for s in sigs:
+            assert signal.getsignal(s) is previous
+    finally:
+        for s, h in originals.items():
+            signal.signal(s, h)
+
+
+def test_handlers_are_restored_even_when_the_body_raises():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(ValueError), SignalHandler():
+        raise ValueError("boom")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143),
+                                              (signal.SIGHUP, 129)], ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_real_signal_sets_shutdown_requested_and_the_matching_exit_code(signum, code, capfd):
+    with SignalHandler() as handler:
+        assert not handler.should_stop and handler.exit_code == 0
+        os.kill(os.getpid(), signum)
+        assert _wait_until(lambda: handler.shutdown_requested)
+        assert handler.should_stop
+        assert handler.signal_received == signum
+        assert handler.exit_code == code
+        assert handler.signal_name == signal.Signals(signum).name
+    err = capfd.readouterr().err
+    assert f"Received {signal.Signals(signum).name}" in err
+
+
+def test_request_shutdown_from_code_stops_without_a_signal():
+    handler = SignalHandler()  # not even installed: a programmatic stop needs no handler
+    assert not handler.should_stop
+    handler.request_shutdown()
+    assert handler.should_stop
+    assert handler.exit_code == 130
+
+    term = SignalHandler()
+    term.request_shutdown(signal.SIGTERM)
+    term.request_shutdown(signal.SIGINT)  # the first request decides the exit code
+    assert term.should_stop and term.exit_code == 143
+
+
+def test_exit_codes_follow_the_128_plus_signal_convention():
+    assert exit_code_for(signal.SIGINT) == 130
+    assert exit_code_for(signal.SIGTERM) == 143
+    assert exit_code_for(None) == 130
+    assert exit_code_for(signal.SIGUSR1) == 128 + signal.SIGUSR1
+
+
+def test_reading_should_stop_cancels_queued_futures_and_shuts_the_executor_down():
+    release = threading.Event()
+    started = threading.Event()
+
+    def blocking():
+        started.set()
+        release.wait(30)
+        return "finished"
+
+    handler = SignalHandler()
+    executor = ThreadPoolExecutor(max_workers=1)
+    try:
+        handler.register_executor(executor)
+        running = handler.register_future(executor.submit(blocking))
+        assert started.wait(10)
+        queued = [handler.register_future(executor.submit(lambda k=k: k)) for k in range(5)]
+
+        handler.request_shutdown()
+        # The request only records (it may come from a signal handler): nothing cancelled yet.
+        assert not any(f.cancelled() for f in queued)
+
+        assert handler.should_stop
+        assert all(f.cancelled() for f in queued)
+        assert not running.cancelled()
+        with pytest.raises(RuntimeError):
+            executor.submit(lambda: None)  # shut down: nothing new can start
+        release.set()
+        assert running.result(timeout=10) == "finished"  # a running task is allowed to finish
+    finally:
+        release.set()
+        executor.shutdown(wait=True)
+
+
+def test_a_real_sigint_cancels_queued_futures_on_the_next_should_stop_read(capfd):
+    release = threading.Event()
+    executor = ThreadPoolExecutor(max_workers=1)
+    try:
+        with SignalHandler() as handler:
+            handler.register_executor(executor)
+            handler.register_future(executor.submit(release.wait, 30))
+            queued = [handler.register_future(executor.submit(lambda: 1)) for _ in range(3)]
+            os.kill(os.getpid(), signal.SIGINT)
+            assert _wait_until(lambda: handler.shutdown_requested)
+            assert handler.should_stop
+            assert all(f.cancelled() for f in queued)
+    finally:
+        release.set()
+        executor.shutdown(wait=True)
+
+
+def test_a_future_registered_after_the_stop_is_cancelled_at_once():
+    handler = SignalHandler()
+    handler.request_shutdown()
+    assert handler.should_stop
+    gate = threading.Event()
+    executor = ThreadPoolExecutor(max_workers=1)
+    try:
+        executor.submit(gate.wait, 30)
+        late = handler.register_future(executor.submit(lambda: 1))
+        assert late.cancelled()
+    finally:
+        gate.set()
+        executor.shutdown(wait=True)
+
+
+def test_an_executor_registered_after_the_stop_is_shut_down_at_once():
+    handler = SignalHandler()
+    handler.request_shutdown()
+    assert handler.should_stop
+    executor = ThreadPoolExecutor(max_workers=1)
+    handler.register_executor(executor)
+    with pytest.raises(RuntimeError):
+        executor.submit(lambda: None)
+
+
+_STUCK_CHILD = r"""
+import sys, time
+from indicator_transformer.shutdown import SignalHandler
+
+with SignalHandler() as handler:
+    print("ready", flush=True)
+    # A main loop stuck in a long step: it never reaches a safe point, so only escalation ends it.
+    while True:
+        time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_exits_at_once_with_the_same_code_and_a_message(spawn, signum, code):
+    proc = spawn(["-c", _STUCK_CHILD])
+    assert proc.stdout.readline().strip() == "ready"
+
+    proc.send_signal(signum)
+    first = _read_stderr_until(proc, "Received")
+    assert "send it again to exit immediately" in first
+    assert proc.poll() is None  # the first signal alone does not kill it
+
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == code
+    assert f"Received {signal.Signals(signum).name} again" in err
+    assert "exiting now" in err
+
+
+_CRITICAL_CHILD = r"""
+import sys, time
+from pathlib import Path
+from indicator_transformer.shutdown import SignalHandler, critical_section
+
+gate, committed = Path(sys.argv[1]), Path(sys.argv[2])
+with SignalHandler() as handler:
+    with critical_section():
+        print("in critical section", flush=True)
+        while not gate.exists():
+            time.sleep(0.01)
+        committed.write_text("done")
+    print("after critical section", flush=True)
+"""
+
+
+def test_a_second_signal_inside_a_file_commit_waits_for_the_commit_to_finish(spawn, tmp_path):
+    gate, committed = tmp_path / "gate", tmp_path / "committed"
+    proc = spawn(["-c", _CRITICAL_CHILD, str(gate), str(committed)])
+    assert proc.stdout.readline().strip() == "in critical section"
+
+    proc.send_signal(signal.SIGINT)
+    _read_stderr_until(proc, "Received SIGINT")
+    proc.send_signal(signal.SIGINT)
+    _read_stderr_until(proc, "as soon as the file being committed is complete")
+    assert proc.poll() is None and not committed.exists()  # held, not killed mid-commit
+
+    gate.touch()
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    assert committed.read_text() == "done"  # the commit finished
+    assert "after critical section" not in out  # and then it exited at once
+    assert "File commit finished; exiting now." in err
+
+
+def test_without_hard_exit_a_second_signal_is_only_counted(capfd):
+    with SignalHandler(hard_exit_on_second=False) as handler:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert _wait_until(lambda: handler.signal_count == 2)
+        assert handler.exit_code == 130  # the first signal decides
