@@ -267,3 +267,23 @@ def test_sigint_during_preparation_commits_completed_symbols_and_exits_130(tmp_p
     done, total, hits, misses = map(int, m.groups())
     assert (done, total) == (symbols, symbols)
     assert (hits, misses) == (len(committed), symbols - len(committed))
+
+
+def test_an_unchanged_input_is_not_hashed_again_but_a_same_size_edit_is(tmp_path, make_data_dir,
+                                                                        small_features, monkeypatch):
+    data = make_data_dir(3, 300)
+    _run(discover_files(data), small_features, tmp_path / "cache")
+    hashed: list[str] = []
+    real_identity = Source.identity
+    monkeypatch.setattr(Source, "identity", lambda self: hashed.append(self.symbol) or real_identity(self))
+
+    warm = _run(discover_files(data), small_features, tmp_path / "cache")
+    assert (warm.hits, hashed) == (3, [])
+
+    f = data / "S001.csv"
+    text = f.read_text()
+    i = text.rindex(".") + 1                     # one digit of the last volume, same file size
+    f.write_text(text[:i] + ("1" if text[i] != "1" else "2") + text[i + 1:])
+    again = _run(discover_files(data), small_features, tmp_path / "cache")
+    assert hashed == ["S001"]
+    assert (again.hits, again.misses) == (2, 1)

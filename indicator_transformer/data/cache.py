@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import threading
@@ -41,6 +42,7 @@ from filelock import FileLock
 from ..atomic import atomic_write_bytes, atomic_write_json, is_temp_file, remove_stale_temp_files
 from ..errors import UserError
 from .features import FEATURE_CODE_VERSION, FeatureSet
+from .sources import Source
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
@@ -115,13 +117,17 @@ class FeatureCache:
         self._flock = FileLock(str(self.root / LOCK))
         self.entries: dict[str, dict[str, Any]] = {}
         self._pending: set[str] = set()           # keys written by us, not yet in a manifest
+        # Input file -> its stat signature and sha256, so an unchanged file is not re-hashed on
+        # every start (the key still comes from the content hash; only its computation is saved).
+        self.inputs: dict[str, dict[str, Any]] = {}
+        self._pending_inputs: set[str] = set()
 
     # --------------------------------------------------------------------- opening
     def open(self) -> FeatureCache:
         """Create the folder, drop leftovers and cheaply validate entries (files present, sizes)."""
         self.root.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(self.root)
-        entries, problem = self._read_manifest()
+        entries, self.inputs, problem = self._read_manifest_doc()
         if problem:
             warnings.warn(f"{self.root / MANIFEST}: {problem}; starting with an empty cache",
                           CacheWarning, stacklevel=2)
@@ -134,22 +140,25 @@ class FeatureCache:
         self.entries = entries
         return self
 
-    def _read_manifest(self) -> tuple[dict[str, dict[str, Any]], str | None]:
+    def _read_manifest_doc(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], str | None]:
+        """(entries, remembered input hashes, problem) of the manifest on disk."""
         path = self.root / MANIFEST
         if not path.exists():
-            return {}, None
+            return {}, {}, None
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            return {}, f"unreadable manifest ({e})"
+            return {}, {}, f"unreadable manifest ({e})"
         if not isinstance(doc, dict) or not isinstance(doc.get("entries"), dict):
-            return {}, "manifest has no 'entries' object"
+            return {}, {}, "manifest has no 'entries' object"
         if doc.get("format_version") != CACHE_FORMAT_VERSION:
-            return {}, f"manifest format_version {doc.get('format_version')!r} is not " \
-                       f"{CACHE_FORMAT_VERSION}"
+            return {}, {}, f"manifest format_version {doc.get('format_version')!r} is not " \
+                           f"{CACHE_FORMAT_VERSION}"
         entries = {k: v for k, v in doc["entries"].items()
                    if isinstance(v, dict) and isinstance(v.get("files"), dict)}
-        return entries, None
+        inputs = doc.get("inputs") if isinstance(doc.get("inputs"), dict) else {}
+        inputs = {k: v for k, v in inputs.items() if isinstance(v, dict) and isinstance(v.get("sha256"), str)}
+        return entries, inputs, None
 
     def _quick_check(self, entry: dict[str, Any]) -> str | None:
         for part in ARRAYS:
@@ -192,6 +201,26 @@ class FeatureCache:
             out[part] = arr
         return out
 
+    def input_identity(self, source: Source) -> str:
+        """``source.identity()`` (sha256 of the raw bytes), remembered per file by its stat
+        signature (size, mtime_ns, ctime_ns, inode): any write to the file changes its ctime, so
+        a changed file is always hashed again."""
+        if source.path is None:
+            return source.identity()
+        path = str(Path(source.path).resolve())
+        st = os.stat(path)  # taken before hashing: a write during hashing makes the memo stale
+        sig = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+               "ino": st.st_ino}
+        with self._lock:
+            memo = self.inputs.get(path)
+        if memo is not None and all(memo.get(k) == v for k, v in sig.items()):
+            return memo["sha256"]
+        digest = source.identity()
+        with self._lock:
+            self.inputs[path] = dict(sig, sha256=digest)
+            self._pending_inputs.add(path)
+        return digest
+
     # --------------------------------------------------------------------- writing
     def put(self, key: str, symbol: str, fs: FeatureSet) -> dict[str, np.ndarray]:
         """Write an entry's data files atomically; it is committed by the next :meth:`commit`."""
@@ -219,13 +248,15 @@ class FeatureCache:
         pending and a manifest already on disk it writes nothing (a warm start costs no fsync).
         """
         with self._lock:
-            nothing_to_add = not self._pending
+            nothing_to_add = not self._pending and not self._pending_inputs
         if nothing_to_add and (self.root / MANIFEST).exists():
             return 0
         self.root.mkdir(parents=True, exist_ok=True)
         with self._flock:
-            on_disk, _ = self._read_manifest()
+            on_disk, inputs, _ = self._read_manifest_doc()
             with self._lock:
+                inputs.update({p: self.inputs[p] for p in self._pending_inputs})
+                self._pending_inputs.clear()
                 merged = {k: v for k, v in on_disk.items() if not self._quick_check(v)}
                 ours = {k: self.entries[k] for k in self._pending if k in self.entries}
                 for k, v in ours.items():
@@ -235,7 +266,8 @@ class FeatureCache:
                 self._pending.clear()
                 self.entries.update(merged)
             atomic_write_json(self.root / MANIFEST, {"format_version": CACHE_FORMAT_VERSION,
-                                                     "updated": now_iso(), "entries": merged})
+                                                     "updated": now_iso(), "entries": merged,
+                                                     "inputs": inputs})
         return committed
 
     @property
@@ -255,7 +287,7 @@ class FeatureCache:
             return report
         with self._flock:
             report.temp_removed = remove_stale_temp_files(self.root)
-            entries, problem = self._read_manifest()
+            entries, inputs, problem = self._read_manifest_doc()
             report.manifest_problem = problem
             keep: dict[str, dict[str, Any]] = {}
             listed: set[str] = set()
@@ -288,7 +320,8 @@ class FeatureCache:
             if fix and (report.corrupt or report.missing or problem or not (self.root / MANIFEST).exists()
                         or report.orphaned):
                 atomic_write_json(self.root / MANIFEST, {"format_version": CACHE_FORMAT_VERSION,
-                                                         "updated": now_iso(), "entries": keep})
+                                                         "updated": now_iso(), "entries": keep,
+                                                         "inputs": inputs})
         self.entries = keep
         return report
 

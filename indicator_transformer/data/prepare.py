@@ -114,7 +114,7 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
         checkpoint()
         from .cache import cache_key
 
-        key = cache_key(src.identity(), names, features.horizon)
+        key = cache_key(cache.input_identity(src), names, features.horizon)
         arrays = cache.get(key)
         if arrays is not None:
             return SymbolData(src.symbol, key, arrays["features"], arrays["label"], arrays["time"]), True
