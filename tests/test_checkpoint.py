@@ -95,3 +95,30 @@ def test_listing_shows_corrupt_files_and_newest_valid_skips_them(tmp_path: Path)
     newest, corrupt = ckpt.newest_valid(tmp_path)
     assert newest is not None and newest.path.name == "checkpoint_epoch_2_interrupted.pth"
     assert [c.path.name for c in corrupt] == ["checkpoint_epoch_3.pth"]
+
+
+def test_changing_the_epoch_count_on_resume_keeps_the_learning_rate_of_the_current_step(tmp_path: Path
+                                                                                       ) -> None:
+    import warnings
+
+    from indicator_transformer.config import Config
+    from indicator_transformer.data.cache import FeatureCache
+    from indicator_transformer.data.prepare import prepare, resolve_sources
+    from indicator_transformer.data.windows import fit_normalisation, make_splits
+    from indicator_transformer.shutdown import SignalHandler
+    from indicator_transformer.training.trainer import Trainer, lr_factor
+
+    cfg = Config().replace(symbols=2, bars=600, d_model=8, heads=2, layers=1, epochs=6, warmup_steps=4,
+                           batch_size=64, cache_dir=str(tmp_path / "c"), models_dir=str(tmp_path / "m"))
+    data = prepare(resolve_sources(cfg.data), cfg.features, FeatureCache(cfg.data.cache_dir).open(),
+                   show_progress=False)
+    splits = make_splits(data.symbols, cfg.features)
+    trainer = Trainer(cfg, data, splits, fit_normalisation(data.symbols, splits["train"], 32),
+                      handler=SignalHandler(), show_progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scheduler steps without optimizer steps
+        for _ in range(8):
+            trainer.scheduler.step()
+    trainer.set_total_epochs(12)
+    expected = cfg.train.lr * lr_factor(8, 4, 12 * trainer.steps_per_epoch)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12)

@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         if info is None:
             raise CheckpointError(f"{models_dir}: no valid checkpoint to resume from (train first with "
                                   f"train_indicator_transformer.py, or pass --checkpoint PATH)")
-        path, state = info.path, info.state
+        path = info.path
+        state = ckpt.load_checkpoint(path)  # fully read: the listing only mapped it
     saved = Config.from_dict(state["config"], source=str(path))
     _check_fixed(args, saved, path)
     overrides: dict[str, Any] = {k: v for k, v in flag_values(args).items()

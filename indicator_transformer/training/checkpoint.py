@@ -68,8 +68,12 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], data: bytes | None 
     return atomic_write_bytes(path, data if data is not None else serialize(state))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; a clear :class:`CheckpointError` otherwise."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; a clear :class:`CheckpointError` otherwise.
+
+    ``mmap=True`` maps tensor data instead of reading it (for listing many large checkpoints).
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -81,7 +85,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint (not a complete PyTorch zip "
                               f"archive)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         culprit = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "global" in ln), "")
         raise CheckpointError(
@@ -139,7 +143,8 @@ def list_checkpoints(models_dir: str | Path) -> list[CheckpointInfo]:
     infos = []
     for p in checkpoint_files(models_dir):
         try:
-            infos.append(CheckpointInfo(p, p.stat().st_size, state=load_checkpoint(p)))
+            # Memory-mapped: listing must not read every model's weights into memory.
+            infos.append(CheckpointInfo(p, p.stat().st_size, state=load_checkpoint(p, mmap=True)))
         except CheckpointError as e:
             infos.append(CheckpointInfo(p, p.stat().st_size, error=str(e).split(": ", 1)[-1]))
     # Newest last: by global step, then interrupted/periodic before best.pth for ties.

@@ -191,8 +191,14 @@ class Trainer:
         if epochs != self.cfg.train.epochs:
             self.cfg = self.cfg.replace(epochs=epochs)
             sched_state = self.scheduler.state_dict()
-            self._make_scheduler()
+            self._make_scheduler()  # a new LambdaLR sets the LR of step 0 in the optimizer...
             self.scheduler.load_state_dict(sched_state)
+            # ...and loading its state does not undo that: put the LR of the current step back.
+            step = self.scheduler.last_epoch
+            for group, base, fn in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                       self.scheduler.lr_lambdas, strict=True):
+                group["lr"] = base * fn(step)
+            self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     # ------------------------------------------------------------------ saving
     def _save(self, name: str, *, interrupted: bool, also_best: bool = False) -> Path:
