@@ -62,8 +62,12 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], *, sync_dir: bool = True) -> Path:
     """Write a file through ``write(fileobj)`` so that ``path`` is always complete or absent/old.
+
+    ``sync_dir=False`` skips the folder fsync, for a batch of files that a later write in the same
+    folder commits (its folder fsync makes every earlier rename there durable too): the feature
+    cache's data files, committed by the manifest.
 
     A second signal that arrives while the rename is committed is held until the folder is fsynced
     (see :func:`shutdown.critical_section`); before that point the temporary file may be abandoned,
@@ -81,7 +85,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
         faults.point("before_commit", path.name)
         with shutdown.critical_section():
             os.replace(tmp, path)
-            fsync_dir(folder)
+            if sync_dir:
+                fsync_dir(folder)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -89,9 +94,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     return path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+def atomic_write_bytes(path: str | Path, data: bytes, *, sync_dir: bool = True) -> Path:
     """Atomically write ``data`` to ``path``."""
-    return atomic_write(path, lambda fh: fh.write(data))
+    return atomic_write(path, lambda fh: fh.write(data), sync_dir=sync_dir)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -182,44 +182,70 @@ class FeatureCache:
         if entry is None:
             return None
         try:
-            return self._load(entry)
-        except (OSError, ValueError) as e:
+            return self._load(entry, fast=True)
+        except (OSError, ValueError, TypeError) as e:
             warnings.warn(f"cache entry {entry.get('symbol')} ({key[:12]}) unreadable: {e}; "
                           f"it will be recomputed", CacheWarning, stacklevel=2)
             with self._lock:
                 self.entries.pop(key, None)
             return None
 
-    def _load(self, entry: dict[str, Any]) -> dict[str, np.ndarray]:
+    def _load(self, entry: dict[str, Any], *, fast: bool = False) -> dict[str, np.ndarray]:
+        """Memory-map an entry's arrays. ``fast`` maps them straight from the manifest's dtype,
+        shape and byte size instead of parsing each ``.npy`` header (three times fewer Python-level
+        steps on a warm start); the headers were checked when written and are re-checked by
+        :meth:`validate_full`."""
         out = {}
         for part in ARRAYS:
             meta = entry["files"][part]
-            arr = np.load(self.root / meta["name"], mmap_mode="r", allow_pickle=False)
-            if list(arr.shape) != list(meta["shape"]) or str(arr.dtype) != meta["dtype"]:
+            path = self.root / meta["name"]
+            dtype, shape = np.dtype(meta["dtype"]), tuple(int(n) for n in meta["shape"])
+            if dtype.hasobject:
+                raise ValueError(f"{meta['name']}: object dtype is never accepted")
+            nbytes = dtype.itemsize * int(np.prod(shape))
+            if fast and nbytes and int(meta["bytes"]) > nbytes:
+                out[part] = np.memmap(path, dtype=dtype, mode="r", offset=int(meta["bytes"]) - nbytes,
+                                      shape=shape)
+                continue
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            if arr.shape != shape or arr.dtype != dtype:
                 raise ValueError(f"{meta['name']} is {arr.dtype}{list(arr.shape)}, manifest says "
                                  f"{meta['dtype']}{meta['shape']}")
             out[part] = arr
         return out
 
-    def input_identity(self, source: Source) -> str:
-        """``source.identity()`` (sha256 of the raw bytes), remembered per file by its stat
-        signature (size, mtime_ns, ctime_ns, inode): any write to the file changes its ctime, so
-        a changed file is always hashed again."""
+    def known_identity(self, source: Source) -> str | None:
+        """The input's identity when it costs no hashing: a synthetic spec, or a file whose stat
+        signature (size, mtime_ns, ctime_ns, inode) matches the one remembered with its sha256.
+        Any write to a file changes its ctime, so a changed file is never taken as known."""
         if source.path is None:
             return source.identity()
-        path = str(Path(source.path).resolve())
-        st = os.stat(path)  # taken before hashing: a write during hashing makes the memo stale
-        sig = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
-               "ino": st.st_ino}
+        path, sig = self._stat_signature(source.path)
         with self._lock:
             memo = self.inputs.get(path)
         if memo is not None and all(memo.get(k) == v for k, v in sig.items()):
             return memo["sha256"]
+        return None
+
+    def input_identity(self, source: Source) -> str:
+        """``source.identity()`` (sha256 of the raw bytes), remembered for :meth:`known_identity`."""
+        known = self.known_identity(source)
+        if known is not None:
+            return known
+        assert source.path is not None
+        path, sig = self._stat_signature(source.path)  # before hashing: a write during it is seen
         digest = source.identity()
         with self._lock:
             self.inputs[path] = dict(sig, sha256=digest)
             self._pending_inputs.add(path)
         return digest
+
+    @staticmethod
+    def _stat_signature(path: Path) -> tuple[str, dict[str, int]]:
+        full = os.path.abspath(path)
+        st = os.stat(full)
+        return full, {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                      "ino": st.st_ino}
 
     # --------------------------------------------------------------------- writing
     def put(self, key: str, symbol: str, fs: FeatureSet) -> dict[str, np.ndarray]:
@@ -230,7 +256,9 @@ class FeatureCache:
         for part in ARRAYS:
             data = _npy_bytes(arrays[part])
             name = f"{stem}.{part}.npy"
-            atomic_write_bytes(self.root / name, data)
+            # No folder fsync per file: the manifest's commit fsyncs the folder after these renames,
+            # and an entry counts only once that manifest is durable.
+            atomic_write_bytes(self.root / name, data, sync_dir=False)
             files[part] = {"name": name, "shape": list(arrays[part].shape),
                            "dtype": str(arrays[part].dtype), "bytes": len(data),
                            "sha256": hashlib.sha256(data).hexdigest()}
