@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Callable
 
 from ..errors import EXIT_FAILURE, UserError
+from ..shutdown import SignalHandler, print_cleanup_complete
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
@@ -35,6 +36,20 @@ def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespa
     except Exception:
         traceback.print_exc()
         return EXIT_FAILURE
+
+
+def run_with_handler(body: Callable[[SignalHandler], int]) -> int:
+    """Install the SignalHandler, run ``body(handler)``, and on a stop print ``Cleanup complete``
+    last, after everything was saved and the previous signal handlers were restored."""
+    handler = SignalHandler()
+    handler.install()
+    try:
+        code = body(handler)
+    finally:
+        handler.restore()
+        if handler.shutdown_requested:
+            print_cleanup_complete()
+    return handler.exit_code if handler.shutdown_requested else code
 
 
 def human_bytes(n: float) -> str:

@@ -19,7 +19,7 @@ from ..config import Config
 from ..errors import CheckpointError, UserError
 from ..run import RunOptions, run_pipeline
 from ..training import checkpoint as ckpt
-from .common import human_bytes, print_table, run_command
+from .common import human_bytes, print_table, run_command, run_with_handler
 from .options import (
     DATA_FLAGS,
     FEATURE_FLAGS,
@@ -31,7 +31,6 @@ from .options import (
     add_flags,
     flag_values,
 )
-from .train import run_with_handler
 
 
 def parser() -> argparse.ArgumentParser:

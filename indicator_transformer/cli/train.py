@@ -19,8 +19,7 @@ import sys
 
 from ..config import build_config, load_toml
 from ..run import RunOptions, run_pipeline
-from ..shutdown import SignalHandler, print_cleanup_complete
-from .common import run_command
+from .common import run_command, run_with_handler
 from .options import (
     DATA_FLAGS,
     FEATURE_FLAGS,
@@ -59,20 +58,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(load_toml(args.config) if args.config else {}, flag_values(args))
     opts = RunOptions(prepare_only=args.prepare_only, show_progress=not args.no_progress)
     return run_with_handler(lambda handler: run_pipeline(cfg, handler, opts))
-
-
-def run_with_handler(body) -> int:  # noqa: ANN001
-    """Install the SignalHandler, run ``body(handler)``, and on a stop print ``Cleanup complete``
-    last, after everything was saved and the previous signal handlers were restored."""
-    handler = SignalHandler()
-    handler.install()
-    try:
-        code = body(handler)
-    finally:
-        handler.restore()
-        if handler.shutdown_requested:
-            print_cleanup_complete()
-    return handler.exit_code if handler.shutdown_requested else code
 
 
 def main(argv: list[str] | None = None) -> int:
