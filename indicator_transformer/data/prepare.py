@@ -13,6 +13,7 @@ import hashlib
 import sys
 import time
 import warnings
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -107,15 +108,21 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
     errors: list[DataError] = []
     start = time.perf_counter()
 
+    def cached(src: Source, identity: str) -> tuple[str, SymbolData | None]:
+        key = cache_key(identity, names, features.horizon)
+        arrays = cache.get(key)
+        if arrays is None:
+            return key, None
+        return key, SymbolData(src.symbol, key, arrays["features"], arrays["label"], arrays["time"])
+
     def task(src: Source) -> tuple[SymbolData, bool]:
         def checkpoint() -> None:
             if handler.should_stop:
                 raise _Stopped
         checkpoint()
-        key = cache_key(cache.input_identity(src), names, features.horizon)
-        arrays = cache.get(key)
-        if arrays is not None:
-            return SymbolData(src.symbol, key, arrays["features"], arrays["label"], arrays["time"]), True
+        key, hit = cached(src, cache.input_identity(src))
+        if hit is not None:
+            return hit, True
         checkpoint()
         bars = src.load(use_adj_close=use_adj_close)
         if len(bars) < min_rows:
@@ -131,46 +138,42 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
     handler.register_executor(executor)
     progress = Progress(len(sources), "prepare", unit="sym", stream=stream, enabled=show_progress)
-    running: set[Future] = set()
+    running: dict[Future, Source] = {}
     bars_done = 0
     try:
         # Fast path in this thread: inputs whose identity is known without hashing and whose entry
         # is cached only need their arrays mapped. Handing them to the pool would cost more in
         # thread hand-offs than the work itself (a warm start would be several times slower).
-        pending = []
+        pending: deque[Source] = deque()
         for src in sources:
             if handler.should_stop:
                 break
-            ident = cache.known_identity(src)
-            key = cache_key(ident, names, features.horizon) if ident is not None else None
-            arrays = cache.get(key) if key is not None else None
-            if arrays is None:
+            identity = cache.known_identity(src)
+            hit = cached(src, identity)[1] if identity is not None else None
+            if hit is None:
                 pending.append(src)
                 continue
-            done[src.symbol] = SymbolData(src.symbol, key, arrays["features"], arrays["label"],
-                                          arrays["time"])
+            done[src.symbol] = hit
             result.hits += 1
-            bars_done += len(arrays["label"])
+            bars_done += len(hit.label)
             progress.update(1)
         while pending or running:
             # Keep at most 2 x workers tasks queued: a stop then has little to cancel, and the
             # flag is checked before every submission.
             while pending and len(running) < 2 * workers and not handler.should_stop:
-                src = pending.pop(0)
-                fut = executor.submit(task, src)
-                fut.src = src  # type: ignore[attr-defined]
-                running.add(handler.register_future(fut))
+                src = pending.popleft()
+                running[handler.register_future(executor.submit(task, src))] = src
             if handler.should_stop:
                 pending.clear()
             # A future cancelled before it started (by the stop request or the executor's
             # shutdown) stays in state CANCELLED, which wait() never counts as done: drop those
             # here, or a stop with queued tasks would spin this loop forever.
-            running = {f for f in running if not f.cancelled()}
+            running = {f: s for f, s in running.items() if not f.cancelled()}
             if not running:
                 break
-            finished, running = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+            finished, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
             for fut in finished:
-                src = fut.src  # type: ignore[attr-defined]
+                src = running.pop(fut)
                 if fut.cancelled():
                     continue
                 exc = fut.exception()
