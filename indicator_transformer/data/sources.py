@@ -102,7 +102,8 @@ def discover_files(data_dir: str | Path) -> list[Source]:
 
 
 def _read_csv_fast(path: Path):
-    """A CSV through pyarrow's single-threaded reader, or None to let pandas read it.
+    """A CSV as a pyarrow Table through pyarrow's single-threaded reader, or None to let pandas
+    read it.
 
     pyarrow parses numbers and ISO dates without holding the GIL, so preparation threads really
     run in parallel (pandas' reader and ``to_datetime`` hold it: with them a second thread gained
@@ -124,7 +125,39 @@ def _read_csv_fast(path: Path):
              pa.types.is_string, pa.types.is_large_string, pa.types.is_null)
     if len(set(names)) != len(names) or not all(any(ok(t) for ok in plain) for t in table.schema.types):
         return None
-    return table.to_pandas(date_as_object=False, split_blocks=True)
+    return table
+
+
+def _from_arrow(path: Path, table, use_adj_close: bool) -> OHLCV | None:
+    """The usual file without pandas: typed dates and null-free numbers straight to NumPy.
+
+    Returns None whenever anything needs pandas' handling (string dates, missing values, odd
+    types, a missing column, no rows), so every error message still comes from the one pandas
+    path. Each step skipped here is time a preparation thread would hold the GIL.
+    """
+    import pyarrow as pa
+
+    if table.num_rows == 0:
+        return None
+    try:
+        cols = _map_columns(path, table.column_names, use_adj_close)
+    except DataError:
+        return None
+    t = table.column(cols["time"])
+    if t.null_count or not (pa.types.is_date(t.type) or pa.types.is_timestamp(t.type)):
+        return None
+    try:
+        time = t.cast(pa.timestamp("ns")).to_numpy().view(np.int64)  # UTC, like the pandas path
+    except pa.ArrowException:  # out of the datetime64[ns] range: pandas reports it
+        return None
+    arrays = {}
+    for c in ("open", "high", "low", "close", "volume"):
+        col = table.column(cols[c])
+        if col.null_count or not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
+            return None
+        arrays[c] = col.to_numpy().astype(np.float64)
+    return validate_ohlcv(path, path.stem, time, **arrays,
+                          column_names={k: str(v) for k, v in cols.items()})
 
 
 def _read_table(path: Path):
@@ -219,6 +252,11 @@ def load_ohlcv_file(path: str | Path, *, use_adj_close: bool = False) -> OHLCV:
     """Read one CSV/Parquet OHLCV file and validate it."""
     path = Path(path)
     df = _read_table(path)
+    if not hasattr(df, "iloc"):  # a clean pyarrow table from the CSV fast path
+        bars = _from_arrow(path, df, use_adj_close)
+        if bars is not None:
+            return bars
+        df = df.to_pandas(date_as_object=False, split_blocks=True)
     if len(df) == 0:
         raise DataError(path, "has a header but no data rows")
     cols = _map_columns(path, list(df.columns), use_adj_close)
