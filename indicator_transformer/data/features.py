@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import talib
@@ -19,6 +20,28 @@ import talib
 from .sources import OHLCV
 
 FEATURE_CODE_VERSION = 1
+
+
+class _TA:
+    """TA-Lib, with each call made once per symbol: MACD feeds three features, Bollinger bands,
+    the stochastic and the directional indicators two each. Fewer calls is less time holding the
+    GIL, which is what limits preparation threads."""
+
+    def __init__(self) -> None:
+        self._results: dict[tuple, Any] = {}
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        fn = getattr(talib, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            # Arrays by identity: they are the same OHLCV columns for the whole symbol.
+            key = (name, *(id(a) if isinstance(a, np.ndarray) else a for a in args),
+                   *sorted(kwargs.items()))
+            if key not in self._results:
+                self._results[key] = fn(*args, **kwargs)
+            return self._results[key]
+
+        return call
 
 
 def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -36,71 +59,71 @@ def _logret(c: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _macd(x: OHLCV, which: int) -> np.ndarray:
-    parts = talib.MACD(x.close, fastperiod=12, slowperiod=26, signalperiod=9)
+def _macd(x: OHLCV, ta: _TA, which: int) -> np.ndarray:
+    parts = ta.MACD(x.close, fastperiod=12, slowperiod=26, signalperiod=9)
     return parts[which] / x.close
 
 
-def _bbands(x: OHLCV) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return talib.BBANDS(x.close, timeperiod=20, nbdevup=2.0, nbdevdn=2.0)
+def _bbands(x: OHLCV, ta: _TA) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return ta.BBANDS(x.close, timeperiod=20, nbdevup=2.0, nbdevdn=2.0)
 
 
-def _bb_pos(x: OHLCV) -> np.ndarray:
-    up, mid, lo = _bbands(x)
+def _bb_pos(x: OHLCV, ta: _TA) -> np.ndarray:
+    up, mid, lo = _bbands(x, ta)
     return _div(x.close - mid, up - lo)
 
 
-def _bb_width(x: OHLCV) -> np.ndarray:
-    up, mid, lo = _bbands(x)
+def _bb_width(x: OHLCV, ta: _TA) -> np.ndarray:
+    up, mid, lo = _bbands(x, ta)
     return _div(up - lo, mid)
 
 
-def _obv_chg(x: OHLCV) -> np.ndarray:
-    obv = talib.OBV(x.close, x.volume)
+def _obv_chg(x: OHLCV, ta: _TA) -> np.ndarray:
+    obv = ta.OBV(x.close, x.volume)
     chg = np.full_like(obv, np.nan)
     chg[5:] = obv[5:] - obv[:-5]
-    return _div(chg, 5.0 * talib.SMA(x.volume, 20))
+    return _div(chg, 5.0 * ta.SMA(x.volume, 20))
 
 
-def _volume_z(x: OHLCV) -> np.ndarray:
-    return _div(x.volume - talib.SMA(x.volume, 20), talib.STDDEV(x.volume, 20))
+def _volume_z(x: OHLCV, ta: _TA) -> np.ndarray:
+    return _div(x.volume - ta.SMA(x.volume, 20), ta.STDDEV(x.volume, 20))
 
 
 @dataclass(frozen=True)
 class Feature:
     family: str
-    fn: Callable[[OHLCV], np.ndarray]
+    fn: Callable[[OHLCV, _TA], np.ndarray]
     doc: str
 
 
 FEATURES: dict[str, Feature] = {
-    "ret_1": Feature("returns", lambda x: _logret(x.close, 1), "log return over 1 bar"),
-    "ret_5": Feature("returns", lambda x: _logret(x.close, 5), "log return over 5 bars"),
-    "ret_10": Feature("returns", lambda x: _logret(x.close, 10), "log return over 10 bars"),
-    "ret_20": Feature("returns", lambda x: _logret(x.close, 20), "log return over 20 bars"),
-    "hl_range": Feature("volatility", lambda x: (x.high - x.low) / x.close, "(high-low)/close"),
-    "body": Feature("trend", lambda x: (x.close - x.open) / x.close, "(close-open)/close"),
-    "sma20_gap": Feature("trend", lambda x: x.close / talib.SMA(x.close, 20) - 1, "close/SMA20 - 1"),
-    "ema50_gap": Feature("trend", lambda x: x.close / talib.EMA(x.close, 50) - 1, "close/EMA50 - 1"),
-    "rsi_14": Feature("momentum", lambda x: talib.RSI(x.close, 14) / 100 - 0.5, "RSI(14)/100 - 0.5"),
-    "macd": Feature("trend", lambda x: _macd(x, 0), "MACD(12,26)/close"),
-    "macd_signal": Feature("trend", lambda x: _macd(x, 1), "MACD signal(9)/close"),
-    "macd_hist": Feature("trend", lambda x: _macd(x, 2), "MACD histogram/close"),
-    "roc_10": Feature("momentum", lambda x: talib.ROC(x.close, 10) / 100, "ROC(10)/100"),
-    "stoch_k": Feature("momentum", lambda x: talib.STOCH(x.high, x.low, x.close)[0] / 100 - 0.5,
+    "ret_1": Feature("returns", lambda x, ta: _logret(x.close, 1), "log return over 1 bar"),
+    "ret_5": Feature("returns", lambda x, ta: _logret(x.close, 5), "log return over 5 bars"),
+    "ret_10": Feature("returns", lambda x, ta: _logret(x.close, 10), "log return over 10 bars"),
+    "ret_20": Feature("returns", lambda x, ta: _logret(x.close, 20), "log return over 20 bars"),
+    "hl_range": Feature("volatility", lambda x, ta: (x.high - x.low) / x.close, "(high-low)/close"),
+    "body": Feature("trend", lambda x, ta: (x.close - x.open) / x.close, "(close-open)/close"),
+    "sma20_gap": Feature("trend", lambda x, ta: x.close / ta.SMA(x.close, 20) - 1, "close/SMA20 - 1"),
+    "ema50_gap": Feature("trend", lambda x, ta: x.close / ta.EMA(x.close, 50) - 1, "close/EMA50 - 1"),
+    "rsi_14": Feature("momentum", lambda x, ta: ta.RSI(x.close, 14) / 100 - 0.5, "RSI(14)/100 - 0.5"),
+    "macd": Feature("trend", lambda x, ta: _macd(x, ta, 0), "MACD(12,26)/close"),
+    "macd_signal": Feature("trend", lambda x, ta: _macd(x, ta, 1), "MACD signal(9)/close"),
+    "macd_hist": Feature("trend", lambda x, ta: _macd(x, ta, 2), "MACD histogram/close"),
+    "roc_10": Feature("momentum", lambda x, ta: ta.ROC(x.close, 10) / 100, "ROC(10)/100"),
+    "stoch_k": Feature("momentum", lambda x, ta: ta.STOCH(x.high, x.low, x.close)[0] / 100 - 0.5,
                        "slow %K(14,3)/100 - 0.5"),
-    "stoch_d": Feature("momentum", lambda x: talib.STOCH(x.high, x.low, x.close)[1] / 100 - 0.5,
+    "stoch_d": Feature("momentum", lambda x, ta: ta.STOCH(x.high, x.low, x.close)[1] / 100 - 0.5,
                        "slow %D(3)/100 - 0.5"),
-    "cci_20": Feature("momentum", lambda x: talib.CCI(x.high, x.low, x.close, 20) / 100, "CCI(20)/100"),
-    "willr_14": Feature("momentum", lambda x: talib.WILLR(x.high, x.low, x.close, 14) / 100 + 0.5,
+    "cci_20": Feature("momentum", lambda x, ta: ta.CCI(x.high, x.low, x.close, 20) / 100, "CCI(20)/100"),
+    "willr_14": Feature("momentum", lambda x, ta: ta.WILLR(x.high, x.low, x.close, 14) / 100 + 0.5,
                         "Williams %R(14)/100 + 0.5"),
-    "mfi_14": Feature("volume", lambda x: talib.MFI(x.high, x.low, x.close, x.volume, 14) / 100 - 0.5,
+    "mfi_14": Feature("volume", lambda x, ta: ta.MFI(x.high, x.low, x.close, x.volume, 14) / 100 - 0.5,
                       "MFI(14)/100 - 0.5"),
-    "adx_14": Feature("trend", lambda x: talib.ADX(x.high, x.low, x.close, 14) / 100, "ADX(14)/100"),
-    "di_spread": Feature("trend", lambda x: (talib.PLUS_DI(x.high, x.low, x.close, 14)
-                                             - talib.MINUS_DI(x.high, x.low, x.close, 14)) / 100,
+    "adx_14": Feature("trend", lambda x, ta: ta.ADX(x.high, x.low, x.close, 14) / 100, "ADX(14)/100"),
+    "di_spread": Feature("trend", lambda x, ta: (ta.PLUS_DI(x.high, x.low, x.close, 14)
+                                             - ta.MINUS_DI(x.high, x.low, x.close, 14)) / 100,
                          "(+DI - -DI)(14)/100"),
-    "atr_14": Feature("volatility", lambda x: talib.ATR(x.high, x.low, x.close, 14) / x.close,
+    "atr_14": Feature("volatility", lambda x, ta: ta.ATR(x.high, x.low, x.close, 14) / x.close,
                       "ATR(14)/close"),
     "bb_pos": Feature("volatility", _bb_pos, "(close - BB mid)/(BB upper - BB lower), BB(20, 2)"),
     "bb_width": Feature("volatility", _bb_width, "(BB upper - BB lower)/BB mid, BB(20, 2)"),
@@ -126,14 +149,20 @@ def forward_return(close: np.ndarray, horizon: int) -> np.ndarray:
     return out
 
 
+def feature_columns(x: OHLCV, names: list[str]) -> np.ndarray:
+    """(T, F) float64 matrix of the named features over every bar, warm-up rows (NaN) included."""
+    ta = _TA()
+    cols = [np.asarray(FEATURES[n].fn(x, ta), dtype=np.float64) for n in names]
+    return np.column_stack(cols) if cols else np.empty((len(x), 0))
+
+
 def compute_features(x: OHLCV, names: list[str], horizon: int) -> FeatureSet:
     """The (T - warm-up, F) feature matrix and the label for one symbol.
 
     Warm-up = the first row at which every requested feature is finite; everything before is
     dropped. Because each indicator depends on past bars only, so does the warm-up cut.
     """
-    cols = [np.asarray(FEATURES[n].fn(x), dtype=np.float64) for n in names]
-    mat = np.column_stack(cols) if cols else np.empty((len(x), 0))
+    mat = feature_columns(x, names)
     finite_rows = np.isfinite(mat).all(axis=1)
     start = int(np.argmax(finite_rows)) if finite_rows.any() else len(x)
     mat = mat[start:]
@@ -148,6 +177,5 @@ def warmup_bars(names: list[str]) -> int:
     """Rows the indicators need before all of them are defined (measured on a synthetic series)."""
     from .sources import synthetic_symbol
 
-    x = synthetic_symbol(1, 0, 0, 400)
-    cols = np.column_stack([FEATURES[n].fn(x) for n in names])
+    cols = feature_columns(synthetic_symbol(1, 0, 0, 400), names)
     return int(np.argmax(np.isfinite(cols).all(axis=1)))
