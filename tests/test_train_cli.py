@@ -175,3 +175,20 @@ def test_help_explains_every_option(run_python) -> None:
                  "--seed", "--device", "--models-dir", "--cache-dir", "--checkpoint-every", "--keep",
                  "--config"):
         assert flag in r.stdout
+
+
+def test_kill_9_of_the_trainer_takes_its_dataloader_workers_down_at_once(tmp_path: Path) -> None:
+    child = start(["--num-workers", "2"], "train_step:5", tmp_path)
+    child.wait_for("PAUSED")
+    workers = [c.pid for c in psutil.Process(child.proc.pid).children(recursive=True)]
+    assert len(workers) >= 2
+    time.sleep(1.0)  # the workers are now idle, blocked on their queue with PyTorch's 5 s timeout
+    # From the kill on, not after child.finish(): that waits for stderr to close, which the workers
+    # hold open as long as they live.
+    deadline = time.monotonic() + 1.5  # PyTorch's own watchdog alone would take ~3.5 s more
+    child.proc.kill()
+    child.proc.wait(timeout=30)
+    while pids_alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pids_alive(workers) == []
+    child.finish()
