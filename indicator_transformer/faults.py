@@ -9,6 +9,7 @@ the signal lands exactly there. Points:
     val_batch        after validation batch n of an epoch (n counts from 1)
     test_batch       after batch n of the final test evaluation
     prepare_symbol   after symbol n (1-based, completion order) of preparation was committed in memory
+    prepare_commit   after a periodic manifest commit during preparation (n = symbols done so far)
     before_commit    inside an atomic write, the temporary file complete, before its rename
                      (n = the final file name, e.g. checkpoint_epoch_2_interrupted.pth; "*" = any)
 

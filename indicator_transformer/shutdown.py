@@ -67,16 +67,25 @@ def _write_stderr(msg: str) -> None:
         os.write(2, msg.encode("utf-8", "replace"))
 
 
+_critical_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def critical_section() -> Iterator[None]:
-    """Hold a second-signal exit until the enclosed (short) commit step has finished."""
-    global _critical_depth, _exit_after_critical
-    _critical_depth += 1
+    """Hold a second-signal exit until the enclosed (short) commit step has finished.
+
+    Preparation threads commit files concurrently, hence the lock around the counter (the signal
+    handler only reads it)."""
+    global _critical_depth
+    with _critical_lock:
+        _critical_depth += 1
     try:
         yield
     finally:
-        _critical_depth -= 1
-        if _critical_depth == 0 and _exit_after_critical is not None:
+        with _critical_lock:
+            _critical_depth -= 1
+            depth = _critical_depth
+        if depth == 0 and _exit_after_critical is not None:
             code = _exit_after_critical
             _write_stderr("File commit finished; exiting now.\n")
             os._exit(code)
@@ -199,8 +208,11 @@ class SignalHandler:
     # ----------------------------------------------------------------- status
     @property
     def should_stop(self) -> bool:
-        """True once a stop was requested; the first read after it cancels the pending work."""
-        if self.shutdown_requested and not self._actions_done:
+        """True once a stop was requested. The first read *from the main thread* after it cancels
+        the pending work; worker threads only read the flag, so the executor is never shut down
+        between the main thread's own check and its next ``submit``."""
+        if self.shutdown_requested and not self._actions_done \
+                and threading.current_thread() is threading.main_thread():
             self._perform_shutdown_actions()
         return self.shutdown_requested
 

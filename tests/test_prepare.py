@@ -287,3 +287,29 @@ def test_an_unchanged_input_is_not_hashed_again_but_a_same_size_edit_is(tmp_path
     again = _run(discover_files(data), small_features, tmp_path / "cache")
     assert hashed == ["S001"]
     assert (again.hits, again.misses) == (2, 1)
+
+
+def test_kill_9_during_preparation_keeps_the_symbols_of_the_last_periodic_commit(tmp_path, spawn,
+                                                                                run_python):
+    from conftest import child_env
+
+    symbols, bars = 400, 3000
+    cache = tmp_path / "cache"
+    env = child_env()
+    env["INDICATOR_TRANSFORMER_PAUSE_AT"] = "prepare_commit:*"
+    proc = spawn(_prepare_only_cmd(cache, symbols, bars), cwd=str(tmp_path), env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not (cache / MANIFEST).exists():
+        time.sleep(0.01)
+    time.sleep(0.2)  # the manifest is committed; the process now waits at the pause point
+    proc.kill()
+    proc.communicate(timeout=60)
+
+    committed = _manifest_symbols(cache)
+    assert 0 < len(committed) < symbols
+    report = FeatureCache(cache).validate_full(fix=False)
+    assert not (report.corrupt or report.missing or report.manifest_problem)
+    again = run_python(_prepare_only_cmd(cache, symbols, bars), cwd=str(tmp_path), timeout=300)
+    assert again.returncode == 0, again.stderr
+    done, total, hits, misses = map(int, _SUMMARY.search(again.stdout + again.stderr).groups())
+    assert (hits, misses) == (len(committed), symbols - len(committed))

@@ -76,6 +76,9 @@ class PreparedData:
         return "\n".join(lines)
 
 
+COMMIT_EVERY_S = 2.0  # how often preparation commits finished symbols to the manifest
+
+
 class _Stopped(Exception):
     """Raised inside a task at a stage boundary when a stop was requested."""
 
@@ -140,6 +143,7 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
     progress = Progress(len(sources), "prepare", unit="sym", stream=stream, enabled=show_progress)
     running: dict[Future, Source] = {}
     bars_done = 0
+    last_commit = time.monotonic()
     try:
         # Fast path in this thread: inputs whose identity is known without hashing and whose entry
         # is cached only need their arrays mapped. Handing them to the pool would cost more in
@@ -194,6 +198,12 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
                 faults.point("prepare_symbol", len(done))
                 bars_done += len(sd.label)  # a running total: summing over done is O(symbols^2)
                 progress.update(1, bars_per_s=round(bars_done / max(progress.elapsed, 1e-9)))
+            # Commit now and then, not only at the end: a kill -9 (or a second Ctrl-C) then loses
+            # at most the last few seconds of preparation.
+            if cache.pending and time.monotonic() - last_commit >= COMMIT_EVERY_S:
+                cache.commit()
+                last_commit = time.monotonic()
+                faults.point("prepare_commit", len(done))
     finally:
         # Let running tasks reach a stage boundary (they never leave a partial file), then commit
         # what completed - also on Ctrl-C and on errors: finished work is never thrown away.
