@@ -266,7 +266,7 @@ def test_validate_full_finds_corrupt_missing_and_orphaned_files_and_repairs_the_
     data[-5] ^= 0xFF  # same size, different bytes: only the hash can tell
     flipped.write_bytes(bytes(data))
     _data_file(tmp_path, k_missing, "time").unlink()
-    orphan = tmp_path / "ZZZ-0000.features.npy"
+    orphan = tmp_path / f"ZZZ-{'ab' * 32}.features.npy"  # a data-file name the cache writes
     orphan.write_bytes(b"stray")
 
     dry = FeatureCache(tmp_path).validate_full(fix=False)
@@ -314,3 +314,36 @@ def test_clear_all_refuses_a_path_that_is_not_a_cache_folder(tmp_path):
     with pytest.raises(UserError, match="does not look like a feature cache"):
         FeatureCache(mixed).clear_all()
     assert (mixed / "AAA-1.features.npy").exists() and stray.exists()
+
+
+@pytest.mark.parametrize("name", ["../victim.txt", "/ABS/victim.txt", "victim.txt", 7])
+def test_a_manifest_naming_a_file_outside_the_cache_never_gets_it_read_or_deleted(tmp_path, name):
+    root = tmp_path / "cache"
+    src, key, fs = _entry()
+    cache = FeatureCache(root).open()
+    cache.put(key, src.symbol, fs)
+    cache.commit()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    doc = _manifest(root)
+    target = str(victim) if name == "/ABS/victim.txt" else name
+    doc["entries"][key]["files"]["label"]["name"] = target
+    (root / MANIFEST).write_text(json.dumps(doc))
+
+    with pytest.warns(CacheWarning, match="malformed"):
+        assert FeatureCache(root).open().get(key) is None
+    report = FeatureCache(root).validate_full()
+    assert report.corrupt == [key]
+    assert victim.read_text() == "precious"
+
+
+def test_validating_a_folder_that_is_not_a_cache_refuses_and_writes_nothing(tmp_path):
+    folder = tmp_path / "userdata"
+    folder.mkdir()
+    (folder / "embeddings.npy").write_bytes(b"not ours")
+    (folder / "notes.md").write_text("x")
+    with pytest.raises(UserError, match="does not look like a feature cache"):
+        FeatureCache(folder).validate_full()
+    with pytest.raises(UserError, match="does not look like a feature cache"):
+        FeatureCache(folder).clear_all()
+    assert sorted(p.name for p in folder.iterdir()) == ["embeddings.npy", "notes.md"]

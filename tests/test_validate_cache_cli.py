@@ -94,7 +94,7 @@ def test_a_dry_run_reports_the_damage_changes_nothing_and_exits_1(run_python, ca
 
 
 def test_orphaned_data_files_and_stale_temp_files_are_removed(run_python, cache_dir):
-    orphan = cache_dir / "GONE-1234abcd.features.npy"
+    orphan = cache_dir / f"GONE-{'cd' * 32}.features.npy"
     orphan.write_bytes(b"\x93NUMPY not listed anywhere")
     stale = cache_dir / ".manifest.json.999999999.abcdef01.tmp"
     stale.write_text("{half a manifest")

@@ -48,6 +48,15 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 CACHE_FORMAT_VERSION = 1
 ARRAYS = ("features", "label", "time")
+# Every data file name this module writes (see put). Names read from a manifest must match it, so
+# a damaged or hostile manifest can never point a reader - or validate_cache's deletions - outside
+# the cache folder or at a file the cache did not write.
+_DATA_NAME = re.compile(r"^[A-Za-z0-9._=+^-]+-[0-9a-f]{64}\.(features|label|time)\.npy$")
+
+
+def is_data_name(name: object) -> bool:
+    """True for a file name the cache writes for an entry's array."""
+    return isinstance(name, str) and _DATA_NAME.fullmatch(name) is not None
 
 
 class CacheWarning(UserWarning):
@@ -165,6 +174,10 @@ class FeatureCache:
             meta = entry["files"].get(part)
             if not isinstance(meta, dict) or "name" not in meta:
                 return f"manifest lists no '{part}' file"
+            if not (is_data_name(meta["name"]) and isinstance(meta.get("bytes"), int)
+                    and isinstance(meta.get("dtype"), str) and isinstance(meta.get("shape"), list)
+                    and all(isinstance(n, int) for n in meta["shape"])):
+                return f"malformed manifest record for its '{part}' file"
             p = self.root / meta["name"]
             try:
                 size = p.stat().st_size
@@ -313,6 +326,8 @@ class FeatureCache:
         report = ValidationReport()
         if not self.root.is_dir():
             return report
+        if not (self.root / MANIFEST).exists():
+            self._refuse_foreign_folder("repair")  # without a manifest, be sure the folder is ours
         with self._flock:
             report.temp_removed = remove_stale_temp_files(self.root)
             entries, inputs, problem = self._read_manifest_doc()
@@ -321,9 +336,10 @@ class FeatureCache:
             listed: set[str] = set()
             for key, entry in entries.items():
                 names = [m.get("name") for m in entry["files"].values() if isinstance(m, dict)]
-                listed.update(n for n in names if n)
+                names = [n for n in names if is_data_name(n)]  # never touch any other path
+                listed.update(names)
                 status = self._full_check(entry)
-                size = sum(self._size(n) for n in names if n)
+                size = sum(self._size(n) for n in names)
                 if status == "valid":
                     keep[key] = entry
                     report.valid.append(key)
@@ -331,9 +347,8 @@ class FeatureCache:
                     getattr(report, status).append(key)
                     if fix:
                         for n in names:
-                            if n:
-                                with contextlib.suppress(FileNotFoundError):
-                                    (self.root / n).unlink()
+                            with contextlib.suppress(FileNotFoundError):
+                                (self.root / n).unlink()
                 report.bytes[status] += size
             for p in sorted(self.root.iterdir()):
                 # Only data files the cache writes (.npy) can be orphans: anything else in the
@@ -376,7 +391,13 @@ class FeatureCache:
     @staticmethod
     def _is_cache_file(p: Path) -> bool:
         """A name this module writes: the manifest, the lock, a data file or a temporary file."""
-        return p.is_file() and (p.name in (MANIFEST, LOCK) or p.suffix == ".npy" or is_temp_file(p))
+        return p.is_file() and (p.name in (MANIFEST, LOCK) or is_data_name(p.name) or is_temp_file(p))
+
+    def _refuse_foreign_folder(self, action: str) -> None:
+        foreign = [p for p in sorted(self.root.iterdir()) if not self._is_cache_file(p)]
+        if foreign:
+            raise UserError(f"{self.root}: does not look like a feature cache ({foreign[0].name} is "
+                            f"not a cache file); refusing to {action} it")
 
     def clear_all(self) -> tuple[int, int]:
         """Remove the whole cache folder. Returns (files, bytes) removed.
@@ -389,10 +410,7 @@ class FeatureCache:
             return 0, 0
         if not self.root.is_dir():
             raise UserError(f"{self.root}: is not a folder (expected the feature cache directory)")
-        foreign = [p for p in sorted(self.root.iterdir()) if not self._is_cache_file(p)]
-        if foreign:
-            raise UserError(f"{self.root}: does not look like a feature cache ({foreign[0].name} is "
-                            f"not a cache file); refusing to delete it")
+        self._refuse_foreign_folder("delete")
         files = [p for p in self.root.rglob("*") if p.is_file()]
         total = sum(p.stat().st_size for p in files)
         shutil.rmtree(self.root)
