@@ -24,6 +24,8 @@ from .shutdown import SignalHandler
 from .training import checkpoint as ckpt
 from .training.trainer import Trainer, resolve_device
 
+EVALUATION_FILE = "evaluation.json"  # test metrics of the finished run, in the models folder
+
 
 @dataclass
 class RunOptions:
@@ -109,10 +111,10 @@ def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: 
               f"{trainer.step_in_epoch}/{trainer.steps_per_epoch}, global step {trainer.global_step}",
               file=stream, flush=True)
     else:
-        existing = ckpt.checkpoint_files(cfg.train.models_dir)
-        if existing:
-            print(f"note: {cfg.train.models_dir} already holds {len(existing)} checkpoint(s); this new "
-                  f"run adds its own (resume_training.py continues an old one)", file=stream, flush=True)
+        archived = ckpt.archive_previous_run(cfg.train.models_dir, (EVALUATION_FILE,))
+        if archived is not None:
+            print(f"note: moved the previous run's checkpoints to {archived} (resume one with "
+                  f"resume_training.py --checkpoint PATH)", file=stream, flush=True)
     sizes = {k: len(v) for k, v in trainer.datasets.items()}
     print(f"Training {count_parameters(trainer.model):,} parameters on {trainer.device}: windows "
           f"train {sizes['train']:,} / val {sizes['val']:,} / test {sizes['test']:,}, "
@@ -135,11 +137,12 @@ def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: 
             print(f"warning: {e}; evaluating the final model", file=stream, flush=True)
     test = trainer.evaluate("test")
     if test is None:
-        print("Evaluation stopped: no report written (training state is saved)", file=stream, flush=True)
+        print("Evaluation stopped: no report written; training is saved and resume_training.py "
+              "runs the evaluation", file=stream, flush=True)
         return handler.exit_code
     report = {"evaluated": which, "test": test, "history": trainer.epoch_history,
               "global_step": trainer.global_step, "data_fingerprint": data.fingerprint}
-    out = atomic_write_json(Path(trainer.cfg.train.models_dir) / "evaluation.json",
+    out = atomic_write_json(Path(trainer.cfg.train.models_dir) / EVALUATION_FILE,
                             json.loads(json.dumps(report, default=_jsonable)))
     print(f"Test ({which}): IC {test['ic']:+.4f}, rank IC {test['rank_ic']:+.4f}, hit rate "
           f"{test['hit_rate']:.3f}, MSE/baseline {test['mse_ratio']:.4f} over {test['samples']:,} "

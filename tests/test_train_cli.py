@@ -97,11 +97,16 @@ def test_second_ctrl_c_during_the_checkpoint_write_exits_fast_and_keeps_previous
     for p in models.glob("*.pth"):
         load(p)  # every file under a final name is complete
     assert load(models / "checkpoint_epoch_1.pth")["epoch"] == 1
-    # The abandoned temporary file is removed by the next start-up of the same folder's writer or
-    # ignored by readers: resume lists only complete checkpoints.
+    # Readers ignore the abandoned temporary file; the next training start removes it.
+    assert list(models.glob(".checkpoint_epoch_2_interrupted.pth.*.tmp"))
     r = subprocess.run([sys.executable, "resume_training.py", "--list", "--models-dir", str(models)],
                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "CORRUPT" not in r.stdout and ".tmp" not in r.stdout
+    r = subprocess.run([sys.executable, "resume_training.py", "--models-dir", str(models), "--cache-dir",
+                        str(tmp_path / "cache"), "--no-progress"], cwd=REPO_ROOT, capture_output=True,
+                       text=True, timeout=120, preexec_fn=default_sigint)
+    assert r.returncode == 0, r.stderr
+    assert not list(models.glob(".*.tmp"))
 
 
 def test_sigint_during_test_evaluation_writes_no_report(tmp_path: Path) -> None:
@@ -113,6 +118,12 @@ def test_sigint_during_test_evaluation_writes_no_report(tmp_path: Path) -> None:
     assert not (tmp_path / "models" / "evaluation.json").exists()
     assert not list((tmp_path / "models").glob(".*.tmp"))
     assert load(tmp_path / "models" / "checkpoint_epoch_2.pth")["epoch"] == 2
+    # Resuming the finished run runs the evaluation that did not complete.
+    r = subprocess.run([sys.executable, "resume_training.py", "--models-dir", str(tmp_path / "models"),
+                        "--cache-dir", str(tmp_path / "cache"), "--no-progress"], cwd=REPO_ROOT,
+                       capture_output=True, text=True, timeout=120, preexec_fn=default_sigint)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "models" / "evaluation.json").read_text())["test"]["samples"] > 0
 
 
 def test_kill_9_at_any_moment_leaves_only_loadable_checkpoints(tmp_path: Path) -> None:
@@ -192,3 +203,21 @@ def test_kill_9_of_the_trainer_takes_its_dataloader_workers_down_at_once(tmp_pat
         time.sleep(0.05)
     assert pids_alive(workers) == []
     child.finish()
+
+
+def test_a_new_run_moves_the_previous_runs_files_aside_instead_of_mixing_with_them(run_python,
+                                                                                   tmp_path: Path) -> None:
+    common = ["--cache-dir", str(tmp_path / "c"), "--models-dir", str(tmp_path / "m")]
+    first = run_python(["train_indicator_transformer.py", *SMALL, "--epochs", "3", *common])
+    assert first.returncode == 0, first.stderr
+    second = run_python(["train_indicator_transformer.py", *SMALL, "--epochs", "1", "--seed", "1", *common])
+    assert second.returncode == 0, second.stderr
+    assert "moved the previous run's checkpoints" in second.stderr
+    models = tmp_path / "m"
+    assert sorted(p.name for p in models.glob("*.pth")) == ["best.pth", "checkpoint_epoch_1.pth"]
+    assert load(models / "checkpoint_epoch_1.pth")["config"]["train"]["seed"] == 1
+    (archive,) = (models / "previous_runs").iterdir()
+    assert sorted(p.name for p in archive.iterdir()) == [
+        "best.pth", "checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth", "checkpoint_epoch_3.pth",
+        "evaluation.json"]
+    assert load(archive / "checkpoint_epoch_3.pth")["config"]["train"]["seed"] == 0

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import CheckpointError, UserError
-from ..run import RunOptions, run_pipeline
+from ..run import EVALUATION_FILE, RunOptions, run_pipeline
 from ..training import checkpoint as ckpt
 from .common import human_bytes, print_table, run_command, run_with_handler
 from .options import (
@@ -127,9 +127,12 @@ def run(args: argparse.Namespace) -> int:
     completed = int(state["epoch"]) if state.get("epoch_complete") else int(state["epoch"]) - 1
     target = completed + args.epochs if args.epochs is not None else cfg.train.epochs
     if completed >= target:
-        print(f"Nothing to do: {path} has completed {completed} epoch(s) of {target}. Use --epochs N "
-              f"to train N more.")
-        return 0
+        if (Path(cfg.train.models_dir) / EVALUATION_FILE).exists():
+            print(f"Nothing to do: {path} has completed {completed} epoch(s) of {target}. Use "
+                  f"--epochs N to train N more.")
+            return 0
+        print(f"Training is complete ({completed} epochs); running the final evaluation that did "
+              f"not finish", file=sys.stderr)
     opts = RunOptions(show_progress=not args.no_progress, resume_state=state, resume_path=path,
                       target_epochs=target, allow_data_change=args.allow_data_change)
     return run_with_handler(lambda handler: run_pipeline(cfg, handler, opts))

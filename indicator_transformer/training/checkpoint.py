@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import atomic_write_bytes, is_temp_file
+from ..atomic import atomic_write_bytes, fsync_dir, is_temp_file
 from ..errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -164,6 +164,28 @@ def newest_valid(models_dir: str | Path) -> tuple[CheckpointInfo | None, list[Ch
     tied = [i for i in valid if i.global_step == top]
     non_best = [i for i in tied if i.path.name != BEST_NAME]
     return (non_best or tied)[-1], corrupt
+
+
+def archive_previous_run(models_dir: str | Path, extra_names: tuple[str, ...] = ()) -> Path | None:
+    """Move an earlier run's checkpoints (and ``extra_names``) into
+    ``previous_runs/<UTC time>/`` so that a new run's retention, ``best.pth`` and "newest
+    checkpoint" never mix two runs. Nothing is deleted. Returns the archive folder, or None."""
+    d = Path(models_dir)
+    files = checkpoint_files(d) + [d / n for n in extra_names if (d / n).is_file()]
+    if not files:
+        return None
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    target = d / "previous_runs" / stamp
+    n = 1
+    while target.exists():
+        n += 1
+        target = d / "previous_runs" / f"{stamp}-{n}"
+    target.mkdir(parents=True)
+    for p in files:
+        p.rename(target / p.name)  # same file system: atomic, no copy
+    fsync_dir(d)
+    fsync_dir(target)
+    return target
 
 
 def apply_retention(models_dir: str | Path, keep: int) -> list[Path]:

@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import faults
+from ..atomic import remove_stale_temp_files
 from ..config import Config
 from ..data.prepare import PreparedData
 from ..data.windows import Normalisation, SplitIndex, WindowDataset, collate_batch
@@ -249,6 +250,7 @@ class Trainer:
         """Train until the configured epoch count, or until a stop is requested."""
         t = self.cfg.train
         self.models_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(self.models_dir)  # checkpoints abandoned by an earlier hard exit
         while self.epoch <= t.epochs:
             if self.handler.should_stop:
                 return FitResult(False, self.save_interrupted(), "train")
