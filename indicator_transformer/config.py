@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,28 @@ DEFAULT_FEATURES: tuple[str, ...] = (
     "willr_14", "mfi_14", "adx_14", "di_spread", "atr_14", "bb_pos", "bb_width", "obv_chg",
     "volume_z",
 )
+
+
+def _typed(source: str, key: str, value: Any, hint: Any) -> Any:
+    """``value`` if it has the field's type (an int is accepted for a float), else a UserError
+    naming the key: a TOML file can hold any type, and ``8.5`` layers must not become a traceback."""
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) \
+        else (hint,)
+    for t in allowed:
+        if t is type(None) and value is None:
+            return value
+        if t is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t in (str, bool) and isinstance(value, t):
+            return value
+        if typing.get_origin(t) is list and isinstance(value, list) \
+                and all(isinstance(v, typing.get_args(t)[0]) for v in value):
+            return list(value)
+    expected = " or ".join("null" if t is type(None) else str(t) if typing.get_origin(t) else t.__name__
+                           for t in allowed)
+    raise UserError(f"{source}: invalid value for '{key}': {value!r} (expected {expected})")
 
 
 def _check(cond: bool, name: str, value: Any, expected: str) -> None:
@@ -150,6 +174,9 @@ class Config:
             unknown = sorted(set(values) - known)
             if unknown:
                 raise UserError(f"{source}: unknown key(s) in [{name}]: {', '.join(unknown)}")
+            hints = typing.get_type_hints(klass)
+            for key, value in values.items():
+                values[key] = _typed(source, key, value, hints[key])
             parts[name] = klass(**values)
         return cls(**parts)
 
@@ -163,15 +190,16 @@ class Config:
                 out[f.name] = name
         return out
 
-    def replace(self, **flat: Any) -> Config:
-        """A copy with flat keys (``epochs=3``, ``d_model=32``) replaced and re-validated."""
+    def replace(self, source: str = "configuration", **flat: Any) -> Config:
+        """A copy with flat keys (``epochs=3``, ``d_model=32``) replaced and re-validated; errors
+        name ``source``."""
         sections = self.field_sections()
         d = self.to_dict()
         for key, value in flat.items():
             if key not in sections:
-                raise UserError(f"unknown configuration key '{key}'")
+                raise UserError(f"{source}: unknown configuration key '{key}'")
             d[sections[key]][key] = value
-        return Config.from_dict(d)
+        return Config.from_dict(d, source=source)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -199,14 +227,15 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         else:
             raise UserError(f"{path}: unknown key '{key}' (expected one of: "
                             f"{', '.join(sorted(sections))})")
-    return flat
+    # Types now, so that the error names this file even when a flag is merged in later.
+    hints = {k: v for klass in (DataConfig, FeatureConfig, ModelConfig, TrainConfig)
+             for k, v in typing.get_type_hints(klass).items()}
+    return {k: _typed(str(path), k, v, hints[k]) for k, v in flat.items()}
 
 
-def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> Config:
+def build_config(file_values: dict[str, Any], flag_values: dict[str, Any],
+                 file_name: str | None = None) -> Config:
     """Defaults <- TOML file values <- explicit flags (``None`` flags are ignored)."""
     merged = dict(file_values)
     merged.update({k: v for k, v in flag_values.items() if v is not None})
-    try:
-        return Config().replace(**merged)
-    except TypeError as e:  # wrong type for a dataclass comparison, e.g. a string epochs in TOML
-        raise UserError(f"invalid configuration: {e}") from None
+    return Config().replace(source=file_name or "configuration", **merged)

@@ -122,3 +122,17 @@ def test_changing_the_epoch_count_on_resume_keeps_the_learning_rate_of_the_curre
     trainer.set_total_epochs(12)
     expected = cfg.train.lr * lr_factor(8, 4, 12 * trainer.steps_per_epoch)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_checkpoint_with_every_key_but_wrong_types_is_a_clear_error(tmp_path: Path) -> None:
+    bad = _state(3)
+    bad["loss_history"] = {"steps": []}
+    path = ckpt.save_checkpoint(tmp_path / "checkpoint_epoch_1.pth", bad)
+    with pytest.raises(CheckpointError, match="wrong type for loss_history"):
+        ckpt.load_checkpoint(path)
+    bad = _state(3)
+    bad["epoch"] = "3"
+    path = ckpt.save_checkpoint(tmp_path / "checkpoint_epoch_1.pth", bad)
+    with pytest.raises(CheckpointError, match="wrong type for epoch") as info:
+        ckpt.load_checkpoint(path)
+    assert str(path) in str(info.value)

@@ -221,3 +221,15 @@ def test_a_new_run_moves_the_previous_runs_files_aside_instead_of_mixing_with_th
         "best.pth", "checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth", "checkpoint_epoch_3.pth",
         "evaluation.json"]
     assert load(archive / "checkpoint_epoch_3.pth")["config"]["train"]["seed"] == 0
+
+
+@pytest.mark.parametrize(("line", "key"), [("batch_size = 64.5", "batch_size"), ("d_model = 8.0", "d_model"),
+                                           ("data_dir = 5", "data_dir"), ('features = "rsi_14"', "features"),
+                                           ("skip_bad_files = 1", "skip_bad_files")])
+def test_a_toml_value_of_the_wrong_type_exits_2_naming_the_file_and_key(run_python, tmp_path: Path,
+                                                                       line: str, key: str) -> None:
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(line + "\n")
+    r = run_python(["train_indicator_transformer.py", "--config", str(cfg), "--models-dir", str(tmp_path)])
+    assert r.returncode == 2, r.stderr
+    assert f"{cfg}: invalid value for '{key}'" in r.stderr and "Traceback" not in r.stderr

@@ -55,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Build the configuration and run the pipeline under a SignalHandler."""
-    cfg = build_config(load_toml(args.config) if args.config else {}, flag_values(args))
+    cfg = build_config(load_toml(args.config) if args.config else {}, flag_values(args), args.config)
     opts = RunOptions(prepare_only=args.prepare_only, show_progress=not args.no_progress)
     return run_with_handler(lambda handler: run_pipeline(cfg, handler, opts))
 

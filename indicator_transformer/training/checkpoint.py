@@ -104,7 +104,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format_version {state['format_version']} is not "
                               f"supported (expected {FORMAT_VERSION})")
+    wrong = [k for k, t in _TYPES.items() if not isinstance(state[k], t)]
+    history = state["loss_history"]
+    if not wrong and not (isinstance(history.get("epochs"), list) and isinstance(history.get("steps"), list)):
+        wrong.append("loss_history")
+    if wrong:
+        raise CheckpointError(f"{path}: not a valid checkpoint (wrong type for {', '.join(wrong)})")
     return state
+
+
+# The types readers rely on, checked at load so that a damaged file is an error naming it, not a
+# KeyError or TypeError deep in resume.
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "model": dict, "optimizer": dict, "scheduler": dict, "epoch": int, "step_in_epoch": int,
+    "global_step": int, "loss_history": dict, "rng": dict, "sampler": dict, "config": dict,
+    "normalisation": dict, "data_fingerprint": dict, "timestamp": str, "interrupted": bool,
+}
 
 
 @dataclass
