@@ -18,6 +18,7 @@ from typing import Any
 from ..config import Config
 from ..errors import CheckpointError, UserError
 from ..run import EVALUATION_FILE, RunOptions, run_pipeline
+from ..shutdown import SignalHandler
 from ..training import checkpoint as ckpt
 from .common import human_bytes, print_table, run_command, run_with_handler
 from .options import (
@@ -104,6 +105,12 @@ def run(args: argparse.Namespace) -> int:
         return list_table(models_dir)
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs {args.epochs}: expected an integer >= 1")
+    # The handler goes in before the (possibly long) checkpoint loading, so a Ctrl-C there too
+    # ends with the usual shutdown lines.
+    return run_with_handler(lambda handler: _resume(args, models_dir, handler))
+
+
+def _resume(args: argparse.Namespace, models_dir: str, handler: SignalHandler) -> int:
     if args.checkpoint:
         path = Path(args.checkpoint)
         state = ckpt.load_checkpoint(path)
@@ -135,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
               f"not finish", file=sys.stderr)
     opts = RunOptions(show_progress=not args.no_progress, resume_state=state, resume_path=path,
                       target_epochs=target, allow_data_change=args.allow_data_change)
-    return run_with_handler(lambda handler: run_pipeline(cfg, handler, opts))
+    return run_pipeline(cfg, handler, opts)
 
 
 def main(argv: list[str] | None = None) -> int:

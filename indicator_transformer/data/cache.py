@@ -42,7 +42,7 @@ from filelock import FileLock
 from ..atomic import atomic_write_bytes, atomic_write_json, is_temp_file, remove_stale_temp_files
 from ..errors import UserError
 from .features import FEATURE_CODE_VERSION, FeatureSet
-from .sources import Source
+from .sources import Source, sha256_file
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
@@ -89,14 +89,6 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
     return buf.getvalue()
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -380,7 +372,7 @@ class FeatureCache:
             return "missing" if "missing" in quick else "corrupt"
         for part in ARRAYS:
             meta = entry["files"][part]
-            if _sha256_file(self.root / meta["name"]) != meta.get("sha256"):
+            if sha256_file(self.root / meta["name"]) != meta.get("sha256"):
                 return "corrupt"
         try:
             self._load(entry)

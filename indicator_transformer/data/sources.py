@@ -37,6 +37,15 @@ _PANDAS_NA_STRINGS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-Na
                       "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class OHLCV:
     """One symbol's validated bars. ``time`` is int64 nanoseconds since the epoch."""
@@ -64,11 +73,7 @@ class Source:
     def identity(self) -> str:
         """sha256 of the raw input bytes, or of the synthetic spec."""
         if self.path is not None:
-            h = hashlib.sha256()
-            with open(self.path, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            return h.hexdigest()
+            return sha256_file(self.path)
         return hashlib.sha256(json.dumps(self.synthetic, sort_keys=True).encode()).hexdigest()
 
     def load(self, *, use_adj_close: bool = False) -> OHLCV:

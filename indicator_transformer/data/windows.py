@@ -164,10 +164,8 @@ class WindowDataset(Dataset):
         return sym.features[t - self.window + 1: t + 1], float(sym.label[t])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self._window(i)
-        x = np.clip((x - self.mean) * self.inv_std, -self.CLIP, self.CLIP)
-        y = (np.float32(y) - self.label_mean) * self.label_inv_std
-        return torch.from_numpy(x.astype(np.float32)), torch.tensor(y, dtype=torch.float32)
+        xs, ys = self.__getitems__([i])
+        return xs[0], ys[0]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         xs = np.empty((len(indices), self.window, len(self.mean)), np.float32)  # (B, L, F)

@@ -17,6 +17,7 @@ replays steps k+1.. exactly as the uninterrupted run did, bit for bit.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -36,7 +37,7 @@ from ..atomic import remove_stale_temp_files
 from ..config import Config
 from ..data.prepare import PreparedData
 from ..data.windows import Normalisation, SplitIndex, WindowDataset, collate_batch
-from ..errors import TrainingDiverged, UserError
+from ..errors import CheckpointError, TrainingDiverged, UserError
 from ..evaluation import regression_metrics
 from ..model import IndicatorTransformer
 from ..progress import Progress
@@ -49,18 +50,21 @@ EVAL_BATCH = 1024
 LOSS_FLUSH_EVERY = 50  # steps between fetching losses from the device (avoids a sync per step)
 
 
-def worker_init(_: int) -> None:
-    """DataLoader workers: the parent decides about stopping (invariant 3), and one thread each."""
+def worker_init(parent_pid: int, _worker_id: int) -> None:
+    """DataLoader workers: the parent decides about stopping (invariant 3), and one thread each.
+
+    Used as ``functools.partial(worker_init, os.getpid())``."""
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
-    _die_with_parent()
+    _die_with_parent(parent_pid)
     torch.set_num_threads(1)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """On Linux, have the kernel kill this worker the moment its parent dies (even by kill -9);
-    PyTorch's own watchdog would notice only within about 5 seconds. Elsewhere a no-op."""
+    PyTorch's own watchdog would notice only within about 5 seconds. Elsewhere a no-op. The kernel
+    ties this to the thread that forked the worker: loaders are created on the main thread."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -69,7 +73,7 @@ def _die_with_parent() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1  # noqa: N806 - the kernel's name
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before the call: nobody will clean up after us
+        if os.getppid() != parent_pid:  # the parent died before the call (we were re-parented)
             os._exit(0)
     except (OSError, AttributeError):
         pass
@@ -152,7 +156,8 @@ class Trainer:
         nw = self.cfg.train.num_workers
         return DataLoader(
             self.datasets[split], batch_sampler=sampler, collate_fn=collate_batch, num_workers=nw,
-            worker_init_fn=worker_init if nw else None, pin_memory=self.device.type == "cuda",
+            worker_init_fn=functools.partial(worker_init, os.getpid()) if nw else None,
+            pin_memory=self.device.type == "cuda",
             # A private generator: creating the iterator must not draw from the global RNG.
             generator=torch.Generator().manual_seed(self.cfg.train.seed),
             prefetch_factor=4 if nw else None)
@@ -189,6 +194,11 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint: weights, optimizer, scheduler, counters, RNG, sampler."""
+        saved = state["sampler"]
+        if (saved.get("seed"), saved.get("batch_size")) != (self.sampler.seed, self.sampler.batch_size):
+            raise CheckpointError(f"checkpoint sampler (seed {saved.get('seed')}, batch size "
+                                  f"{saved.get('batch_size')}) does not match this run's "
+                                  f"({self.sampler.seed}, {self.sampler.batch_size})")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
