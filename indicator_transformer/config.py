@@ -159,6 +159,12 @@ class Config:
 
     SECTIONS = ("data", "features", "model", "train")
 
+    @staticmethod
+    def section_classes() -> dict[str, type]:
+        """Section name -> its dataclass, in file order."""
+        return {"data": DataConfig, "features": FeatureConfig, "model": ModelConfig,
+                "train": TrainConfig}
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (JSON/TOML/checkpoint friendly)."""
         return {s: dataclasses.asdict(getattr(self, s)) for s in self.SECTIONS}
@@ -167,8 +173,7 @@ class Config:
     def from_dict(cls, d: dict[str, dict[str, Any]], *, source: str = "config") -> Config:
         """Rebuild from :meth:`to_dict` output; unknown keys are an error naming them."""
         parts = {}
-        for name, klass in zip(cls.SECTIONS, (DataConfig, FeatureConfig, ModelConfig, TrainConfig),
-                               strict=True):
+        for name, klass in cls.section_classes().items():
             values = dict(d.get(name, {}))
             known = {f.name for f in dataclasses.fields(klass)}
             unknown = sorted(set(values) - known)
@@ -184,8 +189,7 @@ class Config:
     def field_sections(cls) -> dict[str, str]:
         """Flat key -> section name, for flags and flat TOML files."""
         out = {}
-        for name, klass in zip(cls.SECTIONS, (DataConfig, FeatureConfig, ModelConfig, TrainConfig),
-                               strict=True):
+        for name, klass in cls.section_classes().items():
             for f in dataclasses.fields(klass):
                 out[f.name] = name
         return out
@@ -228,7 +232,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             raise UserError(f"{path}: unknown key '{key}' (expected one of: "
                             f"{', '.join(sorted(sections))})")
     # Types now, so that the error names this file even when a flag is merged in later.
-    hints = {k: v for klass in (DataConfig, FeatureConfig, ModelConfig, TrainConfig)
+    hints = {k: v for klass in Config.section_classes().values()
              for k, v in typing.get_type_hints(klass).items()}
     return {k: _typed(str(path), k, v, hints[k]) for k, v in flat.items()}
 

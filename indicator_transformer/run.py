@@ -5,13 +5,10 @@ It returns an exit code; the caller prints ``Cleanup complete`` last on a stop.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
-
-import numpy as np
 
 from .atomic import atomic_write_json
 from .config import Config
@@ -143,14 +140,8 @@ def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: 
     report = {"evaluated": which, "test": test, "history": trainer.epoch_history,
               "global_step": trainer.global_step, "data_fingerprint": data.fingerprint}
     out = atomic_write_json(Path(trainer.cfg.train.models_dir) / EVALUATION_FILE,
-                            json.loads(json.dumps(report, default=_jsonable)))
+                            report)
     print(f"Test ({which}): IC {test['ic']:+.4f}, rank IC {test['rank_ic']:+.4f}, hit rate "
           f"{test['hit_rate']:.3f}, MSE/baseline {test['mse_ratio']:.4f} over {test['samples']:,} "
           f"windows -> {out}", file=stream, flush=True)
     return 0
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    return str(x)

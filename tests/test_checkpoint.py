@@ -9,6 +9,7 @@ import pytest
 import torch
 from trainproc import load
 
+from indicator_transformer.clock import now_iso
 from indicator_transformer.errors import CheckpointError
 from indicator_transformer.training import checkpoint as ckpt
 
@@ -19,7 +20,7 @@ def _state(step: int, epoch: int = 1, interrupted: bool = False) -> dict:
             "global_step": step, "loss_history": {"epochs": [], "steps": [0.5] * step},
             "rng": {"torch": torch.get_rng_state()}, "sampler": {"epoch": epoch, "position": step},
             "config": {}, "normalisation": {"mean": torch.zeros(2)}, "data_fingerprint": {"fingerprint": "x"},
-            "timestamp": ckpt.now_iso(), "format_version": ckpt.FORMAT_VERSION, "interrupted": interrupted}
+            "timestamp": now_iso(), "format_version": ckpt.FORMAT_VERSION, "interrupted": interrupted}
 
 
 class Exploit:

@@ -31,7 +31,6 @@ import shutil
 import threading
 import warnings
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ import talib
 from filelock import FileLock
 
 from ..atomic import atomic_write_bytes, atomic_write_json, is_temp_file, remove_stale_temp_files
+from ..clock import now_iso
 from ..errors import UserError
 from .features import FEATURE_CODE_VERSION, FeatureSet
 from .sources import Source, sha256_file
@@ -61,11 +61,6 @@ def is_data_name(name: object) -> bool:
 
 class CacheWarning(UserWarning):
     """A cache entry was dropped (and will be recomputed)."""
-
-
-def now_iso() -> str:
-    """Current UTC time, ISO 8601."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def cache_key(identity: str, features: list[str], horizon: int) -> str:

@@ -48,11 +48,6 @@ def interrupted_checkpoint_name(epoch: int) -> str:
     return f"checkpoint_epoch_{epoch}_interrupted.pth"
 
 
-def now_iso() -> str:
-    """Current UTC time, ISO 8601."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 def serialize(state: dict[str, Any]) -> bytes:
     """The checkpoint as bytes (so the same bytes can go to several files)."""
     missing = [k for k in REQUIRED_KEYS if k not in state]

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from .. import faults
 from ..atomic import remove_stale_temp_files
+from ..clock import now_iso
 from ..config import Config
 from ..data.prepare import PreparedData
 from ..data.windows import Normalisation, SplitIndex, WindowDataset, collate_batch
@@ -170,7 +171,7 @@ class Trainer:
         sampler_state.update(epoch=self.epoch, position=self.step_in_epoch)
         return {
             "format_version": ckpt.FORMAT_VERSION,
-            "timestamp": ckpt.now_iso(),
+            "timestamp": now_iso(),
             "interrupted": interrupted,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
