@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 
-def now_iso() -> str:
-    """Current UTC time, ISO 8601 to the second."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def now_iso(*, precise: bool = False) -> str:
+    """Current UTC time, ISO 8601 to the second (to the microsecond with ``precise``, where the
+    order of two writes in the same second matters)."""
+    return datetime.now(UTC).isoformat(timespec="microseconds" if precise else "seconds")

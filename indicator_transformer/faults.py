@@ -1,7 +1,9 @@
 """Named pause points, so a test can deliver a *real* signal at an exact moment.
 
-Set ``INDICATOR_TRANSFORMER_PAUSE_AT`` to ``"<point>:<n>"`` (several separated by commas). When the
-program reaches that point with that value, it prints ``PAUSED <point> <n>`` to stderr and waits
+Set ``INDICATOR_TRANSFORMER_PAUSE_AT`` to ``"<point>:<n>"`` (several separated by commas), or to
+``"<point>:<n>@<k>"`` to pause only the k-th time that point is reached with that value (for example
+``before_commit:best.pth@2``, the second write of best.pth). When the program reaches that point
+with that value, it prints ``PAUSED <point> <n>`` to stderr and waits
 (up to 60 s) until a new signal arrives - a real one, sent by the test - then carries on, so
 the signal lands exactly there. Points:
 
@@ -27,15 +29,18 @@ ENV = "INDICATOR_TRANSFORMER_PAUSE_AT"
 TIMEOUT_S = 60.0
 
 
-def _parse(spec: str) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
+def _parse(spec: str) -> dict[str, dict[str, int]]:
+    """point -> {value: occurrence (0 = every time)}."""
+    out: dict[str, dict[str, int]] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, _, value = part.partition(":")
-        out.setdefault(name, set()).add(value or "*")
+        value, _, nth = (value or "*").partition("@")
+        out.setdefault(name, {})[value] = int(nth) if nth.isdigit() else 0
     return out
 
 
 _PAUSES = _parse(os.environ.get(ENV, ""))
+_SEEN: dict[tuple[str, str], int] = {}
 
 
 def point(name: str, value: Any) -> None:
@@ -46,7 +51,11 @@ def point(name: str, value: Any) -> None:
     wanted = _PAUSES.get(name)
     if not wanted:
         return
-    if str(value) not in wanted and "*" not in wanted:
+    key = str(value) if str(value) in wanted else "*" if "*" in wanted else None
+    if key is None:
+        return
+    _SEEN[(name, key)] = count = _SEEN.get((name, key), 0) + 1
+    if wanted[key] and wanted[key] != count:
         return
     from .shutdown import signal_seen_count
 

@@ -5,6 +5,7 @@ It returns an exit code; the caller prints ``Cleanup complete`` last on a stop.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +17,26 @@ from .data.cache import FeatureCache
 from .data.prepare import PreparedData, prepare, resolve_sources
 from .data.windows import Normalisation, fit_normalisation, make_splits
 from .errors import CheckpointError, UserError
+from .integrity import IntegrityError, check_json, json_safe, seal_json
 from .model import count_parameters
 from .shutdown import SignalHandler
 from .training import checkpoint as ckpt
 from .training.trainer import Trainer, resolve_device
 
 EVALUATION_FILE = "evaluation.json"  # test metrics of the finished run, in the models folder
+
+
+def evaluation_belongs(models_dir: str | Path, state: dict[str, Any]) -> bool:
+    """Whether ``models_dir/evaluation.json`` is an intact report of exactly this checkpoint's
+    model (same line of training, same global step). A stale, foreign or damaged report is not."""
+    path = Path(models_dir) / EVALUATION_FILE
+    try:
+        report = check_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, IntegrityError):
+        return False
+    owner = report.get("checkpoint")
+    return isinstance(owner, dict) and owner.get("line") == ckpt.lineage_of(state)["line"] \
+        and owner.get("global_step") == state["global_step"]
 
 
 @dataclass
@@ -100,15 +115,18 @@ def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: 
 
     trainer = Trainer(cfg, data, splits, norm, handler=handler, stream=stream,
                       show_progress=opts.show_progress)
+    models_dir = Path(trainer.cfg.train.models_dir)
     if state is not None:
-        trainer.load_state_dict(state)
+        path = opts.resume_path or Path("checkpoint")
+        trainer.load_state_dict(state, path)
         if opts.target_epochs is not None:
             trainer.set_total_epochs(opts.target_epochs)
-        print(f"Resuming from {opts.resume_path}: epoch {trainer.epoch}, step "
+        _start_line(trainer, state, path, models_dir, stream)
+        print(f"Resuming from {path}: epoch {trainer.epoch}, step "
               f"{trainer.step_in_epoch}/{trainer.steps_per_epoch}, global step {trainer.global_step}",
               file=stream, flush=True)
     else:
-        archived = ckpt.archive_previous_run(cfg.train.models_dir, (EVALUATION_FILE,))
+        archived = ckpt.archive_previous_run(models_dir, (EVALUATION_FILE,))
         if archived is not None:
             print(f"note: moved the previous run's checkpoints to {archived} (resume one with "
                   f"resume_training.py --checkpoint PATH)", file=stream, flush=True)
@@ -122,26 +140,59 @@ def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: 
     if not result.completed:
         return handler.exit_code
 
-    best = Path(trainer.cfg.train.models_dir) / ckpt.BEST_NAME
-    which = "final model"
-    if best.exists():
-        try:
-            best_state = ckpt.load_checkpoint(best)
-            if best_state["data_fingerprint"].get("fingerprint") == data.fingerprint:
-                trainer.model.load_state_dict(best_state["model"])
-                which = f"best model (epoch {best_state['epoch']})"
-        except CheckpointError as e:
-            print(f"warning: {e}; evaluating the final model", file=stream, flush=True)
+    which = _load_best(trainer, data, models_dir / ckpt.BEST_NAME, stream)
     test = trainer.evaluate("test")
     if test is None:
         print("Evaluation stopped: no report written; training is saved and resume_training.py "
               "runs the evaluation", file=stream, flush=True)
         return handler.exit_code
     report = {"evaluated": which, "test": test, "history": trainer.epoch_history,
-              "global_step": trainer.global_step, "data_fingerprint": data.fingerprint}
-    out = atomic_write_json(Path(trainer.cfg.train.models_dir) / EVALUATION_FILE,
-                            report)
+              "global_step": trainer.global_step, "data_fingerprint": data.fingerprint,
+              # The checkpoint this report belongs to: resume trusts it only for that one.
+              "checkpoint": {"line": trainer.lineage["line"], "global_step": trainer.global_step,
+                             "epoch": trainer.epoch - 1}}
+    out = atomic_write_json(models_dir / EVALUATION_FILE, seal_json(json_safe(report)))
     print(f"Test ({which}): IC {test['ic']:+.4f}, rank IC {test['rank_ic']:+.4f}, hit rate "
           f"{test['hit_rate']:.3f}, MSE/baseline {test['mse_ratio']:.4f} over {test['samples']:,} "
           f"windows -> {out}", file=stream, flush=True)
     return 0
+
+
+def _start_line(trainer: Trainer, state: dict[str, Any], path: Path, models_dir: Path,
+                stream: TextIO) -> None:
+    """Continue the checkpoint's line, or fork a new one when resuming from an older checkpoint:
+    first move every file that is not on the start's history out of the way."""
+    extra = [] if evaluation_belongs(models_dir, state) else [models_dir / EVALUATION_FILE]
+    plan = ckpt.plan_resume(models_dir, state, path, extra)
+    moved = ckpt.move_aside(models_dir, plan.move_aside, f"line-{ckpt.lineage_of(state)['line'][:8]}")
+    trainer.lineage = plan.lineage
+    if plan.forked:
+        print(f"note: {path} is not the newest checkpoint of its line: starting line "
+              f"{plan.lineage['line'][:8]} from it", file=stream, flush=True)
+    if moved is not None:
+        print(f"note: moved {len(plan.move_aside)} file(s) that are not on this checkpoint's history to "
+              f"{moved} (nothing was deleted)", file=stream, flush=True)
+
+
+def _load_best(trainer: Trainer, data: PreparedData, best: Path, stream: TextIO) -> str:
+    """Put the best validation model into ``trainer.model`` when ``best.pth`` provably belongs to
+    this run (same line or an ancestor at or before the fork, same data, the very best_val this
+    run recorded); otherwise say why and keep the final model. Returns what will be evaluated."""
+    if not best.exists():
+        return "final model"
+    try:
+        state = ckpt.load_checkpoint(best)
+        info = ckpt.CheckpointInfo(best, 0, state=state)
+        reason = ("it belongs to another line of training"
+                  if not ckpt.on_path(info, trainer.lineage, trainer.global_step)
+                  else "it was trained on other data"
+                  if state["data_fingerprint"]["fingerprint"] != data.fingerprint
+                  else f"its validation loss {state['best_val']} is not this run's best {trainer.best_val}"
+                  if state["best_val"] != trainer.best_val else "")
+        if not reason:
+            trainer.load_weights(state, best)
+            return f"best model (epoch {state['epoch']})"
+    except CheckpointError as e:
+        reason = str(e)
+    print(f"warning: not using {best}: {reason}; evaluating the final model", file=stream, flush=True)
+    return "final model"

@@ -145,3 +145,22 @@ def small_features() -> FeatureConfig:
     """The default features with a short window, so a few hundred bars make a usable symbol."""
     return FeatureConfig(window=8, horizon=1)
 
+
+
+# --------------------------------------------------------------------------- real checkpoints
+TINY_RUN = ["--symbols", "3", "--bars", "600", "--epochs", "2", "--window", "8", "--batch-size", "64",
+            "--d-model", "8", "--heads", "2", "--layers", "1", "--checkpoint-every", "5", "--keep", "10",
+            "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished tiny training run (real preparation, training and checkpoints), made once per
+    session: its folder holds ``models/`` (step, epoch and best checkpoints, evaluation.json) and
+    ``cache/``. Tests copy what they need and never change it."""
+    root = tmp_path_factory.mktemp("real_run")
+    r = subprocess.run([sys.executable, str(REPO_ROOT / "train_indicator_transformer.py"), *TINY_RUN],
+                       cwd=root, env=child_env(), capture_output=True, text=True, timeout=300,
+                       preexec_fn=default_sigint)
+    assert r.returncode == 0, r.stderr
+    return root

@@ -1,26 +1,48 @@
-"""The checkpoint schema: safe loading, clear errors, retention that never loses the newest."""
+"""The checkpoint schema: verified loading (every damaged byte and every bad field is a clear error
+naming the file), retention that never loses the newest, and the choice a plain resume makes."""
 
 from __future__ import annotations
 
+import io
 import os
+import random
+import shutil
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from trainproc import load
 
-from indicator_transformer.clock import now_iso
 from indicator_transformer.errors import CheckpointError
 from indicator_transformer.training import checkpoint as ckpt
 
 
-def _state(step: int, epoch: int = 1, interrupted: bool = False) -> dict:
-    return {"model": {"w": torch.full((3,), float(step))}, "optimizer": {"state": {}, "param_groups": []},
-            "scheduler": {"last_epoch": step}, "epoch": epoch, "step_in_epoch": step,
-            "global_step": step, "loss_history": {"epochs": [], "steps": [0.5] * step},
-            "rng": {"torch": torch.get_rng_state()}, "sampler": {"epoch": epoch, "position": step},
-            "config": {}, "normalisation": {"mean": torch.zeros(2)}, "data_fingerprint": {"fingerprint": "x"},
-            "timestamp": now_iso(), "format_version": ckpt.FORMAT_VERSION, "interrupted": interrupted}
+@pytest.fixture
+def real(real_run: Path, tmp_path: Path) -> Callable[[str], Path]:
+    """``real(name)``: a private copy of one of the session run's checkpoint files."""
+
+    def _copy(name: str, as_name: str | None = None) -> Path:
+        dst = tmp_path / (as_name or name)
+        shutil.copyfile(real_run / "models" / name, dst)
+        return dst
+
+    return _copy
+
+
+def _resealed(path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """Apply ``edit`` to the loaded state and write it back *with a valid digest*, as a user who
+    edits a checkpoint with this tool's own writer would: only field validation can catch it."""
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    from indicator_transformer.integrity import seal_zip
+
+    path.write_bytes(seal_zip(buf.getvalue()))
+    return path
 
 
 class Exploit:
@@ -32,18 +54,18 @@ class Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_saved_checkpoint_loads_with_weights_only_and_keeps_every_key(tmp_path: Path) -> None:
-    path = ckpt.save_checkpoint(tmp_path / "checkpoint_epoch_1.pth", _state(3))
-    state = load(path)
+def test_saved_checkpoint_loads_with_weights_only_and_keeps_every_key(real) -> None:
+    path = real("checkpoint_epoch_2.pth")
+    state = load(path)  # plain torch.load(weights_only=True): the digest does not get in its way
     assert set(ckpt.REQUIRED_KEYS) <= set(state)
-    assert torch.equal(state["model"]["w"], torch.full((3,), 3.0))
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert state["format_version"] == ckpt.FORMAT_VERSION
+    assert ckpt.load_checkpoint(path)["global_step"] == state["global_step"]
 
 
-def test_a_checkpoint_holding_a_pickled_object_is_refused_without_running_it(tmp_path: Path) -> None:
+def test_a_checkpoint_holding_a_pickled_object_is_refused_without_running_it(real, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     Exploit.marker = str(marker)
-    evil = _state(1)
+    evil = load(real("checkpoint_epoch_1.pth"))
     evil["config"] = {"payload": Exploit()}
     path = tmp_path / "checkpoint_epoch_1.pth"
     torch.save(evil, path)
@@ -53,11 +75,11 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused_without_running_it(tmp
     assert not marker.exists()
 
 
-def test_a_truncated_checkpoint_gives_a_clear_error_naming_it(tmp_path: Path) -> None:
-    path = ckpt.save_checkpoint(tmp_path / "checkpoint_epoch_1.pth", _state(3))
+def test_a_truncated_checkpoint_gives_a_clear_error_naming_it(real) -> None:
+    path = real("checkpoint_epoch_1.pth")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="corrupt or truncated") as info:
+    with pytest.raises(CheckpointError, match="corrupt") as info:
         ckpt.load_checkpoint(path)
     assert str(path) in str(info.value)
 
@@ -69,33 +91,207 @@ def test_a_file_that_is_not_a_checkpoint_is_named_in_the_error(tmp_path: Path) -
         ckpt.load_checkpoint(path)
     with pytest.raises(CheckpointError, match="not found"):
         ckpt.load_checkpoint(tmp_path / "absent.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty.pth"):
+        ckpt.load_checkpoint(tmp_path / "empty.pth", mmap=True)
 
 
-def test_retention_keeps_the_newest_periodic_and_never_interrupted_or_best(tmp_path: Path) -> None:
+def _damage(data: bytearray, rng: random.Random, lo: int = 0, hi: int | None = None) -> str:
+    """Change 1-3 random bytes in data[lo:hi] (flip, zero or random); returns what was done."""
+    hi = len(data) if hi is None else hi
+    done = []
+    for _ in range(rng.randint(1, 3)):
+        i = rng.randrange(lo, hi)
+        old = data[i]
+        kind = rng.choice(["flip", "zero", "random"])
+        new = old ^ (1 << rng.randrange(8)) if kind == "flip" else 0 if kind == "zero" else rng.randrange(256)
+        if new == old:
+            new = old ^ 0x01
+        data[i] = new
+        done.append(f"{kind}@{i}")
+    return ",".join(done)
+
+
+def _pickle_span(data: bytes) -> tuple[int, int]:
+    """Byte range of data.pkl inside the archive (where damage used to load as if fine)."""
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("data.pkl"))
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    return start, start + info.compress_size
+
+
+@pytest.mark.parametrize("trials", [pytest.param(300, id="fast"),
+                                    pytest.param(5000, id="long", marks=pytest.mark.slow)])
+def test_every_random_byte_change_in_a_checkpoint_is_reported_as_corrupt(real, tmp_path: Path,
+                                                                         trials: int) -> None:
+    original = real("checkpoint_epoch_2.pth").read_bytes()
+    pkl = _pickle_span(original)
+    rng = random.Random(20261129)
+    target = tmp_path / "damaged.pth"
+    undetected = []
+    for t in range(trials):
+        data = bytearray(original)
+        # Half the trials aim at data.pkl (the issue's case), the rest anywhere in the file;
+        # a few truncate or append instead.
+        r = rng.random()
+        if r < 0.05:
+            data = data[: rng.randrange(len(data))]
+            what = "truncate"
+        elif r < 0.1:
+            data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+            what = "append"
+        else:
+            what = _damage(data, rng, *(pkl if r < 0.55 else (0, len(data))))
+        target.write_bytes(bytes(data))
+        for mmap in (False, True):
+            try:
+                ckpt.load_checkpoint(target, mmap=mmap)
+                undetected.append((t, what, mmap))
+            except CheckpointError as e:
+                assert str(target) in str(e)
+    assert not undetected, f"{len(undetected)}/{trials} damaged files loaded: {undetected[:5]}"
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(state: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        d = state
+        for p in parents:
+            d = d[p]
+        d[last] = value(d[last]) if callable(value) else value
+    return edit
+
+
+def _del_shape(state: dict[str, Any]) -> None:
+    state["model"]["head.weight"] = torch.zeros(1, 3)
+
+
+# Each edit -> the field the error must name. Every one of these used to be a traceback or was
+# accepted silently.
+HAND_EDITS = [
+    ("head_weight_shape", _del_shape, "model.head.weight"),
+    ("normalisation_empty", _set("normalisation", {}), "normalisation.mean"),
+    ("config_data_not_a_table", _set("config.data", 5), "data"),
+    ("rng_empty", _set("rng", {}), "rng.python"),
+    ("epochs_history_of_ints", _set("loss_history.epochs", [1, 2]), "loss_history.epochs[0]"),
+    ("negative_epoch", _set("epoch", -3), "epoch"),
+    ("epoch_as_string", _set("epoch", "3"), "epoch"),
+    ("steps_short", _set("loss_history.steps", lambda v: v[:-1]), "loss_history.steps"),
+    ("global_step_ahead_of_history", _set("global_step", lambda v: v + 7), "loss_history.steps"),
+    ("step_beyond_epoch", _set("step_in_epoch", 10_000), "step_in_epoch"),
+    ("best_val_not_the_history_minimum", _set("best_val", 0.0001), "best_val"),
+    ("nan_weight", lambda s: s["model"]["head.bias"].fill_(float("nan")), "model.head.bias"),
+    ("optimizer_moment_shape", lambda s: s["optimizer"]["state"].__setitem__(
+        0, dict(s["optimizer"]["state"][0], exp_avg=torch.zeros(2))), "optimizer.state[0].exp_avg"),
+    ("negative_lr", lambda s: s["optimizer"]["param_groups"][0].__setitem__("lr", -1.0), "lr"),
+    ("sampler_position_disagrees", _set("sampler.position", 3), "sampler"),
+    ("std_zero", lambda s: s["normalisation"]["std"].zero_(), "normalisation.std"),
+    ("label_std_nan", _set("normalisation.label_std", torch.tensor(float("nan"), dtype=torch.float64)),
+     "normalisation.label_std"),
+    ("timestamp_garbage", _set("timestamp", "yesterday"), "timestamp"),
+    ("fingerprint_not_hex", _set("data_fingerprint.fingerprint", 42), "data_fingerprint.fingerprint"),
+    ("lineage_missing", lambda s: s.pop("lineage"), "lineage"),
+    ("lineage_path", _set("lineage.line", "../../etc"), "lineage.line"),
+    ("feature_names_other", _set("feature_names", ["ret_1"]), "feature_names"),
+    ("torch_rng_short", _set("rng.torch", torch.zeros(3, dtype=torch.uint8)), "rng.torch"),
+    ("unknown_config_key", _set("config.train", lambda t: dict(t, evil=1)), "evil"),
+    ("scheduler_out_of_step", _set("scheduler.last_epoch", 1), "scheduler.last_epoch"),
+]
+
+
+@pytest.mark.parametrize("edit,field", [pytest.param(e, f, id=i) for i, e, f in HAND_EDITS])
+def test_a_hand_edited_field_is_an_error_naming_the_file_and_the_field(real, edit, field: str) -> None:
+    path = _resealed(real("checkpoint_epoch_2.pth"), edit)
+    with pytest.raises(CheckpointError) as info:
+        ckpt.load_checkpoint(path)
+    msg = str(info.value)
+    assert str(path) in msg and field in msg, msg
+    # Listing never crashes on it either: the file is shown as corrupt.
+    [listed] = ckpt.list_checkpoints(path.parent)
+    assert not listed.ok and field in listed.error
+
+
+def test_a_checkpoint_of_the_previous_format_loads_with_a_warning(real) -> None:
+    path = real("checkpoint_epoch_2.pth")
+    state = load(path)
+    state["format_version"] = 1
+    del state["lineage"]
+    torch.save(state, path)  # unsealed, as version 1 wrote them
+    with pytest.warns(ckpt.CheckpointWarning, match="without an integrity digest"):
+        loaded = ckpt.load_checkpoint(path)
+    assert ckpt.lineage_of(loaded)["line"] == ckpt.LEGACY_LINE
+    [info] = ckpt.list_checkpoints(path.parent)
+    assert info.ok and not info.sealed
+
+
+def test_a_current_format_file_without_its_digest_is_refused(real) -> None:
+    path = real("checkpoint_epoch_2.pth")
+    torch.save(load(path), path)  # re-saved by plain torch.save: the digest is gone
+    with pytest.raises(CheckpointError, match="integrity digest"):
+        ckpt.load_checkpoint(path)
+
+
+def test_retention_keeps_the_newest_periodic_and_never_interrupted_or_best(real, tmp_path: Path) -> None:
     names = [ckpt.step_checkpoint_name(1, 10), ckpt.step_checkpoint_name(1, 20),
              ckpt.epoch_checkpoint_name(1), ckpt.step_checkpoint_name(2, 40), ckpt.epoch_checkpoint_name(2),
              ckpt.interrupted_checkpoint_name(1), ckpt.BEST_NAME]
-    for i, n in enumerate(names):
-        ckpt.save_checkpoint(tmp_path / n, _state(i))
-    removed = ckpt.apply_retention(tmp_path, keep=2)
+    for n in names:
+        real("checkpoint_epoch_1.pth", n)
+    removed = ckpt.apply_retention(tmp_path, keep=2, newest=tmp_path / ckpt.epoch_checkpoint_name(2))
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted([ckpt.step_checkpoint_name(2, 40), ckpt.epoch_checkpoint_name(2),
                            ckpt.interrupted_checkpoint_name(1), ckpt.BEST_NAME])
     assert len(removed) == 3
 
 
-def test_listing_shows_corrupt_files_and_newest_valid_skips_them(tmp_path: Path) -> None:
-    ckpt.save_checkpoint(tmp_path / ckpt.epoch_checkpoint_name(1), _state(5))
-    ckpt.save_checkpoint(tmp_path / ckpt.interrupted_checkpoint_name(2), _state(7, 2, True))
+def test_retention_never_deletes_the_file_just_written_even_if_later_names_exist(real, tmp_path: Path
+                                                                                 ) -> None:
+    # Files named after the new one (another history that was not moved aside) must not push the
+    # new checkpoint, or the one it started from, out.
+    for n in (ckpt.epoch_checkpoint_name(2), ckpt.epoch_checkpoint_name(3), ckpt.step_checkpoint_name(3, 70),
+              ckpt.step_checkpoint_name(3, 73)):
+        real("checkpoint_epoch_1.pth", n)
+    newest = tmp_path / ckpt.step_checkpoint_name(3, 73)
+    ckpt.apply_retention(tmp_path, keep=2, newest=newest)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert newest.name in left and ckpt.epoch_checkpoint_name(3) in left
+    assert ckpt.step_checkpoint_name(3, 70) in left and ckpt.epoch_checkpoint_name(2) not in left
+
+
+def test_listing_shows_corrupt_files_and_plain_resume_skips_them(real, tmp_path: Path) -> None:
+    real("checkpoint_epoch_1.pth")
+    real("checkpoint_epoch_2.pth")
     (tmp_path / "checkpoint_epoch_3.pth").write_bytes(b"garbage")
     (tmp_path / ".checkpoint_epoch_4.pth.123.abcd.tmp").write_bytes(b"partial")
     infos = ckpt.list_checkpoints(tmp_path)
     assert [i.path.name for i in infos] == ["checkpoint_epoch_3.pth", "checkpoint_epoch_1.pth",
-                                           "checkpoint_epoch_2_interrupted.pth"]
+                                           "checkpoint_epoch_2.pth"]
     assert not infos[0].ok and "corrupt" in infos[0].error
-    newest, corrupt = ckpt.newest_valid(tmp_path)
-    assert newest is not None and newest.path.name == "checkpoint_epoch_2_interrupted.pth"
+    chosen, corrupt = ckpt.select_for_resume(tmp_path)
+    assert chosen is not None and chosen.path.name == "checkpoint_epoch_2.pth"
     assert [c.path.name for c in corrupt] == ["checkpoint_epoch_3.pth"]
+
+
+def test_plain_resume_prefers_the_line_written_most_recently_over_a_higher_step(real, tmp_path: Path
+                                                                                ) -> None:
+    old = real("checkpoint_epoch_2.pth")                      # line A, step 36
+    fork = real("checkpoint_epoch_1.pth", "checkpoint_epoch_2_interrupted.pth")
+
+    def as_new_line(state: dict[str, Any]) -> None:
+        from indicator_transformer.clock import now_iso
+
+        state["lineage"] = ckpt.new_lineage(state["lineage"], state["global_step"])
+        state["timestamp"] = now_iso(precise=True)
+
+    _resealed(fork, as_new_line)                              # line B, forked at step 18, written later
+    chosen, _ = ckpt.select_for_resume(tmp_path)
+    assert chosen is not None and chosen.path == fork
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan = ckpt.plan_resume(tmp_path, ckpt.load_checkpoint(fork), fork)
+    assert not plan.forked and plan.move_aside == [old]      # A's later file is not on B's history
 
 
 def test_changing_the_epoch_count_on_resume_keeps_the_learning_rate_of_the_current_step(tmp_path: Path
@@ -125,15 +321,3 @@ def test_changing_the_epoch_count_on_resume_keeps_the_learning_rate_of_the_curre
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12)
 
 
-def test_a_checkpoint_with_every_key_but_wrong_types_is_a_clear_error(tmp_path: Path) -> None:
-    bad = _state(3)
-    bad["loss_history"] = {"steps": []}
-    path = ckpt.save_checkpoint(tmp_path / "checkpoint_epoch_1.pth", bad)
-    with pytest.raises(CheckpointError, match="wrong type for loss_history"):
-        ckpt.load_checkpoint(path)
-    bad = _state(3)
-    bad["epoch"] = "3"
-    path = ckpt.save_checkpoint(tmp_path / "checkpoint_epoch_1.pth", bad)
-    with pytest.raises(CheckpointError, match="wrong type for epoch") as info:
-        ckpt.load_checkpoint(path)
-    assert str(path) in str(info.value)

@@ -41,7 +41,7 @@ def test_list_shows_a_table_newest_last_with_corrupt_files_marked(run_python, tr
     r = run_python(["resume_training.py", "--list", "--models-dir", str(trained)])
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split()[:4] == ["file", "epoch", "step", "(in"]
+    assert lines[0].split()[:4] == ["file", "line", "epoch", "step"]
     rows = [ln for ln in lines if ".pth" in ln and not ln.startswith("corrupt:")]
     assert "checkpoint_epoch_9.pth" in rows[0] and "CORRUPT" in rows[0]
     assert "checkpoint_epoch_1.pth" in rows[1]
@@ -65,17 +65,20 @@ def test_a_missing_or_corrupt_checkpoint_path_exits_2_naming_it(run_python, tmp_
 
 
 def test_a_conflicting_architecture_flag_is_an_error_naming_it(run_python, trained: Path) -> None:
-    r = run_python(["resume_training.py", "--models-dir", str(trained), "--d-model", "32", "--epochs", "1"])
+    cache = ["--cache-dir", str(trained.parent / "cache")]
+    r = run_python(["resume_training.py", "--models-dir", str(trained), "--d-model", "32", "--epochs", "1",
+                    *cache])
     assert r.returncode == 2
     assert "--d-model 32" in r.stderr and "d_model = 16" in r.stderr
     # The same value as the checkpoint is not a conflict.
-    r = run_python(["resume_training.py", "--models-dir", str(trained), "--d-model", "16"])
+    r = run_python(["resume_training.py", "--models-dir", str(trained), "--d-model", "16", *cache])
     assert r.returncode == 0, r.stderr
     assert "Nothing to do" in r.stdout
 
 
 def test_epochs_trains_that_many_more_after_the_last_completed_epoch(run_python, trained: Path) -> None:
-    r = run_python(["resume_training.py", "--models-dir", str(trained), "--epochs", "1", "--no-progress"])
+    r = run_python(["resume_training.py", "--models-dir", str(trained), "--epochs", "1", "--no-progress",
+                    "--cache-dir", str(trained.parent / "cache")])
     assert r.returncode == 0, r.stderr
     state = load(trained / "checkpoint_epoch_3.pth")
     assert [e["epoch"] for e in state["loss_history"]["epochs"]] == [1, 2, 3]
@@ -84,7 +87,8 @@ def test_epochs_trains_that_many_more_after_the_last_completed_epoch(run_python,
 
 def test_an_interrupted_epoch_counts_as_one_of_the_epochs(run_python, tmp_path: Path) -> None:
     models = interrupt(tmp_path, f"train_step:{STEPS_PER_EPOCH + 5}")
-    r = run_python(["resume_training.py", "--models-dir", str(models), "--epochs", "1", "--no-progress"])
+    r = run_python(["resume_training.py", "--models-dir", str(models), "--epochs", "1", "--no-progress",
+                    "--cache-dir", str(tmp_path / "cache")])
     assert r.returncode == 0, r.stderr
     assert (models / "checkpoint_epoch_2.pth").exists()
     assert not (models / "checkpoint_epoch_3.pth").exists()
@@ -94,7 +98,8 @@ def test_resume_skips_a_corrupt_newest_checkpoint_with_a_warning(run_python, tmp
     models = interrupt(tmp_path, "train_step:40")
     newest = models / "checkpoint_epoch_2_interrupted.pth"
     newest.write_bytes(newest.read_bytes()[:1000])
-    r = run_python(["resume_training.py", "--models-dir", str(models), "--no-progress"])
+    r = run_python(["resume_training.py", "--models-dir", str(models), "--no-progress",
+                    "--cache-dir", str(tmp_path / "cache")])
     assert r.returncode == 0, r.stderr
     assert "skipping corrupt checkpoint" in r.stderr and "checkpoint_epoch_2_interrupted.pth" in r.stderr
     assert "Resuming from" in r.stderr and "checkpoint_epoch_1.pth" in r.stderr

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
+from ..config import Config, DataConfig
 from ..errors import CheckpointError, UserError
-from ..run import EVALUATION_FILE, RunOptions, run_pipeline
+from ..run import EVALUATION_FILE, RunOptions, evaluation_belongs, run_pipeline
 from ..shutdown import SignalHandler
 from ..training import checkpoint as ckpt
 from .common import human_bytes, print_table, run_command, run_with_handler
@@ -59,7 +59,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def list_table(models_dir: str) -> int:
-    """Print the checkpoints of ``models_dir``, newest last; corrupt ones are listed as such."""
+    """Print the checkpoints of ``models_dir``, oldest first, with the line of training of each;
+    corrupt ones are listed as such, and the one a plain resume continues is named."""
     infos = ckpt.list_checkpoints(models_dir)
     if not infos:
         print(f"No checkpoints in {models_dir}")
@@ -67,7 +68,7 @@ def list_table(models_dir: str) -> int:
     rows = []
     for i in infos:
         if not i.ok:
-            rows.append([str(i.path), "-", "-", "CORRUPT", "-", "-", "-", human_bytes(i.size)])
+            rows.append([str(i.path), "CORRUPT", "-", "-", "-", "-", "-", "-", human_bytes(i.size)])
             continue
         s = i.state
         hist = s["loss_history"]["epochs"]
@@ -75,15 +76,20 @@ def list_table(models_dir: str) -> int:
         train = f"{hist[-1]['train_loss']:.4f}" if hist else (f"{sum(steps[-50:]) / len(steps[-50:]):.4f}"
                                                               if steps else "-")
         val = f"{hist[-1]['val_loss']:.4f}" if hist else "-"
-        spe = s.get("steps_per_epoch", "?")
-        rows.append([str(i.path), str(s["epoch"]), f"{s['global_step']} ({s['step_in_epoch']}/{spe})",
-                     "yes" if s["interrupted"] else "no", s["timestamp"], train, val,
+        line = (i.line or "-")[:8] + ("" if i.sealed else " (unverified)")
+        rows.append([str(i.path), line, str(s["epoch"]),
+                     f"{s['global_step']} ({s['step_in_epoch']}/{s['steps_per_epoch']})"
+                     if "steps_per_epoch" in s else str(s["global_step"]),
+                     "yes" if s["interrupted"] else "no", s["timestamp"][:19], train, val,
                      human_bytes(i.size)])
-    print_table(["file", "epoch", "step (in epoch)", "interrupted", "timestamp", "train_loss",
+    print_table(["file", "line", "epoch", "step (in epoch)", "interrupted", "written (UTC)", "train_loss",
                  "val_loss", "size"], rows)
     for i in infos:
         if not i.ok:
             print(f"corrupt: {i.path}: {i.error}")
+    chosen, _ = ckpt.select_for_resume(models_dir)
+    if chosen is not None:
+        print(f"A plain resume continues line {(chosen.line or '-')[:8]} from {chosen.path}")
     return 0
 
 
@@ -115,31 +121,38 @@ def _resume(args: argparse.Namespace, models_dir: str, handler: SignalHandler) -
         path = Path(args.checkpoint)
         state = ckpt.load_checkpoint(path)
     else:
-        info, corrupt = ckpt.newest_valid(models_dir)
+        info, corrupt = ckpt.select_for_resume(models_dir)
         for c in corrupt:
             print(f"warning: skipping corrupt checkpoint {c.path}: {c.error}", file=sys.stderr)
         if info is None:
             raise CheckpointError(f"{models_dir}: no valid checkpoint to resume from (train first with "
                                   f"train_indicator_transformer.py, or pass --checkpoint PATH)")
         path = info.path
-        state = ckpt.load_checkpoint(path)  # fully read: the listing only mapped it
-    saved = Config.from_dict(state["config"], source=str(path))
+        state = ckpt.load_checkpoint(path)  # verified and fully read: the listing only mapped it
+    saved = Config.from_dict(state["config"], source=str(path))  # validated by load_checkpoint
     _check_fixed(args, saved, path)
     overrides: dict[str, Any] = {k: v for k, v in flag_values(args).items()
                                  if f"--{k.replace('_', '-')}" not in FIXED_ON_RESUME}
+    # Paths that are written come from this command line or the defaults, never from the
+    # checkpoint: a copied or hand-edited file must not direct writes elsewhere.
     if args.models_dir is None:
         overrides["models_dir"] = str(path.parent)
+    overrides.setdefault("cache_dir", DataConfig().cache_dir)
     cfg = saved.replace(**overrides)
+    if Path(cfg.data.cache_dir).resolve() != Path(saved.data.cache_dir).resolve():
+        print(f"note: using the feature cache {cfg.data.cache_dir} (the checkpoint was prepared with "
+              f"{saved.data.cache_dir}; pass --cache-dir to choose)", file=sys.stderr)
 
     completed = int(state["epoch"]) if state.get("epoch_complete") else int(state["epoch"]) - 1
     target = completed + args.epochs if args.epochs is not None else cfg.train.epochs
     if completed >= target:
-        if (Path(cfg.train.models_dir) / EVALUATION_FILE).exists():
-            print(f"Nothing to do: {path} has completed {completed} epoch(s) of {target}. Use "
-                  f"--epochs N to train N more.")
+        if evaluation_belongs(cfg.train.models_dir, state):
+            print(f"Nothing to do: {path} has completed {completed} epoch(s) of {target} and "
+                  f"{Path(cfg.train.models_dir) / EVALUATION_FILE} is its report. Use --epochs N to "
+                  f"train N more.")
             return 0
-        print(f"Training is complete ({completed} epochs); running the final evaluation that did "
-              f"not finish", file=sys.stderr)
+        print(f"Training is complete ({completed} epochs) but no report of this checkpoint exists; "
+              f"running the final evaluation", file=sys.stderr)
     opts = RunOptions(show_progress=not args.no_progress, resume_state=state, resume_path=path,
                       target_epochs=target, allow_data_change=args.allow_data_change)
     return run_pipeline(cfg, handler, opts)

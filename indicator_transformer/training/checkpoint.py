@@ -1,4 +1,5 @@
-"""The checkpoint schema, naming, safe loading, listing and retention. Nobody else knows them.
+"""The checkpoint schema, naming, verified loading, lineage, listing and retention. Nobody else
+knows them.
 
 Names in ``models/``:
     checkpoint_epoch_<E>.pth                 end of epoch E (periodic)
@@ -7,17 +8,29 @@ Names in ``models/``:
     best.pth                                 lowest validation loss so far (never deleted by retention)
 
 Each file is one dict readable by ``torch.load(path, weights_only=True)``: tensors, numbers,
-strings, lists and dicts only, so loading can never execute code. Files are written through
-:mod:`atomic`, and retention deletes an old periodic checkpoint only after its successor is
-committed.
+strings, lists and dicts only, so loading can never execute code. Since format 2 the zip archive's
+comment holds the sha256 of the rest of the file (:mod:`..integrity`), so any damaged byte is
+reported, and every field is validated before use, so a hand-edited value is an error naming the
+file and the field, never a traceback. Format-1 files (no digest) still load, with a warning.
+
+Lineage: every checkpoint names its *line* of training (a random id) and the lines it descends
+from (``ancestors``: [line, global step] pairs). A run, or a resume from a line's newest
+checkpoint, continues one line. A resume from an older checkpoint starts a new line and first moves
+the old line's later files to ``previous_runs/`` (:func:`plan_resume`), so ``models/`` only ever
+holds one path of history: names never collide, retention and ``best.pth`` never mix two lines,
+and a plain resume continues the line written most recently (:func:`select_for_resume`).
 """
 
 from __future__ import annotations
 
 import io
+import math
+import mmap
 import pickle
 import re
-import zipfile
+import secrets
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,14 +39,23 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_write_bytes, fsync_dir, is_temp_file
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UserError
+from ..integrity import IntegrityError, seal_zip, zip_seal_status
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LEGACY_FORMAT_VERSIONS = (1,)  # readable without a digest, with a warning
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "step_in_epoch", "global_step",
                  "loss_history", "rng", "sampler", "config", "normalisation", "data_fingerprint",
                  "timestamp", "format_version", "interrupted")
 BEST_NAME = "best.pth"
+ARCHIVE_DIR = "previous_runs"
+LEGACY_LINE = "legacy"  # the line of format-1 checkpoints, which recorded none
 _NAME = re.compile(r"^checkpoint_epoch_(?P<epoch>\d+)(?:_step_(?P<step>\d+))?(?P<intr>_interrupted)?\.pth$")
+_LINE_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was loaded without full verification (written before digests existed)."""
 
 
 def epoch_checkpoint_name(epoch: int) -> str:
@@ -48,14 +70,26 @@ def interrupted_checkpoint_name(epoch: int) -> str:
     return f"checkpoint_epoch_{epoch}_interrupted.pth"
 
 
+def new_lineage(parent: dict[str, Any] | None = None, fork_step: int | None = None) -> dict[str, Any]:
+    """A fresh line id; with ``parent`` (a lineage) it descends from that line at ``fork_step``."""
+    ancestors = [] if parent is None else [*parent["ancestors"], [parent["line"], int(fork_step or 0)]]
+    return {"line": secrets.token_hex(8), "ancestors": ancestors}
+
+
+def lineage_of(state: dict[str, Any]) -> dict[str, Any]:
+    """The (validated) lineage of a loaded checkpoint; format-1 files belong to ``legacy``."""
+    return state.get("lineage") or {"line": LEGACY_LINE, "ancestors": []}
+
+
+# ----------------------------------------------------------------------------- writing
 def serialize(state: dict[str, Any]) -> bytes:
-    """The checkpoint as bytes (so the same bytes can go to several files)."""
+    """The checkpoint as sealed bytes (so the same bytes can go to several files)."""
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise ValueError(f"checkpoint state lacks {missing}")
     buf = io.BytesIO()
     torch.save(state, buf)
-    return buf.getvalue()
+    return seal_zip(buf.getvalue())
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any], data: bytes | None = None) -> Path:
@@ -63,60 +97,301 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], data: bytes | None 
     return atomic_write_bytes(path, data if data is not None else serialize(state))
 
 
+# ----------------------------------------------------------------------------- reading
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
                     mmap: bool = False) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; a clear :class:`CheckpointError` otherwise.
+    """Verify, load (``weights_only=True``) and validate a checkpoint.
 
+    Any failure is a :class:`CheckpointError` naming the file (and the field, for a bad value).
     ``mmap=True`` maps tensor data instead of reading it (for listing many large checkpoints).
     """
-    path = Path(path)
+    return _read(Path(path), map_location, mmap)[0]
+
+
+def _read(path: Path, map_location: str | torch.device, use_mmap: bool) -> tuple[dict[str, Any], bool]:
+    """(state, sealed)."""
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     if not path.is_file():
         raise CheckpointError(f"{path}: is not a file")
-    # torch.save always writes a zip archive; anything else is damage (or a legacy pickle, which we
-    # would refuse anyway), and checking first gives a precise message instead of an unpickling one.
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint (not a complete PyTorch zip "
-                              f"archive)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        if use_mmap:
+            # Hash through a mapping (no copy of a large file), then let torch map the tensors.
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                view = memoryview(m)
+                try:
+                    sealed = zip_seal_status(view) == "sealed"
+                finally:
+                    view.release()  # an exception's frames still reference it; the map must close
+            source: Any = path
+        else:
+            # Read once, verify and parse the same bytes: the file cannot change in between.
+            data = path.read_bytes()
+            sealed = zip_seal_status(data) == "sealed"
+            source = io.BytesIO(data)
+    except IntegrityError as e:
+        raise CheckpointError(f"{path}: corrupt checkpoint: {e}") from None
+    except (OSError, ValueError) as e:  # unreadable, or empty (mmap refuses 0 bytes)
+        raise CheckpointError(f"{path}: cannot read checkpoint ({e})") from None
+    try:
+        state = torch.load(source, map_location=map_location, weights_only=True,
+                           mmap=use_mmap)
     except pickle.UnpicklingError as e:
         culprit = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "global" in ln), "")
         raise CheckpointError(
             f"{path}: refused: it holds Python objects that loading would have to execute "
             f"(only tensors, numbers, strings, lists and dicts are accepted)"
             + (f"; found {culprit}" if culprit else "")) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001 - any failure to parse is damage, reported as such
+        first = str(e).splitlines()[0] if str(e) else "no detail"
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: not a checkpoint (expected a dict, found {type(state).__name__})")
+                              f"{first})") from None
+    try:
+        validate_state(state, sealed=sealed)
+    except _Invalid as e:
+        raise CheckpointError(f"{path}: invalid checkpoint: {e}") from None
+    if not sealed:
+        warnings.warn(f"{path}: written by an older version without an integrity digest; loaded "
+                      f"after checking its fields only", CheckpointWarning, stacklevel=3)
+    return state, sealed
+
+
+class _Invalid(Exception):
+    """A field of a loaded checkpoint is missing or wrong (message names the field)."""
+
+
+def _need(cond: bool, field: str, expected: str, value: Any = None) -> None:
+    if not cond:
+        shown = "" if value is None else f", found {_show(value)}"
+        raise _Invalid(f"field '{field}': expected {expected}{shown}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {list(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{type(value).__name__} {text[:57]}..."
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _finite_tensor(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and (not t.is_floating_point() or bool(torch.isfinite(t).all()))
+
+
+def validate_state(state: Any, *, sealed: bool = True) -> None:
+    """Check every field a reader relies on (types, ranges, and how they agree), raising
+    :class:`_Invalid` naming the first bad one. Compatibility with a particular model or data set
+    is checked by the trainer when it loads the state."""
+    _need(isinstance(state, dict), "(top level)", "a dict", type(state).__name__)
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
-        raise CheckpointError(f"{path}: not a training checkpoint of this tool "
-                              f"(missing {', '.join(missing)})")
-    if state["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format_version {state['format_version']} is not "
-                              f"supported (expected {FORMAT_VERSION})")
-    wrong = [k for k, t in _TYPES.items() if not isinstance(state[k], t)]
-    history = state["loss_history"]
-    if not wrong and not (isinstance(history.get("epochs"), list) and isinstance(history.get("steps"), list)):
-        wrong.append("loss_history")
-    if wrong:
-        raise CheckpointError(f"{path}: not a valid checkpoint (wrong type for {', '.join(wrong)})")
-    return state
+        raise _Invalid(f"not a training checkpoint of this tool (missing {', '.join(missing)})")
+    version = state["format_version"]
+    # A current-format file must carry its digest; only an old-format one may lack it.
+    _need((version == FORMAT_VERSION and sealed) or (version in LEGACY_FORMAT_VERSIONS and not sealed),
+          "format_version", f"{FORMAT_VERSION} with an integrity digest", version)
+    if version == FORMAT_VERSION:
+        _check_lineage(state.get("lineage"))
+    for key in ("model", "optimizer", "scheduler", "rng", "sampler", "config", "normalisation",
+                "data_fingerprint", "loss_history"):
+        _need(isinstance(state[key], dict), key, "a dict", state[key])
+    # Counters.
+    for key in ("epoch", "step_in_epoch", "global_step"):
+        _need(_is_int(state[key]) and state[key] >= (1 if key == "epoch" else 0), key,
+              "an integer >= " + ("1" if key == "epoch" else "0"), state[key])
+    spe = state.get("steps_per_epoch", state["step_in_epoch"] or 1)
+    _need(_is_int(spe) and spe >= 1, "steps_per_epoch", "an integer >= 1", spe)
+    _need(state["step_in_epoch"] <= spe, "step_in_epoch", f"at most steps_per_epoch ({spe})",
+          state["step_in_epoch"])
+    _need(state["global_step"] >= state["step_in_epoch"], "global_step",
+          f"at least step_in_epoch ({state['step_in_epoch']})", state["global_step"])
+    for key in ("interrupted", "epoch_complete"):
+        _need(isinstance(state.get(key, False), bool), key, "true or false", state.get(key))
+    _need(isinstance(state["timestamp"], str) and _parses_as_time(state["timestamp"]), "timestamp",
+          "an ISO 8601 time", state["timestamp"])
+    completed = state["epoch"] - (0 if state.get("epoch_complete") else 1)
+    _check_history(state["loss_history"], state["global_step"], completed)
+    best = state.get("best_val", math.inf)
+    _need(_is_num(best) and not math.isnan(best) and best >= 0, "best_val", "a number >= 0", best)
+    lowest = min((e["val_loss"] for e in state["loss_history"]["epochs"] if not math.isnan(e["val_loss"])),
+                 default=math.inf)
+    _need(best == lowest, "best_val", f"the lowest val_loss of loss_history ({lowest})", best)
+    _check_model(state["model"])
+    _check_optimizer(state["optimizer"])
+    sched = state["scheduler"]
+    _need(_is_int(sched.get("last_epoch")) and sched["last_epoch"] == state["global_step"],
+          "scheduler.last_epoch", f"the global step ({state['global_step']})", sched.get("last_epoch"))
+    _need(isinstance(sched.get("base_lrs"), list) and all(_is_num(v) and math.isfinite(v) and v > 0
+                                                          for v in sched["base_lrs"]),
+          "scheduler.base_lrs", "a list of positive numbers", sched.get("base_lrs"))
+    _check_rng(state["rng"])
+    _check_sampler(state["sampler"], state)
+    cfg = _check_config(state["config"])
+    n_features = _check_normalisation(state["normalisation"])
+    names = state.get("feature_names", list(cfg.features.features))
+    _need(isinstance(names, list) and names == list(cfg.features.features), "feature_names",
+          f"the configuration's features {list(cfg.features.features)}", names)
+    _need(n_features == len(names), "normalisation.mean", f"{len(names)} values (one per feature)",
+          n_features)
+    _check_shapes(state["model"], state["optimizer"], cfg)
+    fp = state["data_fingerprint"]
+    _need(isinstance(fp.get("fingerprint"), str) and re.fullmatch(r"[0-9a-f]{64}", fp["fingerprint"])
+          is not None, "data_fingerprint.fingerprint", "a sha256 hex digest", fp.get("fingerprint"))
+    keys = fp.get("keys", {})
+    _need(isinstance(keys, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items()),
+          "data_fingerprint.keys", "a map of symbol to cache key", keys)
 
 
-# The types readers rely on, checked at load so that a damaged file is an error naming it, not a
-# KeyError or TypeError deep in resume.
-_TYPES: dict[str, type | tuple[type, ...]] = {
-    "model": dict, "optimizer": dict, "scheduler": dict, "epoch": int, "step_in_epoch": int,
-    "global_step": int, "loss_history": dict, "rng": dict, "sampler": dict, "config": dict,
-    "normalisation": dict, "data_fingerprint": dict, "timestamp": str, "interrupted": bool,
-}
+def _parses_as_time(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
+def _check_lineage(lin: Any) -> None:
+    _need(isinstance(lin, dict), "lineage", "a dict with 'line' and 'ancestors'", lin)
+    _need(isinstance(lin.get("line"), str) and _LINE_ID.fullmatch(lin["line"]) is not None,
+          "lineage.line", "a 16-digit hex id", lin.get("line"))
+    anc = lin.get("ancestors")
+    _need(isinstance(anc, list) and all(
+        isinstance(a, list) and len(a) == 2 and isinstance(a[0], str)
+        and (a[0] == LEGACY_LINE or _LINE_ID.fullmatch(a[0]) is not None) and _is_int(a[1]) and a[1] >= 0
+        for a in anc), "lineage.ancestors", "a list of [line id, global step] pairs", anc)
+
+
+def _check_history(hist: dict[str, Any], global_step: int, completed: int) -> None:
+    steps, epochs = hist.get("steps"), hist.get("epochs")
+    _need(isinstance(steps, list) and all(_is_num(v) and math.isfinite(v) for v in steps),
+          "loss_history.steps", "a list of finite numbers", steps)
+    _need(len(steps) == global_step, "loss_history.steps",
+          f"one loss per step ({global_step})", f"{len(steps)} values")
+    _need(isinstance(epochs, list), "loss_history.epochs", "a list of per-epoch records", epochs)
+    _need(len(epochs) == completed, "loss_history.epochs", f"one record per completed epoch ({completed})",
+          f"{len(epochs)} records")
+    for i, e in enumerate(epochs):
+        # val_loss is NaN when the validation split is empty; it is never negative or infinite.
+        ok = isinstance(e, dict) and e.get("epoch") == i + 1 and all(
+            _is_num(e.get(k)) for k in ("train_loss", "val_loss", "val_ic", "seconds")) \
+            and math.isfinite(e["train_loss"]) and not math.isinf(e["val_loss"]) \
+            and not e["val_loss"] < 0
+        _need(ok, f"loss_history.epochs[{i}]",
+              f"a record {{epoch: {i + 1}, train_loss, val_loss, val_ic, seconds}}", e)
+
+
+def _check_model(model: dict[str, Any]) -> None:
+    _need(len(model) > 0, "model", "the model's weights", "an empty dict")
+    for k, v in model.items():
+        _need(isinstance(k, str) and isinstance(v, torch.Tensor), f"model.{k}", "a tensor", v)
+        _need(_finite_tensor(v), f"model.{k}", "finite values", "NaN or infinity")
+
+
+def _check_optimizer(opt: dict[str, Any]) -> None:
+    state, groups = opt.get("state"), opt.get("param_groups")
+    _need(isinstance(state, dict), "optimizer.state", "a dict", state)
+    _need(isinstance(groups, list) and len(groups) >= 1 and all(isinstance(g, dict) for g in groups),
+          "optimizer.param_groups", "a non-empty list of dicts", groups)
+    for i, g in enumerate(groups):
+        for key in ("lr", "weight_decay"):
+            _need(_is_num(g.get(key)) and math.isfinite(g[key]) and g[key] >= 0,
+                  f"optimizer.param_groups[{i}].{key}", "a finite number >= 0", g.get(key))
+        _need(isinstance(g.get("params"), list) and all(_is_int(p) for p in g["params"]),
+              f"optimizer.param_groups[{i}].params", "a list of parameter indices", g.get("params"))
+    for k, s in state.items():
+        _need(_is_int(k) and isinstance(s, dict), f"optimizer.state[{k!r}]", "a dict per parameter", s)
+        for name, v in s.items():
+            _need(_finite_tensor(v), f"optimizer.state[{k}].{name}", "a tensor of finite values", v)
+
+
+def _check_shapes(model: dict[str, Any], opt: dict[str, Any], cfg: Any) -> None:
+    """Weights and optimizer moments must have the shapes of the model the config describes
+    (built on the meta device: shapes only, no memory, no initialisation cost)."""
+    from ..model import IndicatorTransformer
+
+    with torch.device("meta"):
+        ref = IndicatorTransformer(len(cfg.features.features), cfg.features.window, cfg.model)
+    expected = {k: list(v.shape) for k, v in ref.state_dict().items()}
+    for key in sorted(set(expected) | set(model)):
+        _need(key in model and key in expected and list(model[key].shape) == expected[key],
+              f"model.{key}", f"shape {expected[key]}" if key in expected else "no such weight",
+              model.get(key, "nothing"))
+    params = [list(p.shape) for p in ref.parameters()]
+    indices = sorted(i for g in opt["param_groups"] for i in g["params"])
+    _need(indices == list(range(len(params))), "optimizer.param_groups",
+          f"parameter indices 0..{len(params) - 1}", indices)
+    for i, s in opt["state"].items():
+        _need(0 <= i < len(params), f"optimizer.state[{i}]", f"a parameter index < {len(params)}", i)
+        for name in ("exp_avg", "exp_avg_sq"):
+            if name in s:
+                _need(list(s[name].shape) == params[i], f"optimizer.state[{i}].{name}",
+                      f"shape {params[i]}", s[name])
+
+
+def _check_rng(rng: dict[str, Any]) -> None:
+    py = rng.get("python")
+    _need(isinstance(py, list) and len(py) == 3 and _is_int(py[0]) and isinstance(py[1], list)
+          and len(py[1]) == 625 and all(_is_int(v) and 0 <= v < 2**32 for v in py[1])
+          and (py[2] is None or _is_num(py[2])), "rng.python", "Python's random state", py)
+    npst = rng.get("numpy")
+    _need(isinstance(npst, dict) and npst.get("bit_generator") == "MT19937"
+          and isinstance(npst.get("key"), torch.Tensor) and npst["key"].dtype == torch.int64
+          and list(npst["key"].shape) == [624] and _is_int(npst.get("pos")) and 0 <= npst["pos"] <= 624
+          and npst.get("has_gauss") in (0, 1) and _is_num(npst.get("gauss")),
+          "rng.numpy", "NumPy's MT19937 state", npst)
+    t = rng.get("torch")
+    _need(isinstance(t, torch.Tensor) and t.dtype == torch.uint8
+          and t.shape == torch.get_rng_state().shape, "rng.torch", "torch's CPU generator state", t)
+    cuda = rng.get("cuda", [])
+    _need(isinstance(cuda, list)
+          and all(isinstance(c, torch.Tensor) and c.dtype == torch.uint8 for c in cuda),
+          "rng.cuda", "a list of CUDA generator states", cuda)
+
+
+def _check_sampler(s: dict[str, Any], state: dict[str, Any]) -> None:
+    for key in ("seed", "epoch", "position", "n", "batch_size"):
+        _need(_is_int(s.get(key)) and s[key] >= (1 if key in ("n", "batch_size", "epoch") else 0),
+              f"sampler.{key}", "a non-negative integer", s.get(key))
+    _need(isinstance(s.get("shuffle", True), bool), "sampler.shuffle", "true or false", s.get("shuffle"))
+    _need(s["epoch"] == state["epoch"] and s["position"] == state["step_in_epoch"], "sampler",
+          f"epoch {state['epoch']} position {state['step_in_epoch']} (as the checkpoint's counters)",
+          f"epoch {s['epoch']} position {s['position']}")
+
+
+def _check_config(cfg: dict[str, Any]) -> Any:
+    from ..config import Config  # the configuration owns its own validation
+
+    try:
+        return Config.from_dict(cfg, source="field 'config'")
+    except UserError as e:
+        raise _Invalid(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - a damaged config must never escape as a traceback
+        raise _Invalid(f"field 'config': not a valid configuration ({type(e).__name__}: {e})") from None
+
+
+def _check_normalisation(norm: dict[str, Any]) -> int:
+    mean, std = norm.get("mean"), norm.get("std")
+    _need(isinstance(mean, torch.Tensor) and mean.dim() == 1 and mean.is_floating_point()
+          and _finite_tensor(mean), "normalisation.mean", "a 1-D tensor of finite values", mean)
+    _need(isinstance(std, torch.Tensor) and std.shape == mean.shape and std.is_floating_point()
+          and _finite_tensor(std) and bool((std > 0).all()), "normalisation.std",
+          f"{mean.shape[0]} finite values > 0", std)
+    for key, positive in (("label_mean", False), ("label_std", True)):
+        v = norm.get(key)
+        _need(isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point()
+              and math.isfinite(float(v)) and (not positive or float(v) > 0),
+              f"normalisation.{key}", "a finite number" + (" > 0" if positive else ""), v)
+    return int(mean.shape[0])
+
+
+# ----------------------------------------------------------------------------- listing
 @dataclass
 class CheckpointInfo:
     """One row of ``resume_training.py --list``."""
@@ -125,6 +400,7 @@ class CheckpointInfo:
     size: int
     state: dict[str, Any] | None = None
     error: str | None = None
+    sealed: bool = True
 
     @property
     def ok(self) -> bool:
@@ -135,9 +411,18 @@ class CheckpointInfo:
         return int(self.state["global_step"]) if self.state else -1
 
     @property
-    def is_periodic(self) -> bool:
-        m = _NAME.match(self.path.name)
-        return bool(m) and not m.group("intr")
+    def line(self) -> str | None:
+        return lineage_of(self.state)["line"] if self.state else None
+
+    @property
+    def is_best(self) -> bool:
+        return self.path.name == BEST_NAME
+
+    @property
+    def written(self) -> datetime:
+        """When it was written (timestamp field; naive times taken as UTC)."""
+        t = datetime.fromisoformat(self.state["timestamp"]) if self.state else datetime.min
+        return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def checkpoint_files(models_dir: str | Path) -> list[Path]:
@@ -149,47 +434,101 @@ def checkpoint_files(models_dir: str | Path) -> list[Path]:
 
 
 def list_checkpoints(models_dir: str | Path) -> list[CheckpointInfo]:
-    """Load every checkpoint (corrupt ones are listed with their error), oldest first."""
+    """Verify and load every checkpoint (corrupt ones are listed with their error), oldest first."""
     infos = []
     for p in checkpoint_files(models_dir):
+        size = p.stat().st_size
         try:
-            # Memory-mapped: listing must not read every model's weights into memory.
-            infos.append(CheckpointInfo(p, p.stat().st_size, state=load_checkpoint(p, mmap=True)))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", CheckpointWarning)  # shown as a column instead
+                state, sealed = _read(p, "cpu", True)
+            infos.append(CheckpointInfo(p, size, state=state, sealed=sealed))
         except CheckpointError as e:
-            infos.append(CheckpointInfo(p, p.stat().st_size, error=str(e).split(": ", 1)[-1]))
-    # Newest last: by global step, then interrupted/periodic before best.pth for ties.
-    return sorted(infos, key=lambda i: (i.global_step, i.path.name == BEST_NAME,
-                                        i.state["timestamp"] if i.state else "", i.path.name))
+            infos.append(CheckpointInfo(p, size, error=str(e).split(": ", 1)[-1]))
+    return sorted(infos, key=_age_key)
 
 
-def newest_valid(models_dir: str | Path) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:
-    """The valid checkpoint with the highest global step (not best.pth when another ties), and the
-    corrupt ones that were skipped."""
+def _age_key(i: CheckpointInfo) -> tuple:
+    # Oldest first: by write time, then step, then best.pth after the file it copies.
+    return (i.ok, i.written if i.ok else datetime.min.replace(tzinfo=UTC), i.global_step, i.is_best,
+            i.path.name)
+
+
+def on_path(info: CheckpointInfo, lineage: dict[str, Any], global_step: int) -> bool:
+    """Whether a checkpoint lies on the history that leads to (lineage, global_step): the same line
+    at or before that step, or an ancestor line at or before the step the history forked from it."""
+    if not info.ok:
+        return False
+    if info.line == lineage["line"]:
+        return info.global_step <= global_step
+    return any(info.line == line and info.global_step <= step for line, step in lineage["ancestors"])
+
+
+def select_for_resume(models_dir: str | Path) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:
+    """The checkpoint a plain resume continues, and the corrupt files it skipped.
+
+    The line written to most recently wins (a line that descends from another wins a tie on time);
+    within it, the checkpoint with the highest global step (a periodic or interrupted file rather
+    than ``best.pth`` when they tie)."""
     infos = list_checkpoints(models_dir)
     corrupt = [i for i in infos if not i.ok]
     valid = [i for i in infos if i.ok]
     if not valid:
         return None, corrupt
-    top = max(i.global_step for i in valid)
-    tied = [i for i in valid if i.global_step == top]
-    non_best = [i for i in tied if i.path.name != BEST_NAME]
-    return (non_best or tied)[-1], corrupt
+    lines: dict[str, list[CheckpointInfo]] = {}
+    for i in valid:
+        lines.setdefault(i.line or "", []).append(i)
+
+    def recency(group: list[CheckpointInfo]) -> tuple:
+        return (max(i.written for i in group),
+                max(len(lineage_of(i.state)["ancestors"]) for i in group))
+
+    group = max(lines.values(), key=recency)
+    return max(group, key=lambda i: (i.global_step, not i.is_best, i.written)), corrupt
 
 
-def archive_previous_run(models_dir: str | Path, extra_names: tuple[str, ...] = ()) -> Path | None:
-    """Move an earlier run's checkpoints (and ``extra_names``) into
-    ``previous_runs/<UTC time>/`` so that a new run's retention, ``best.pth`` and "newest
-    checkpoint" never mix two runs. Nothing is deleted. Returns the archive folder, or None."""
+@dataclass
+class ResumePlan:
+    """What resuming from a checkpoint into a models folder does before training."""
+
+    lineage: dict[str, Any]                 # the line the resumed run writes
+    forked: bool                            # a new line (the start was not its line's newest)
+    move_aside: list[Path]                  # files not on the start's history
+
+
+def plan_resume(models_dir: str | Path, state: dict[str, Any], start: Path,
+                extra_files: Iterable[Path] = ()) -> ResumePlan:
+    """Decide the line of a resumed run and which files of ``models_dir`` must move aside.
+
+    Every checkpoint that is not on the start's history (a later file of the same line, another
+    line, a corrupt file) is moved to ``previous_runs/`` before training writes anything, so the
+    resumed line never overwrites, deletes or is confused with them. ``extra_files`` (reports)
+    that do not belong to the start are passed in by the caller and moved with them."""
+    lineage = lineage_of(state)
+    step = int(state["global_step"])
+    infos = list_checkpoints(models_dir)
+    start_abs = start.resolve()
+    move = [i.path for i in infos if i.path.resolve() != start_abs and not on_path(i, lineage, step)]
+    forked = any(i.ok and i.line == lineage["line"] and i.global_step > step for i in infos)
+    if forked or lineage["line"] == LEGACY_LINE:
+        lineage = new_lineage(lineage, step)
+    return ResumePlan(lineage, forked, move + list(extra_files))
+
+
+def move_aside(models_dir: str | Path, files: list[Path], label: str = "") -> Path | None:
+    """Move ``files`` (in ``models_dir``) to ``previous_runs/<time>[-label]/``, named by the
+    earliest write time among them. Nothing is deleted. Returns the folder, or None."""
     d = Path(models_dir)
-    files = checkpoint_files(d) + [d / n for n in extra_names if (d / n).is_file()]
+    files = [p for p in files if p.is_file()]
     if not files:
         return None
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    target = d / "previous_runs" / stamp
+    stamp = min(datetime.fromtimestamp(p.stat().st_mtime, UTC) for p in files).strftime("%Y%m%dT%H%M%S")
+    base = f"{stamp}-{label}" if label else stamp
+    target = d / ARCHIVE_DIR / base
     n = 1
     while target.exists():
         n += 1
-        target = d / "previous_runs" / f"{stamp}-{n}"
+        target = d / ARCHIVE_DIR / f"{base}-{n}"
     target.mkdir(parents=True)
     for p in files:
         p.rename(target / p.name)  # same file system: atomic, no copy
@@ -198,22 +537,32 @@ def archive_previous_run(models_dir: str | Path, extra_names: tuple[str, ...] = 
     return target
 
 
-def apply_retention(models_dir: str | Path, keep: int) -> list[Path]:
+def archive_previous_run(models_dir: str | Path, extra_names: tuple[str, ...] = ()) -> Path | None:
+    """Move an earlier run's checkpoints (and ``extra_names``) aside so that a new run's retention,
+    ``best.pth`` and "newest checkpoint" never mix two runs. Returns the archive folder, or None."""
+    d = Path(models_dir)
+    return move_aside(d, checkpoint_files(d) + [d / n for n in extra_names if (d / n).is_file()])
+
+
+# ----------------------------------------------------------------------------- retention
+def _order(p: Path) -> tuple[int, float] | None:
+    m = _NAME.match(p.name)
+    if not m or m.group("intr"):
+        return None
+    # An end-of-epoch checkpoint comes after every step checkpoint of the same epoch.
+    return int(m.group("epoch")), (int(m.group("step")) if m.group("step") else math.inf)
+
+
+def apply_retention(models_dir: str | Path, keep: int, newest: Path | None = None) -> list[Path]:
     """Delete all but the ``keep`` newest periodic checkpoints (by name order of epoch, step).
 
-    Called only after a new periodic checkpoint is committed, so the newest is always on disk.
+    Called only after ``newest`` (a periodic checkpoint) was committed: it is never deleted, and
+    neither is any file ordered after it (which only a foreign or damaged history could hold).
     Interrupted checkpoints and best.pth are never deleted here.
     """
-    periodic = []
-    for p in checkpoint_files(models_dir):
-        m = _NAME.match(p.name)
-        if not m or m.group("intr"):
-            continue
-        epoch = int(m.group("epoch"))
-        # An end-of-epoch checkpoint comes after every step checkpoint of the same epoch.
-        step = int(m.group("step")) if m.group("step") else float("inf")
-        periodic.append(((epoch, step), p))
-    periodic.sort()
+    limit = _order(newest) if newest is not None else None
+    periodic = sorted((o, p) for p in checkpoint_files(models_dir)
+                      if (o := _order(p)) is not None and (limit is None or o <= limit))
     removed = []
     for _, p in periodic[:-keep] if keep > 0 else []:
         try:

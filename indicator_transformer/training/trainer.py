@@ -145,6 +145,7 @@ class Trainer:
         self.step_losses: list[float] = []
         self.best_val = float("inf")
         self._pending_losses: list[torch.Tensor] = []
+        self.lineage = ckpt.new_lineage()  # resume replaces it (same line, or a fork)
 
     # ------------------------------------------------------------------ setup helpers
     def _make_scheduler(self) -> None:
@@ -171,7 +172,8 @@ class Trainer:
         sampler_state.update(epoch=self.epoch, position=self.step_in_epoch)
         return {
             "format_version": ckpt.FORMAT_VERSION,
-            "timestamp": now_iso(),
+            "timestamp": now_iso(precise=True),  # orders two lines written in the same second
+            "lineage": self.lineage,
             "interrupted": interrupted,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -193,16 +195,18 @@ class Trainer:
             "feature_names": list(self.data.feature_names),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint: weights, optimizer, scheduler, counters, RNG, sampler."""
-        saved = state["sampler"]
-        if (saved.get("seed"), saved.get("batch_size")) != (self.sampler.seed, self.sampler.batch_size):
-            raise CheckpointError(f"checkpoint sampler (seed {saved.get('seed')}, batch size "
-                                  f"{saved.get('batch_size')}) does not match this run's "
-                                  f"({self.sampler.seed}, {self.sampler.batch_size})")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+    def load_state_dict(self, state: dict[str, Any], path: Path | str = "checkpoint") -> None:
+        """Continue from a checkpoint (validated by :func:`ckpt.load_checkpoint`): weights,
+        optimizer, scheduler, counters, RNG, sampler. Anything that does not fit this run's model
+        and data is a :class:`CheckpointError` naming ``path`` and the field, before any state
+        changes."""
+        self._check_compatible(state, path)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise CheckpointError(f"{path}: does not fit this model: {str(e).splitlines()[0]}") from None
         self.epoch = int(state["epoch"])
         self.step_in_epoch = int(state["step_in_epoch"])
         self.global_step = int(state["global_step"])
@@ -210,12 +214,38 @@ class Trainer:
         self.best_val = float(state.get("best_val", float("inf")))
         self.epoch_history = [dict(e) for e in state["loss_history"]["epochs"]]
         self.step_losses = list(state["loss_history"]["steps"])
+        self.lineage = ckpt.lineage_of(state)
         if self.epoch_complete:  # an end-of-epoch checkpoint: the next epoch starts from step 0
             self.epoch += 1
             self.step_in_epoch = 0
             self.epoch_complete = False
         self.step_in_epoch = min(self.step_in_epoch, self.steps_per_epoch)
         restore_rng(state["rng"])
+
+    def _check_model_shapes(self, weights: dict[str, torch.Tensor], path: Path | str) -> None:
+        expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in weights.items()}
+        for key in sorted(set(expected) | set(got)):
+            if expected.get(key) != got.get(key):
+                raise CheckpointError(
+                    f"{path}: invalid checkpoint: field 'model.{key}': expected "
+                    + (f"shape {list(expected[key])}" if key in expected else "no such weight")
+                    + " for this configuration, found "
+                    + (f"shape {list(got[key])}" if key in got else "it missing"))
+
+    def load_weights(self, state: dict[str, Any], path: Path | str) -> None:
+        """Only the model weights of a checkpoint (best.pth for the final evaluation)."""
+        self._check_model_shapes(state["model"], path)
+        self.model.load_state_dict(state["model"])
+
+    def _check_compatible(self, state: dict[str, Any], path: Path | str) -> None:
+        """The checkpoint's tensors and sampler must fit this run's model, optimizer and data."""
+        saved = state["sampler"]
+        if (saved.get("seed"), saved.get("batch_size")) != (self.sampler.seed, self.sampler.batch_size):
+            raise CheckpointError(f"{path}: checkpoint sampler (seed {saved.get('seed')}, batch size "
+                                  f"{saved.get('batch_size')}) does not match this run's "
+                                  f"({self.sampler.seed}, {self.sampler.batch_size})")
+        self._check_model_shapes(state["model"], path)
 
     def set_total_epochs(self, epochs: int) -> None:
         """Change the planned epoch count (resume --epochs); the LR schedule follows it."""
@@ -234,10 +264,12 @@ class Trainer:
     # ------------------------------------------------------------------ saving
     def _save(self, name: str, *, interrupted: bool, also_best: bool = False) -> Path:
         data = ckpt.serialize(self.state_dict(interrupted=interrupted))
-        path = ckpt.save_checkpoint(self.models_dir / name, {}, data=data)
         if also_best:
+            # best.pth first: a checkpoint may only claim a best_val whose model is already on
+            # disk. Dying between the two writes leaves best.pth one epoch ahead, holding that
+            # epoch's complete end-of-epoch state, which a resume then continues from.
             ckpt.save_checkpoint(self.models_dir / ckpt.BEST_NAME, {}, data=data)
-        return path
+        return ckpt.save_checkpoint(self.models_dir / name, {}, data=data)
 
     def save_interrupted(self) -> Path:
         """Save ``checkpoint_epoch_<E>_interrupted.pth`` and say so."""
@@ -307,8 +339,9 @@ class Trainer:
                     progress.update(1, loss=self._recent_loss(loss), samples_per_s=round(rate))
                 if t.checkpoint_every and self.global_step % t.checkpoint_every == 0 \
                         and self.step_in_epoch < self.steps_per_epoch:
-                    self._save(ckpt.step_checkpoint_name(self.epoch, self.global_step), interrupted=False)
-                    ckpt.apply_retention(self.models_dir, t.keep)
+                    path = self._save(ckpt.step_checkpoint_name(self.epoch, self.global_step),
+                                      interrupted=False)
+                    ckpt.apply_retention(self.models_dir, t.keep, newest=path)
                 if self.handler.should_stop:
                     return False
         finally:
@@ -332,8 +365,8 @@ class Trainer:
         if improved:
             self.best_val = val["loss"]
         self.epoch_complete = True
-        self._save(ckpt.epoch_checkpoint_name(self.epoch), interrupted=False, also_best=improved)
-        ckpt.apply_retention(self.models_dir, self.cfg.train.keep)
+        path = self._save(ckpt.epoch_checkpoint_name(self.epoch), interrupted=False, also_best=improved)
+        ckpt.apply_retention(self.models_dir, self.cfg.train.keep, newest=path)
         print(f"epoch {self.epoch}/{self.cfg.train.epochs}: train_loss={train_loss:.4f} "
               f"val_loss={val['loss']:.4f} val_ic={val['ic']:+.4f}"
               f"{' (best)' if improved else ''} [{seconds:.1f}s]", file=self.stream, flush=True)
