@@ -218,8 +218,32 @@ def test_adj_close_is_ignored_by_default_and_used_as_close_when_asked(tmp_path):
     df.to_csv(path, index=False)
 
     _assert_loaded(load_ohlcv_file(path), x)
-    _assert_loaded(load_ohlcv_file(path, use_adj_close=True), x, close=adj)
+    got = load_ohlcv_file(path, use_adj_close=True)
+    np.testing.assert_allclose(got.close, adj, rtol=1e-12)
+    # open, high and low are adjusted by the same factor, so the bar stays consistent
+    for name in ("open", "high", "low"):
+        np.testing.assert_allclose(getattr(got, name), getattr(x, name) * 0.97, rtol=1e-12)
+    assert np.all(got.low <= got.close) and np.all(got.close <= got.high)
     assert Source("IBM", path=path).load(use_adj_close=True).close[0] == pytest.approx(adj[0])
+
+
+def test_an_adjusted_close_outside_the_unadjusted_range_loads_as_a_consistent_adjusted_bar(tmp_path):
+    # A 2:1 split adjustment halves the early closes: unadjusted highs and lows would not contain them.
+    x = _bars()
+    adj = x.close * np.where(np.arange(len(x)) < 15, 0.5, 1.0)
+    df = _frame(x)
+    df["Adj Close"] = adj
+    path = tmp_path / "SPLIT.csv"
+    df.to_csv(path, index=False)
+    got = load_ohlcv_file(path, use_adj_close=True)
+    np.testing.assert_allclose(got.high[:15], x.high[:15] * 0.5, rtol=1e-12)
+    np.testing.assert_allclose(got.high[15:], x.high[15:], rtol=1e-12)
+
+
+def test_use_adj_close_on_a_file_without_an_adjusted_close_is_a_data_error(tmp_path):
+    path = _csv(tmp_path, GOOD_ROWS)
+    with pytest.raises(DataError, match="--use-adj-close was given but there is no adjusted close"):
+        load_ohlcv_file(path, use_adj_close=True)
 
 
 def test_parquet_files_load_like_csv_files(tmp_path):
