@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import warnings
 from pathlib import Path
@@ -13,23 +15,33 @@ import numpy as np
 import pytest
 
 from indicator_transformer.config import FeatureConfig
-from indicator_transformer.data.cache import MANIFEST, CacheWarning, FeatureCache, cache_key
+from indicator_transformer.data.cache import MANIFEST, CacheWarning, FeatureCache, cache_key, manifest_bytes
 from indicator_transformer.data.features import compute_features
-from indicator_transformer.data.prepare import prepare
+from indicator_transformer.data.prepare import feature_settings, prepare
 from indicator_transformer.data.sources import Source, synthetic_sources, synthetic_symbol
 from indicator_transformer.errors import UserError
 
 NAMES = list(FeatureConfig().features)
 
 
+def _settings(names: list[str] = NAMES, horizon: int = 1, use_adj_close: bool = False) -> dict:
+    return feature_settings(FeatureConfig(features=list(names), horizon=horizon), use_adj_close)
+
+
 def _entry(symbol_index: int = 0, bars: int = 300, horizon: int = 1):
     src = synthetic_sources(symbol_index + 1, bars, seed=2)[symbol_index]
     fs = compute_features(src.load(), NAMES, horizon)
-    return src, cache_key(src.identity(), NAMES, horizon), fs
+    return src, cache_key(src.identity(), src.symbol, _settings(horizon=horizon)), fs
 
 
 def _manifest(root: Path) -> dict:
     return json.loads((root / MANIFEST).read_text())
+
+
+def _write_manifest(root: Path, doc: dict) -> None:
+    """Write a changed manifest as the cache would (digest and canonical form included): a
+    deliberately forged record, which only the record checks can refuse."""
+    (root / MANIFEST).write_bytes(manifest_bytes(doc))
 
 
 def _data_file(root: Path, key: str, part: str = "features") -> Path:
@@ -79,12 +91,14 @@ def test_the_key_changes_with_the_input_bytes_the_features_and_the_horizon(tmp_p
     b.write_text(text.replace(f"{x.close[5]}", f"{x.close[5] * 1.0001}", 1))
     ida, idb = Source("A", path=a).identity(), Source("A", path=b).identity()
 
-    base = cache_key(ida, NAMES, 1)
-    assert cache_key(ida, NAMES, 1) == base
-    assert cache_key(idb, NAMES, 1) != base
-    assert cache_key(ida, NAMES[:-1], 1) != base
-    assert cache_key(ida, list(reversed(NAMES)), 1) != base
-    assert cache_key(ida, NAMES, 5) != base
+    base = cache_key(ida, "A", _settings())
+    assert cache_key(ida, "A", _settings()) == base
+    assert cache_key(idb, "A", _settings()) != base
+    assert cache_key(ida, "B", _settings()) != base
+    assert cache_key(ida, "A", _settings(NAMES[:-1])) != base
+    assert cache_key(ida, "A", _settings(list(reversed(NAMES)))) != base
+    assert cache_key(ida, "A", _settings(horizon=5)) != base
+    assert cache_key(ida, "A", _settings(use_adj_close=True)) != base
 
 
 def test_a_truncated_data_file_is_dropped_on_open_with_a_warning_and_recomputed(tmp_path):
@@ -184,7 +198,8 @@ def _plant_pickle(root: Path, key: str, marker: Path) -> Path:
     np.save(path, np.array([_Evil(str(marker))], dtype=object), allow_pickle=True)
     data = path.read_bytes()
     meta.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), dtype="object", shape=[1])
-    (root / MANIFEST).write_text(json.dumps(doc))
+    meta["sig"]["size"] = len(data)
+    _write_manifest(root, doc)
     return path
 
 
@@ -204,9 +219,9 @@ def test_a_pickled_object_array_under_an_entry_name_is_refused_and_never_execute
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         reader = FeatureCache(tmp_path).open()
-        assert key in reader.entries  # sizes match: the cheap check cannot tell
+        assert key not in reader.entries  # the record's dtype is not the one the cache writes
         assert reader.get(key) is None
-    assert any(issubclass(w.category, CacheWarning) and "unreadable" in str(w.message) for w in caught)
+    assert any(issubclass(w.category, CacheWarning) and "dtype 'object'" in str(w.message) for w in caught)
     assert not marker.exists()
 
     report = FeatureCache(tmp_path).validate_full()
@@ -220,7 +235,7 @@ import sys, time
 from pathlib import Path
 from indicator_transformer.config import FeatureConfig
 from indicator_transformer.data.cache import FeatureCache
-from indicator_transformer.data.prepare import prepare
+from indicator_transformer.data.prepare import feature_settings, prepare
 from indicator_transformer.data.sources import synthetic_sources
 
 root, lo, hi, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
@@ -328,7 +343,7 @@ def test_a_manifest_naming_a_file_outside_the_cache_never_gets_it_read_or_delete
     doc = _manifest(root)
     target = str(victim) if name == "/ABS/victim.txt" else name
     doc["entries"][key]["files"]["label"]["name"] = target
-    (root / MANIFEST).write_text(json.dumps(doc))
+    _write_manifest(root, doc)
 
     with pytest.warns(CacheWarning, match="malformed"):
         assert FeatureCache(root).open().get(key) is None
@@ -347,3 +362,309 @@ def test_validating_a_folder_that_is_not_a_cache_refuses_and_writes_nothing(tmp_
     with pytest.raises(UserError, match="does not look like a feature cache"):
         FeatureCache(folder).clear_all()
     assert sorted(p.name for p in folder.iterdir()) == ["embeddings.npy", "notes.md"]
+
+
+# --------------------------------------------------------------------------- malformed records
+def _prepared(root: Path, symbols: int = 3) -> tuple[list, dict]:
+    """A real cache of a few synthetic symbols; returns (sources, symbol -> arrays copied out)."""
+    sources = synthetic_sources(symbols, 300, seed=2)
+    result = prepare(sources, FeatureConfig(window=8), FeatureCache(root).open(), show_progress=False)
+    return sources, {s.symbol: (s.key, np.array(s.features), np.array(s.label), np.array(s.time))
+                     for s in result.symbols}
+
+
+def _assert_same_arrays(result, expected: dict) -> None:
+    assert {s.symbol for s in result.symbols} == set(expected)
+    for s in result.symbols:
+        _, features, label, time = expected[s.symbol]
+        np.testing.assert_array_equal(s.features, features)
+        np.testing.assert_array_equal(s.label, label)
+        np.testing.assert_array_equal(s.time, time)
+
+
+def _set(path: list, value):
+    """A record change: set entry[path...] = value (None as the last key deletes it)."""
+    def change(key: str, entry: dict) -> None:
+        target = entry
+        for k in path[:-1]:
+            target = target[k]
+        if value is _DELETE:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = value(key, entry) if callable(value) else value
+    return change
+
+
+_DELETE = object()
+MALFORMED = {
+    "dtype nonsense": _set(["files", "features", "dtype"], "nonsense"),
+    "dtype object": _set(["files", "features", "dtype"], "object"),
+    "dtype float64 (not what the cache writes)": _set(["files", "label", "dtype"], "float64"),
+    "dtype not a string": _set(["files", "time", "dtype"], 8),
+    "absurd shape": _set(["files", "features", "shape"], [10**30, 25]),
+    "negative shape": _set(["files", "features", "shape"], [-1, 25]),
+    "shape not a list": _set(["files", "label", "shape"], "(5,)"),
+    "shape of booleans": _set(["files", "label", "shape"], [True]),
+    "shape of the wrong rank": _set(["files", "features", "shape"], [10]),
+    "negative bytes": _set(["files", "features", "bytes"], -1),
+    "bytes not a number": _set(["files", "features", "bytes"], "1 MB"),
+    "bytes that do not fit the shape": _set(["files", "time", "bytes"], 10**9),
+    "bytes a little more than the file": _set(["files", "time", "bytes"],
+                                              lambda k, e: e["files"]["time"]["bytes"] + 64),
+    "name not a string": _set(["files", "label", "name"], 7),
+    "name with ../": _set(["files", "label", "name"], lambda k, e: "../" + e["files"]["label"]["name"]),
+    "name of another part": _set(["files", "label", "name"], lambda k, e: e["files"]["time"]["name"]),
+    "sha256 not hex": _set(["files", "label", "sha256"], "z" * 64),
+    "sha256 missing": _set(["files", "label", "sha256"], _DELETE),
+    "stat signature malformed": _set(["files", "label", "sig"], {"size": "big"}),
+    "rows negative": _set(["rows"], -1),
+    "rows a string": _set(["rows"], "300"),
+    "input_rows below rows": _set(["input_rows"], 3),
+    "symbol not a string": _set(["symbol"], ["S"]),
+    "a file part missing": _set(["files", "time"], _DELETE),
+    "an extra file part": _set(["files", "extra"], lambda k, e: dict(e["files"]["time"])),
+    "files not an object": _set(["files"], "features,label,time"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_manifest_record_is_reported_corrupt_and_recomputed_never_a_traceback(
+        tmp_path, capsys, case):
+    from indicator_transformer.cli.validate_cache import main as validate_main
+
+    root = tmp_path / "cache"
+    sources, expected = _prepared(root)
+    victim_key = expected["SYN001"][0]
+    doc = _manifest(root)
+    MALFORMED[case](victim_key, doc["entries"][victim_key])
+    _write_manifest(root, doc)  # a self-consistent manifest (right digest) with one bad record
+
+    with pytest.warns(CacheWarning, match=victim_key[:12] + ".*recomputed"):
+        cache = FeatureCache(root).open()
+    result = prepare(sources, FeatureConfig(window=8), cache, show_progress=False)
+    _assert_same_arrays(result, expected)
+    assert (result.hits, result.misses) == (2, 1)
+
+    _write_manifest(root, doc)  # damage it again for the validator
+    assert validate_main(["--cache-dir", str(root), "--dry-run"]) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert re.search(rf"corrupt: entry .* \({victim_key[:12]}\)", out), out
+    assert validate_main(["--cache-dir", str(root)]) == 0
+    assert validate_main(["--cache-dir", str(root), "--dry-run"]) == 0
+    assert set(_manifest(root)["entries"]) == {expected["SYN000"][0], expected["SYN002"][0]}
+
+
+@pytest.mark.parametrize("garbage", [[1, 2], "entry", None, 5])
+def test_an_entry_that_is_not_an_object_or_a_key_that_is_not_a_digest_is_corrupt(tmp_path, garbage):
+    root = tmp_path / "cache"
+    _, expected = _prepared(root)
+    doc = _manifest(root)
+    doc["entries"]["not-a-key"] = garbage
+    doc["entries"]["a" * 64] = garbage
+    _write_manifest(root, doc)
+    with pytest.warns(CacheWarning):
+        cache = FeatureCache(root).open()
+    assert set(cache.entries) == {k for k, *_ in expected.values()}
+    report = FeatureCache(root).validate_full(fix=False)
+    assert sorted(report.corrupt) == sorted(["not-a-key", "a" * 64])
+    assert FeatureCache(root).validate_full().corrupt and FeatureCache(root).validate_full().consistent
+
+
+# --------------------------------------------------------------------------- verified on a warm start
+def test_a_byte_flipped_in_a_data_file_after_commit_is_detected_on_a_warm_start_and_recomputed(tmp_path):
+    root = tmp_path / "cache"
+    sources, expected = _prepared(root)
+    victim = _data_file(root, expected["SYN002"][0], "features")
+    data = bytearray(victim.read_bytes())
+    data[-7] ^= 0x01  # one bit of one feature value: same size, a valid .npy
+    victim.write_bytes(bytes(data))
+
+    with pytest.warns(CacheWarning, match=re.escape(str(victim)) + r".*damaged"):
+        result = prepare(sources, FeatureConfig(window=8), FeatureCache(root).open(), show_progress=False)
+    assert (result.hits, result.misses) == (2, 1)
+    _assert_same_arrays(result, expected)
+    assert FeatureCache(root).validate_full(fix=False).consistent
+
+
+def test_an_intact_file_with_a_new_stat_signature_is_hashed_once_and_its_signature_refreshed(tmp_path):
+    root = tmp_path / "cache"
+    sources, expected = _prepared(root)
+    copy = tmp_path / "copied"
+    shutil.copytree(root, copy)  # new inodes and times: every signature differs, every byte is intact
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        first = prepare(sources, FeatureConfig(window=8), FeatureCache(copy).open(), show_progress=False)
+    assert (first.hits, first.misses) == (3, 0)
+    _assert_same_arrays(first, expected)
+    for entry in _manifest(copy)["entries"].values():
+        for meta in entry["files"].values():
+            st = os.lstat(copy / meta["name"])
+            assert meta["sig"] == {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                   "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+    before = (copy / MANIFEST).stat()
+    cache = FeatureCache(copy).open()
+    assert set(cache._verified) == set(cache.entries)  # signatures match now: nothing to hash
+    second = prepare(sources, FeatureConfig(window=8), cache, show_progress=False)
+    assert second.hits == 3
+    assert (copy / MANIFEST).stat().st_mtime_ns == before.st_mtime_ns
+
+
+@pytest.mark.parametrize("edit", ["a number changed", "a space added", "the digest changed",
+                                  "the trailing newline removed"])
+def test_a_manifest_edited_into_other_valid_json_is_detected_and_everything_recomputed(tmp_path, edit):
+    root = tmp_path / "cache"
+    sources, expected = _prepared(root)
+    text = (root / MANIFEST).read_text()
+    if edit == "a number changed":
+        doc = _manifest(root)
+        next(iter(doc["entries"].values()))["input_rows"] += 1
+        text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    elif edit == "a space added":
+        text = text.replace('"entries": {', '"entries":  {', 1)
+    elif edit == "the digest changed":
+        doc = _manifest(root)
+        doc["digest"] = "0" * 64
+        text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    else:
+        text = text.rstrip("\n")
+    json.loads(text)  # still valid JSON
+    (root / MANIFEST).write_text(text)
+
+    with pytest.warns(CacheWarning, match=re.escape(str(root / MANIFEST)) + ".*digest"):
+        result = prepare(sources, FeatureConfig(window=8), FeatureCache(root).open(), show_progress=False)
+    assert (result.hits, result.misses) == (0, 3)
+    _assert_same_arrays(result, expected)
+    assert FeatureCache(root).validate_full(fix=False).consistent
+
+
+def test_validate_reports_a_manifest_whose_digest_does_not_match(tmp_path):
+    root = tmp_path / "cache"
+    _prepared(root)
+    (root / MANIFEST).write_text((root / MANIFEST).read_text().replace('"rows": ', '"rows":  ', 1))
+    report = FeatureCache(root).validate_full(fix=False)
+    assert not report.consistent and "digest" in report.manifest_problem
+    assert any(str(root / MANIFEST) in line for line in report.problems)
+
+
+def test_an_old_format_manifest_is_a_clean_recompute_with_a_warning_and_its_files_are_removed(tmp_path):
+    root = tmp_path / "cache"
+    sources, expected = _prepared(root)
+    old_names = []
+    doc = _manifest(root)
+    for key, entry in doc["entries"].items():  # what version 1 wrote: other keys, no digest
+        old_key = hashlib.sha256(key.encode()).hexdigest()
+        for meta in entry["files"].values():
+            meta["name"] = meta["name"].replace(key, old_key)
+            shutil.copy(root / entry["files"]["features"]["name"].replace(old_key, key), root / meta["name"])
+            old_names.append(meta["name"])
+    for p in root.glob("*.npy"):
+        if p.name not in old_names:
+            p.unlink()
+    (root / MANIFEST).write_text(json.dumps({"format_version": 1, "entries": doc["entries"], "inputs": {}}))
+
+    with pytest.warns(CacheWarning, match="format_version 1 is not 2.*older version"):
+        result = prepare(sources, FeatureConfig(window=8), FeatureCache(root).open(), show_progress=False)
+    assert (result.hits, result.misses) == (0, 3)
+    _assert_same_arrays(result, expected)
+    assert not [n for n in old_names if (root / n).exists()]
+    assert FeatureCache(root).validate_full(fix=False).consistent
+
+
+# --------------------------------------------------------------------------- symbolic links
+def test_a_data_file_replaced_by_a_link_to_identical_bytes_elsewhere_is_not_trusted_nor_written_through(
+        tmp_path):
+    root = tmp_path / "cache"
+    sources, expected = _prepared(root)
+    victim = _data_file(root, expected["SYN000"][0], "label")
+    outside = tmp_path / "outside.npy"
+    outside_bytes = victim.read_bytes()
+    outside.write_bytes(outside_bytes)  # the very same bytes: only the link is wrong
+    victim.unlink()
+    victim.symlink_to(outside)
+
+    with pytest.warns(CacheWarning, match=re.escape(str(victim)) + ".*symbolic link"):
+        result = prepare(sources, FeatureConfig(window=8), FeatureCache(root).open(), show_progress=False)
+    assert result.misses == 1
+    _assert_same_arrays(result, expected)
+    assert not victim.is_symlink()  # replaced by a real file, by rename
+    assert outside.read_bytes() == outside_bytes  # never written through the link
+
+
+def test_validate_never_follows_links_inside_the_cache_and_removes_only_the_links(tmp_path):
+    root = tmp_path / "cache"
+    _, expected = _prepared(root)
+    precious = tmp_path / "precious.bin"
+    precious.write_bytes(b"keep me")
+    listed = _data_file(root, expected["SYN000"][0], "time")
+    listed.unlink()
+    listed.symlink_to(precious)
+    orphan = root / f"ZZZ-{'ef' * 32}.label.npy"
+    orphan.symlink_to(precious)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "inside.txt").write_text("keep me too")
+    dir_link = root / f"YYY-{'ab' * 32}.features.npy"
+    dir_link.symlink_to(folder)
+
+    dry = FeatureCache(root).validate_full(fix=False)
+    assert dry.corrupt == [expected["SYN000"][0]]
+    assert sorted(dry.orphaned) == sorted([orphan, dir_link])
+    report = FeatureCache(root).validate_full()
+    assert report.corrupt == [expected["SYN000"][0]]
+    assert not listed.is_symlink() and not orphan.is_symlink() and not dir_link.is_symlink()
+    assert precious.read_bytes() == b"keep me"
+    assert (folder / "inside.txt").read_text() == "keep me too"
+    assert FeatureCache(root).validate_full(fix=False).consistent
+
+
+def test_a_manifest_or_lock_file_that_is_a_link_is_neither_read_nor_written_through(tmp_path):
+    root = tmp_path / "cache"
+    sources, expected = _prepared(root)
+    outside_manifest = tmp_path / "their_manifest.json"
+    outside_manifest.write_bytes((root / MANIFEST).read_bytes())  # even a valid one is not trusted
+    (root / MANIFEST).unlink()
+    (root / MANIFEST).symlink_to(outside_manifest)
+    outside_lock = tmp_path / "their.lock"
+    outside_lock.write_text("not yours")
+    (root / ".lock").unlink(missing_ok=True)
+    (root / ".lock").symlink_to(outside_lock)
+    manifest_before = outside_manifest.read_bytes()
+
+    with pytest.warns(CacheWarning, match="symbolic link"):
+        result = prepare(sources, FeatureConfig(window=8), FeatureCache(root).open(), show_progress=False)
+    _assert_same_arrays(result, expected)
+    assert not (root / MANIFEST).is_symlink() and not (root / ".lock").is_symlink()
+    assert outside_manifest.read_bytes() == manifest_before
+    assert outside_lock.read_text() == "not yours"
+    assert FeatureCache(root).validate_full(fix=False).consistent
+
+
+def test_clear_all_refuses_a_cache_folder_that_is_a_symlink_and_deletes_nothing(tmp_path):
+    real = tmp_path / "big_disk" / "cache"
+    _prepared(real)
+    link = tmp_path / "cache"
+    link.symlink_to(real)
+    before = sorted(p.name for p in real.iterdir())
+    with pytest.raises(UserError, match=f"is a symbolic link to {re.escape(str(real))}.*--cache-dir"):
+        FeatureCache(link).clear_all()
+    assert sorted(p.name for p in real.iterdir()) == before and link.is_symlink()
+
+
+def test_clear_all_removes_links_inside_the_cache_but_never_what_they_point_to(tmp_path):
+    root = tmp_path / "cache"
+    _prepared(root)
+    precious = tmp_path / "precious.bin"
+    precious.write_bytes(b"keep me")
+    (root / f"ZZZ-{'ef' * 32}.label.npy").symlink_to(precious)
+    FeatureCache(root).clear_all()
+    assert not root.exists() and precious.read_bytes() == b"keep me"
+
+
+def test_opening_a_cache_path_that_is_a_regular_file_is_a_user_error_not_a_traceback(tmp_path):
+    path = tmp_path / "cache"
+    path.write_text("not a folder")
+    with pytest.raises(UserError, match="is not a folder"):
+        FeatureCache(path).open()
+    assert path.read_text() == "not a folder"

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from conftest import ohlcv_frame
 
 from indicator_transformer.config import DataConfig, FeatureConfig
 from indicator_transformer.data.cache import MANIFEST, FeatureCache
 from indicator_transformer.data.prepare import prepare, resolve_sources
-from indicator_transformer.data.sources import Source, discover_files, synthetic_sources
+from indicator_transformer.data.sources import Source, discover_files, synthetic_sources, synthetic_symbol
 from indicator_transformer.errors import EXIT_USAGE, DataError, DataErrors
 from indicator_transformer.shutdown import SignalHandler
 
@@ -114,6 +115,8 @@ def test_bad_files_are_all_reported_together_and_nothing_is_cached_for_them(tmp_
     # The good files were committed; nothing of the bad ones is in the cache folder.
     assert _manifest_symbols(root) == {"S000", "S001", "S002"}
     assert not [p for p in root.iterdir() if p.name.startswith("BAD")]
+    remembered = json.loads((root / MANIFEST).read_text())["inputs"]
+    assert sorted(Path(p).stem for p in remembered) == ["S000", "S001", "S002"]  # not even a hash memo
     assert FeatureCache(root).validate_full(fix=False).consistent
 
 
@@ -161,8 +164,8 @@ class _StopWhenLoaded(Source):
 
     on_load: Callable[[], None] | None = None
 
-    def load(self, *, use_adj_close: bool = False):
-        bars = super().load(use_adj_close=use_adj_close)
+    def parse(self, raw, *, use_adj_close: bool = False):
+        bars = super().parse(raw, use_adj_close=use_adj_close)
         if self.on_load is not None:
             self.on_load()
         return bars
@@ -274,8 +277,8 @@ def test_an_unchanged_input_is_not_hashed_again_but_a_same_size_edit_is(tmp_path
     data = make_data_dir(3, 300)
     _run(discover_files(data), small_features, tmp_path / "cache")
     hashed: list[str] = []
-    real_identity = Source.identity
-    monkeypatch.setattr(Source, "identity", lambda self: hashed.append(self.symbol) or real_identity(self))
+    real_read = Source.read
+    monkeypatch.setattr(Source, "read", lambda self: hashed.append(self.symbol) or real_read(self))
 
     warm = _run(discover_files(data), small_features, tmp_path / "cache")
     assert (warm.hits, hashed) == (3, [])
@@ -313,3 +316,118 @@ def test_kill_9_during_preparation_keeps_the_symbols_of_the_last_periodic_commit
     assert again.returncode == 0, again.stderr
     done, total, hits, misses = map(int, _SUMMARY.search(again.stdout + again.stderr).groups())
     assert (hits, misses) == (len(committed), symbols - len(committed))
+
+
+# --------------------------------------------------------------------------- issue 6: never silently wrong
+def _adj_close_folder(data: Path) -> Path:
+    data.mkdir()
+    for i in range(3):
+        x = synthetic_symbol(1, 4, i, 300)
+        df = ohlcv_frame(x)
+        df["Adj Close"] = x.close * np.linspace(0.8, 1.0, len(x))  # dividends: older bars adjusted more
+        df.to_csv(data / f"S{i}.csv", index=False)
+    return data
+
+
+def test_use_adj_close_after_a_run_without_it_recomputes_every_symbol_from_adj_close(tmp_path,
+                                                                                    small_features):
+    sources = discover_files(_adj_close_folder(tmp_path / "data"))
+    plain = _run(sources, small_features, tmp_path / "cache")
+    adjusted = _run(sources, small_features, tmp_path / "cache", use_adj_close=True)
+
+    assert (adjusted.hits, adjusted.misses) == (0, 3)
+    assert adjusted.fingerprint != plain.fingerprint
+    reference = _run(sources, small_features, tmp_path / "fresh", use_adj_close=True)
+    for a, b, p in zip(adjusted.symbols, reference.symbols, plain.symbols, strict=True):
+        np.testing.assert_array_equal(a.features, b.features)
+        np.testing.assert_array_equal(a.label, b.label)
+        assert not np.array_equal(a.label, p.label)  # the labels really come from Adj Close
+    again = _run(sources, small_features, tmp_path / "cache", use_adj_close=True)
+    assert (again.hits, again.misses) == (3, 0)
+
+
+def test_two_input_files_with_identical_bytes_get_one_entry_each_and_a_consistent_cache(
+        tmp_path, make_data_dir, small_features):
+    data = make_data_dir(2, 300)
+    (data / "TWIN.csv").write_bytes((data / "S000.csv").read_bytes())
+    root = tmp_path / "cache"
+
+    result = _run(discover_files(data), small_features, root)
+
+    assert _manifest_symbols(root) == {"S000", "S001", "TWIN"}
+    by_symbol = {s.symbol: s for s in result.symbols}
+    assert by_symbol["S000"].key != by_symbol["TWIN"].key
+    np.testing.assert_array_equal(by_symbol["S000"].features, by_symbol["TWIN"].features)
+    report = FeatureCache(root).validate_full(fix=False)
+    assert report.consistent, report.problems
+    assert len(report.valid) == 3
+    warm = _run(discover_files(data), small_features, root)
+    assert (warm.hits, warm.misses) == (3, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ReplacedAfterEachRead(Source):
+    """A real file that another program replaces right after this one hashes or reads it."""
+
+    replacement: bytes = b""
+
+    def identity(self) -> str:
+        digest = super().identity()
+        self.path.write_bytes(self.replacement)
+        return digest
+
+    def read(self):
+        raw = super().read()
+        self.path.write_bytes(self.replacement)
+        return raw
+
+
+def test_an_input_replaced_while_it_is_prepared_never_gets_features_of_other_bytes_under_its_key(
+        tmp_path, make_data_dir, small_features):
+    data = make_data_dir(2, 300)
+    old_bytes = (data / "S000.csv").read_bytes()
+    new_bytes = (data / "S001.csv").read_bytes()  # other bars, as if the file were re-downloaded
+    src = _ReplacedAfterEachRead("S000", path=data / "S000.csv", replacement=new_bytes)
+    expect_old = _run([Source("OLD", path=_write(tmp_path / "old" / "S000.csv", old_bytes))],
+                      small_features, tmp_path / "ref_old").symbols[0]
+    expect_new = _run([Source("NEW", path=_write(tmp_path / "new" / "S000.csv", new_bytes))],
+                      small_features, tmp_path / "ref_new").symbols[0]
+
+    first = _run([src], small_features, tmp_path / "cache").symbols[0]
+    np.testing.assert_array_equal(first.features, expect_old.features)  # the bytes it hashed
+
+    # The file now holds the new bytes: the next run sees the change and computes those.
+    second = _run([Source("S000", path=data / "S000.csv")], small_features, tmp_path / "cache")
+    assert second.misses == 1
+    np.testing.assert_array_equal(second.symbols[0].features, expect_new.features)
+    assert second.symbols[0].key != first.key
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("how", ["input unchanged (no hashing)", "input touched (hashed again)"])
+def test_a_cache_hit_too_short_for_a_longer_window_is_the_same_data_error_as_a_miss(
+        tmp_path, make_data_dir, how):
+    from indicator_transformer.data.features import warmup_bars
+
+    warmup = warmup_bars(list(FeatureConfig().features))
+    bars = warmup + 8 + 1 + 5          # enough for window 8, not for window 20
+    data = make_data_dir(2, bars)
+    root = tmp_path / "cache"
+    short = _run(discover_files(data), FeatureConfig(window=8), root)
+    assert short.misses == 2
+    if how.startswith("input touched"):
+        for f in data.iterdir():
+            os.utime(f, ns=(time.time_ns(), time.time_ns()))
+
+    with pytest.raises(DataErrors) as hit:
+        _run(discover_files(data), FeatureConfig(window=20), root)
+    with pytest.raises(DataErrors) as miss:
+        _run(discover_files(data), FeatureConfig(window=20), tmp_path / "empty")
+
+    assert [str(e) for e in hit.value.errors] == [str(e) for e in miss.value.errors]
+    assert f"only {bars} rows" in str(hit.value) and "window 20" in str(hit.value)

@@ -169,3 +169,50 @@ def test_an_unknown_flag_is_a_usage_error(run_python):
     res = _validate(run_python, "--frobnicate")
     assert res.returncode == 2
     assert "unrecognized arguments: --frobnicate" in res.stderr
+
+
+def test_a_record_with_a_nonsense_dtype_and_a_correct_sha256_is_reported_corrupt_not_a_traceback(
+        run_python, cache_dir):
+    from indicator_transformer.data.cache import manifest_bytes
+
+    doc = json.loads((cache_dir / MANIFEST).read_text())
+    key = sorted(doc["entries"])[1]
+    doc["entries"][key]["files"]["features"]["dtype"] = "nonsense"
+    (cache_dir / MANIFEST).write_bytes(manifest_bytes(doc))  # digest right: only the record is wrong
+
+    dry = _validate(run_python, "--cache-dir", str(cache_dir), "--dry-run")
+    assert dry.returncode == 1, dry.stderr
+    assert "Traceback" not in dry.stderr
+    assert _count(dry.stdout, "corrupt") == 1 and "dtype 'nonsense'" in dry.stdout
+    fixed = _validate(run_python, "--cache-dir", str(cache_dir))
+    assert fixed.returncode == 0, fixed.stderr
+    assert key not in _entries(cache_dir) and len(_entries(cache_dir)) == SYMBOLS - 1
+
+
+def test_clear_all_on_a_cache_folder_that_is_a_symlink_exits_2_and_says_what_to_do(run_python, cache_dir,
+                                                                                 tmp_path):
+    link = tmp_path / "cache_link"
+    link.symlink_to(cache_dir)
+    before = sorted(p.name for p in cache_dir.iterdir())
+    res = _validate(run_python, "--cache-dir", str(link), "--clear-all")
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert f"is a symbolic link to {cache_dir}" in res.stderr
+    assert f"--cache-dir {cache_dir}" in res.stderr and f"rm {link}" in res.stderr
+    assert sorted(p.name for p in cache_dir.iterdir()) == before and link.is_symlink()
+
+
+def test_a_dry_run_right_after_preparing_two_files_with_identical_bytes_is_clean(run_python, tmp_path):
+    from conftest import write_symbol_csv
+
+    from indicator_transformer.data.sources import discover_files, synthetic_symbol
+
+    data = tmp_path / "data"
+    write_symbol_csv(data / "A.csv", synthetic_symbol(1, 3, 0, 300))
+    (data / "B.csv").write_bytes((data / "A.csv").read_bytes())
+    root = tmp_path / "cache"
+    prepare(discover_files(data), FeatureConfig(window=8), FeatureCache(root).open(), show_progress=False)
+
+    res = _validate(run_python, "--cache-dir", str(root), "--dry-run")
+    assert res.returncode == 0, res.stdout
+    assert _count(res.stdout, "valid") == 2 and _count(res.stdout, "orphaned") == 0

@@ -1,8 +1,10 @@
 """``python validate_cache.py``: fully validate the feature cache and repair it.
 
 Hashes every entry's files against the manifest, removes corrupt, partial and orphaned files and
-leftover temporary files, rewrites the manifest, and prints a summary table. Exit 0 when the cache
-is (now) consistent. ``--clear-all`` removes the whole cache.
+leftover temporary files, rewrites the manifest, and prints a summary table followed by one line
+per finding, naming its file. Exit 0 when the cache is (now) consistent; with ``--dry-run``, 1 when
+it is not. ``--clear-all`` removes the whole cache (refused, exit 2, for a symbolic link or a
+folder that holds anything the cache does not write).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     print(f"Cache {args.cache_dir}:")
     print_table(["status", "entries/files", "bytes", "action"], rows)
+    for line in report.problems:  # each finding names its file
+        print(f"  {line}")
     if report.manifest_problem:
         print(f"manifest: {report.manifest_problem}; " + ("rewritten" if not args.dry_run else
                                                           "would be rewritten"))

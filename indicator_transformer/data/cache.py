@@ -11,8 +11,25 @@ Layout of ``cache/``::
 
 An entry exists only once a manifest listing it has been written: data files are written first
 (each atomically), the manifest after them. The key hashes the raw input bytes (or synthetic spec),
-the feature list and horizon, FEATURE_CODE_VERSION, and the TA-Lib and NumPy versions, so any
-change recomputes instead of silently reusing stale features.
+the symbol, every setting that changes what is computed (see ``prepare.feature_settings``),
+FEATURE_CODE_VERSION, and the versions of the libraries that parse and compute (TA-Lib, NumPy,
+pandas, pyarrow), so any change recomputes instead of silently reusing stale features.
+
+Nothing read back is trusted without a check:
+
+- ``manifest.json`` carries a sha256 of its own content and must be byte for byte the canonical
+  JSON this module writes, so any change to it (even one that keeps valid JSON) is detected; every
+  field of every record is type- and range-checked before use. A bad manifest is a warning and a
+  recompute, never a traceback.
+- Each data file's stat signature (size, mtime_ns, ctime_ns, inode) is recorded when it is
+  written. A file whose signature still matches is mapped without reading it (a warm start costs
+  a few ``lstat`` calls per symbol); any other file is sha256-verified first. Every write to a
+  file changes its ctime, which users cannot set, so a modification made through the file system
+  is always hashed (to within the file system's timestamp granularity, a few milliseconds on
+  Linux, right after the cache wrote the file). ``validate_full`` hashes everything.
+- The cache never creates a symbolic link, so it never follows one inside its folder: a link
+  under a data-file name is refused (and only the link is ever removed), a linked manifest is not
+  read, a linked lock file is removed before locking.
 
 Two processes may prepare the same cache at once: data files with the same key have the same
 content and are put in place by atomic renames, and each manifest update re-reads the manifest
@@ -22,14 +39,19 @@ from disk under the lock and merges into it, so neither process loses the other'
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import importlib.metadata
 import io
 import json
+import math
 import os
 import re
 import shutil
+import stat
 import threading
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,16 +60,22 @@ import numpy as np
 import talib
 from filelock import FileLock
 
-from ..atomic import atomic_write_bytes, atomic_write_json, is_temp_file, remove_stale_temp_files
+from ..atomic import atomic_write_bytes, is_temp_file, remove_stale_temp_files
 from ..clock import now_iso
 from ..errors import UserError
 from .features import FEATURE_CODE_VERSION, FeatureSet
-from .sources import Source, sha256_file
+from .sources import RawInput, Source, stat_signature
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
-CACHE_FORMAT_VERSION = 1
+# 2: keys include the symbol and the settings; manifest digest; per-file stat signatures.
+CACHE_FORMAT_VERSION = 2
 ARRAYS = ("features", "label", "time")
+_DTYPES = {"features": "float32", "label": "float32", "time": "int64"}
+_NDIM = {"features": 2, "label": 1, "time": 1}
+_SIG_FIELDS = ("size", "mtime_ns", "ctime_ns", "ino")
+_MAX_NPY_HEADER = 1 << 17  # an .npy header is < 64 KiB; the rest of a file is its array
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # Every data file name this module writes (see put). Names read from a manifest must match it, so
 # a damaged or hostile manifest can never point a reader - or validate_cache's deletions - outside
 # the cache folder or at a file the cache did not write.
@@ -63,15 +91,29 @@ class CacheWarning(UserWarning):
     """A cache entry was dropped (and will be recomputed)."""
 
 
-def cache_key(identity: str, features: list[str], horizon: int) -> str:
-    """The entry key: any change to input, feature code or library versions changes it."""
+@functools.cache
+def _library_versions() -> dict[str, str]:
+    """Versions of everything between the input bytes and the arrays: a new version may parse
+    or compute differently (pandas' date parsing, TA-Lib's formulas)."""
+    versions = {"talib": talib.__version__, "numpy": np.__version__}
+    for name in ("pandas", "pyarrow"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def cache_key(identity: str, symbol: str, settings: Mapping[str, Any]) -> str:
+    """The entry key: any change to the input, the symbol, a setting that changes what is computed
+    (``settings``, see ``prepare.feature_settings``), the feature code or a library version
+    changes it. The symbol is part of it so that two files with the same bytes are two entries."""
     spec = {
         "input": identity,
-        "features": list(features),
-        "horizon": int(horizon),
+        "symbol": symbol,
+        "settings": dict(settings),
         "feature_code_version": FEATURE_CODE_VERSION,
-        "talib": talib.__version__,
-        "numpy": np.__version__,
+        **_library_versions(),
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
@@ -80,10 +122,140 @@ def _safe_symbol(symbol: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=+^-]", "_", symbol)[:80] or "_"
 
 
+def data_file_name(symbol: str, key: str, part: str) -> str:
+    """The file name of an entry's array: the only name a manifest record may give it."""
+    return f"{_safe_symbol(symbol)}-{key}.{part}.npy"
+
+
 def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- the manifest document
+def manifest_digest(doc: Mapping[str, Any]) -> str:
+    """sha256 over the canonical JSON of every field of ``doc`` but ``digest`` itself."""
+    body = {k: v for k, v in doc.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                     ensure_ascii=True).encode()).hexdigest()
+
+
+def manifest_bytes(doc: Mapping[str, Any]) -> bytes:
+    """The exact bytes of a manifest: ``doc`` with its digest, as indented, key-sorted ASCII JSON."""
+    sealed = dict(doc, digest=manifest_digest(doc))
+    return (json.dumps(sealed, indent=2, sort_keys=True, ensure_ascii=True) + "\n").encode("ascii")
+
+
+@dataclass
+class _Manifest:
+    """What was read from ``manifest.json``."""
+
+    entries: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    problem: str | None = None
+    old_names: list[str] = field(default_factory=list)  # data files listed by an older format
+
+
+def _parse_manifest(raw: bytes) -> _Manifest:
+    """Check a manifest's bytes: readable, current format, digest and canonical form."""
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        return _Manifest(problem=f"unreadable manifest ({e})")
+    if not isinstance(doc, dict) or not isinstance(doc.get("entries"), dict):
+        return _Manifest(problem="manifest has no 'entries' object")
+    version = doc.get("format_version")
+    if version != CACHE_FORMAT_VERSION:
+        old = _is_count(version) and 0 < version < CACHE_FORMAT_VERSION
+        names = sorted({m.get("name") for e in doc["entries"].values() if isinstance(e, dict)
+                        and isinstance(e.get("files"), dict) for m in e["files"].values()
+                        if isinstance(m, dict) and is_data_name(m.get("name"))}) if old else []
+        return _Manifest(problem=f"manifest format_version {version!r} is not {CACHE_FORMAT_VERSION}"
+                                 + (" (written by an older version)" if old else ""), old_names=names)
+    if doc.get("digest") != manifest_digest(doc) or raw != manifest_bytes(doc):
+        return _Manifest(problem="manifest content does not match its digest (the file was changed "
+                                 "after the cache wrote it)")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, dict):
+        return _Manifest(problem="manifest has no 'inputs' object")
+    return _Manifest(entries=doc["entries"], inputs={k: v for k, v in inputs.items() if _valid_memo(v)})
+
+
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _valid_signature(sig: object) -> bool:
+    return (isinstance(sig, dict) and set(sig) == set(_SIG_FIELDS)
+            and all(_is_count(sig[k]) for k in _SIG_FIELDS))
+
+
+def _valid_memo(memo: object) -> bool:
+    return (isinstance(memo, dict) and isinstance(memo.get("sha256"), str)
+            and _HEX64.fullmatch(memo["sha256"]) is not None
+            and _valid_signature({k: v for k, v in memo.items() if k != "sha256"}))
+
+
+def record_problem(key: object, entry: object) -> str | None:
+    """What is wrong with a manifest record (every field is checked), or None.
+
+    A record is trusted only if each file's name is the one :meth:`FeatureCache.put` gives it,
+    its dtype and rank are the ones the cache writes, its shape agrees with the row count and
+    its byte size with the shape (so no memory map can reach outside the file), and its sha256
+    and stat signature are well formed.
+    """
+    if not isinstance(key, str) or not _HEX64.fullmatch(key):
+        return f"key {key!r} is not a sha256 hex digest"
+    if not isinstance(entry, dict):
+        return f"record is a {type(entry).__name__}, not an object"
+    symbol, rows, files = entry.get("symbol"), entry.get("rows"), entry.get("files")
+    if not isinstance(symbol, str) or not symbol:
+        return f"symbol {symbol!r} is not a name"
+    if not _is_count(rows):
+        return f"rows {rows!r} is not a count"
+    if not _is_count(entry.get("input_rows")) or entry["input_rows"] < rows:
+        return f"input_rows {entry.get('input_rows')!r} is not a count >= rows"
+    if not isinstance(files, dict) or set(files) != set(ARRAYS):
+        return f"files must list exactly {', '.join(ARRAYS)}"
+    for part in ARRAYS:
+        problem = _file_record_problem(key, symbol, rows, part, files[part])
+        if problem:
+            return f"its '{part}' file: {problem}"
+    return None
+
+
+def _file_record_problem(key: str, symbol: str, rows: int, part: str, meta: object) -> str | None:
+    if not isinstance(meta, dict):
+        return "record is not an object"
+    expected = data_file_name(symbol, key, part)
+    if meta.get("name") != expected:
+        return f"name {meta.get('name')!r} is not {expected!r}"
+    if meta.get("dtype") != _DTYPES[part]:
+        return f"dtype {meta.get('dtype')!r} is not {_DTYPES[part]!r}"
+    shape = meta.get("shape")
+    if not (isinstance(shape, list) and len(shape) == _NDIM[part] and all(_is_count(n) for n in shape)
+            and shape[0] == rows):
+        return f"shape {shape!r} is not {_NDIM[part]} counts starting with rows={rows}"
+    size = meta.get("bytes")
+    header = size - np.dtype(_DTYPES[part]).itemsize * math.prod(shape) if _is_count(size) else -1
+    if not 10 <= header <= _MAX_NPY_HEADER:
+        return f"bytes {size!r} do not fit the shape {shape} of {_DTYPES[part]}"
+    if not isinstance(meta.get("sha256"), str) or not _HEX64.fullmatch(meta["sha256"]):
+        return f"sha256 {meta.get('sha256')!r} is not a hex digest"
+    if not _valid_signature(meta.get("sig")) or meta["sig"]["size"] != size:
+        return f"stat signature {meta.get('sig')!r} is malformed"
+    return None
+
+
+def _sha256_nofollow(path: Path) -> str:
+    """sha256 of a file's bytes, refusing (OSError) to follow a symbolic link."""
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass
@@ -91,13 +263,14 @@ class ValidationReport:
     """What a cache validation found and did."""
 
     valid: list[str] = field(default_factory=list)          # keys
-    corrupt: list[str] = field(default_factory=list)        # keys (hash/header/size mismatch)
+    corrupt: list[str] = field(default_factory=list)        # keys (malformed record, hash/size mismatch)
     missing: list[str] = field(default_factory=list)        # keys with a missing file
     orphaned: list[Path] = field(default_factory=list)      # files no entry lists
     temp_removed: list[Path] = field(default_factory=list)
     bytes: dict[str, int] = field(default_factory=lambda: {"valid": 0, "corrupt": 0, "missing": 0,
                                                             "orphaned": 0})
     manifest_problem: str | None = None
+    problems: list[str] = field(default_factory=list)       # one line per finding, naming the file
 
     @property
     def consistent(self) -> bool:
@@ -109,92 +282,190 @@ class FeatureCache:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self._lock = threading.Lock()            # guards the in-memory manifest between threads
+        self._lock = threading.Lock()            # guards the in-memory state between threads
         self._flock = FileLock(str(self.root / LOCK))
         self.entries: dict[str, dict[str, Any]] = {}
         self._pending: set[str] = set()           # keys written by us, not yet in a manifest
+        self._verified: set[str] = set()          # keys whose files were checked against their record
+        self._refresh: set[str] = set()           # keys hashed and found intact: new signatures to commit
+        self._dropped: dict[str, dict[str, Any]] = {}  # damaged records: removed by the next commit
+        self._rewrite = False                     # the manifest on disk is unusable: commit rewrites it
         # Input file -> its stat signature and sha256, so an unchanged file is not re-hashed on
         # every start (the key still comes from the content hash; only its computation is saved).
         self.inputs: dict[str, dict[str, Any]] = {}
         self._pending_inputs: set[str] = set()
 
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
     # --------------------------------------------------------------------- opening
     def open(self) -> FeatureCache:
-        """Create the folder, drop leftovers and cheaply validate entries (files present, sizes)."""
+        """Create the folder, drop leftovers and cheaply check entries (records, files, signatures)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"{self.root}: is not a folder (expected the feature cache directory)")
         self.root.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(self.root)
-        entries, self.inputs, problem = self._read_manifest_doc()
-        if problem:
-            warnings.warn(f"{self.root / MANIFEST}: {problem}; starting with an empty cache",
-                          CacheWarning, stacklevel=2)
-        for key, entry in list(entries.items()):
-            bad = self._quick_check(entry)
-            if bad:
-                warnings.warn(f"cache entry {entry.get('symbol', '?')} ({key[:12]}): {bad}; "
-                              f"it will be recomputed", CacheWarning, stacklevel=2)
-                del entries[key]
-        self.entries = entries
+        doc = self._read_manifest()
+        if doc.problem:
+            warnings.warn(f"{self.manifest_path}: {doc.problem}; starting with an empty cache (features "
+                          f"are recomputed)", CacheWarning, stacklevel=2)
+            self._rewrite = True
+            if doc.old_names:
+                self._remove_old_format_files()
+        self.inputs = doc.inputs
+        for key, entry in doc.entries.items():
+            problem = record_problem(key, entry)
+            if problem:
+                self._warn_dropped(key, entry, f"malformed manifest record: {problem}")
+                continue
+            problem, intact = self._stat_files(entry)
+            if problem:
+                self._warn_dropped(key, entry, problem)
+                self._dropped[key] = entry  # its remaining files are removed by the next commit
+                continue
+            self.entries[key] = entry
+            if intact:
+                self._verified.add(key)  # else get() hashes its files before use
         return self
 
-    def _read_manifest_doc(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], str | None]:
-        """(entries, remembered input hashes, problem) of the manifest on disk."""
-        path = self.root / MANIFEST
-        if not path.exists():
-            return {}, {}, None
+    def _read_manifest(self) -> _Manifest:
+        """The manifest on disk, checked; never follows a symbolic link."""
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            return {}, {}, f"unreadable manifest ({e})"
-        if not isinstance(doc, dict) or not isinstance(doc.get("entries"), dict):
-            return {}, {}, "manifest has no 'entries' object"
-        if doc.get("format_version") != CACHE_FORMAT_VERSION:
-            return {}, {}, f"manifest format_version {doc.get('format_version')!r} is not " \
-                           f"{CACHE_FORMAT_VERSION}"
-        entries = {k: v for k, v in doc["entries"].items()
-                   if isinstance(v, dict) and isinstance(v.get("files"), dict)}
-        inputs = doc.get("inputs") if isinstance(doc.get("inputs"), dict) else {}
-        inputs = {k: v for k, v in inputs.items() if isinstance(v, dict) and isinstance(v.get("sha256"), str)}
-        return entries, inputs, None
+            fd = os.open(self.manifest_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return _Manifest()
+        except OSError as e:
+            what = "a symbolic link (the cache never writes one)" if os.path.islink(self.manifest_path) \
+                else f"unreadable ({e.strerror or e})"
+            return _Manifest(problem=f"manifest is {what}; not trusted")
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    return _Manifest(problem="manifest is not a regular file; not trusted")
+                raw = fh.read()
+        except OSError as e:
+            return _Manifest(problem=f"unreadable manifest ({e.strerror or e})")
+        return _parse_manifest(raw)
 
-    def _quick_check(self, entry: dict[str, Any]) -> str | None:
+    def _remove_old_format_files(self) -> None:
+        """Remove the data files an older-format manifest lists: no key of this version can reach
+        them, so they would otherwise stay behind as orphans."""
+        with self._locked():
+            doc = self._read_manifest()  # under the lock: a newer writer may have replaced it
+            for name in doc.old_names:
+                self._unlink_data_file(name)
+
+    def _warn_dropped(self, key: str, entry: object, problem: str) -> None:
+        symbol = entry.get("symbol", "?") if isinstance(entry, dict) else "?"
+        warnings.warn(f"{self.manifest_path}: cache entry {symbol} ({str(key)[:12]}): {problem}; it will "
+                      f"be recomputed", CacheWarning, stacklevel=3)
+
+    def _stat_files(self, entry: dict[str, Any]) -> tuple[str | None, bool]:
+        """(problem, every file's stat signature equals its record) from ``lstat`` alone."""
+        intact = True
         for part in ARRAYS:
-            meta = entry["files"].get(part)
-            if not isinstance(meta, dict) or "name" not in meta:
-                return f"manifest lists no '{part}' file"
-            if not (is_data_name(meta["name"]) and isinstance(meta.get("bytes"), int)
-                    and isinstance(meta.get("dtype"), str) and isinstance(meta.get("shape"), list)
-                    and all(isinstance(n, int) for n in meta["shape"])):
-                return f"malformed manifest record for its '{part}' file"
-            p = self.root / meta["name"]
-            try:
-                size = p.stat().st_size
-            except OSError:
-                return f"file {meta['name']} is missing"
-            if size != meta.get("bytes"):
-                return f"file {meta['name']} has {size} bytes, manifest says {meta.get('bytes')}"
-        return None
+            meta = entry["files"][part]
+            sig, problem = self._lstat_data_file(meta["name"])
+            if problem:
+                return problem, False
+            assert sig is not None
+            if sig["size"] != meta["bytes"]:
+                return (f"file {self.root / meta['name']} has {sig['size']} bytes, the manifest says "
+                        f"{meta['bytes']}"), False
+            intact = intact and sig == meta["sig"]
+        return None, intact
+
+    def _lstat_data_file(self, name: str) -> tuple[dict[str, int] | None, str | None]:
+        path = self.root / name
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None, f"file {path} is missing"
+        except OSError as e:
+            return None, f"file {path} cannot be read ({e.strerror or e})"
+        if stat.S_ISLNK(st.st_mode):
+            return None, f"file {path} is a symbolic link (the cache never writes one); not followed"
+        if not stat.S_ISREG(st.st_mode):
+            return None, f"file {path} is not a regular file"
+        return stat_signature(st), None
+
+    def _verify_files(self, entry: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        """Check each file: by its stat signature when it matches the record, else by its sha256.
+
+        Returns (problem, the record with the signatures seen now)."""
+        files = {}
+        for part in ARRAYS:
+            meta = entry["files"][part]
+            path = self.root / meta["name"]
+            sig, problem = self._lstat_data_file(meta["name"])
+            if problem:
+                return problem, entry
+            assert sig is not None
+            if sig["size"] != meta["bytes"]:
+                return f"file {path} has {sig['size']} bytes, the manifest says {meta['bytes']}", entry
+            if sig != meta["sig"]:
+                # Taken before hashing: a write during the hash leaves a signature that differs.
+                try:
+                    digest = _sha256_nofollow(path)
+                except OSError as e:
+                    return f"file {path} cannot be read ({e.strerror or e})", entry
+                if digest != meta["sha256"]:
+                    return f"file {path} is damaged (its sha256 differs from the manifest's)", entry
+            files[part] = dict(meta, sig=sig)
+        return None, dict(entry, files=files)
 
     # --------------------------------------------------------------------- reading
     def get(self, key: str) -> dict[str, np.ndarray] | None:
-        """Memory-mapped arrays of a committed entry, or None when absent or unreadable."""
+        """Memory-mapped arrays of a committed entry, or None when absent, damaged or unreadable.
+
+        A file changed since it was recorded (its stat signature differs) is sha256-verified
+        first; a damaged entry is dropped with a :class:`CacheWarning` naming the file."""
         with self._lock:
             entry = self.entries.get(key)
+            verified = key in self._verified
         if entry is None:
             return None
+        if not verified:
+            problem = record_problem(key, entry)
+            if problem:
+                problem = f"malformed manifest record: {problem}"
+            else:
+                problem, checked = self._verify_files(entry)
+            if problem:
+                self._drop(key, entry, problem)
+                return None
+            with self._lock:
+                if checked != entry:
+                    self._refresh.add(key)
+                self.entries[key] = entry = checked
+                self._verified.add(key)
         try:
             return self._load(entry, fast=True)
-        except (OSError, ValueError, TypeError) as e:
-            warnings.warn(f"cache entry {entry.get('symbol')} ({key[:12]}) unreadable: {e}; "
-                          f"it will be recomputed", CacheWarning, stacklevel=2)
-            with self._lock:
-                self.entries.pop(key, None)
+        except (OSError, ValueError, TypeError, OverflowError) as e:
+            self._drop(key, entry, f"unreadable: {e}")
             return None
+
+    def _drop(self, key: str, entry: dict[str, Any], problem: str) -> None:
+        self._warn_dropped(key, entry, problem)
+        with self._lock:
+            if self.entries.get(key) is entry:
+                del self.entries[key]
+            self._verified.discard(key)
+            if record_problem(key, entry) is None:  # a malformed record's names are not trusted
+                self._dropped[key] = entry
+
+    def input_rows(self, key: str) -> int | None:
+        """How many rows the input of a committed entry had (for the minimum-length check)."""
+        with self._lock:
+            entry = self.entries.get(key)
+        return None if entry is None else int(entry["input_rows"])
 
     def _load(self, entry: dict[str, Any], *, fast: bool = False) -> dict[str, np.ndarray]:
         """Memory-map an entry's arrays. ``fast`` maps them straight from the manifest's dtype,
         shape and byte size instead of parsing each ``.npy`` header (three times fewer Python-level
-        steps on a warm start); the headers were checked when written and are re-checked by
-        :meth:`validate_full`."""
+        steps on a warm start); the record was checked by :func:`record_problem`, the bytes by
+        their signature or hash, and the headers are re-checked by :meth:`validate_full`."""
         out = {}
         for part in ARRAYS:
             meta = entry["files"][part]
@@ -202,7 +473,7 @@ class FeatureCache:
             dtype, shape = np.dtype(meta["dtype"]), tuple(int(n) for n in meta["shape"])
             if dtype.hasobject:
                 raise ValueError(f"{meta['name']}: object dtype is never accepted")
-            nbytes = dtype.itemsize * int(np.prod(shape))
+            nbytes = dtype.itemsize * math.prod(shape)
             if fast and nbytes and int(meta["bytes"]) > nbytes:
                 out[part] = np.memmap(path, dtype=dtype, mode="r", offset=int(meta["bytes"]) - nbytes,
                                       shape=shape)
@@ -220,83 +491,131 @@ class FeatureCache:
         Any write to a file changes its ctime, so a changed file is never taken as known."""
         if source.path is None:
             return source.identity()
-        path, sig = self._stat_signature(source.path)
+        path = os.path.abspath(source.path)
+        try:
+            sig = stat_signature(os.stat(path))
+        except OSError:
+            return None  # reading it will report the problem
         with self._lock:
             memo = self.inputs.get(path)
         if memo is not None and all(memo.get(k) == v for k, v in sig.items()):
             return memo["sha256"]
         return None
 
-    def input_identity(self, source: Source) -> str:
-        """``source.identity()`` (sha256 of the raw bytes), remembered for :meth:`known_identity`."""
-        known = self.known_identity(source)
-        if known is not None:
-            return known
-        assert source.path is not None
-        path, sig = self._stat_signature(source.path)  # before hashing: a write during it is seen
-        digest = source.identity()
+    def remember_input(self, raw: RawInput) -> None:
+        """Remember a successfully used input's signature and sha256 for :meth:`known_identity`."""
+        if raw.path is None or raw.signature is None:
+            return
         with self._lock:
-            self.inputs[path] = dict(sig, sha256=digest)
-            self._pending_inputs.add(path)
-        return digest
-
-    @staticmethod
-    def _stat_signature(path: Path) -> tuple[str, dict[str, int]]:
-        full = os.path.abspath(path)
-        st = os.stat(full)
-        return full, {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
-                      "ino": st.st_ino}
+            if self.inputs.get(raw.path) != dict(raw.signature, sha256=raw.sha256):
+                self.inputs[raw.path] = dict(raw.signature, sha256=raw.sha256)
+                self._pending_inputs.add(raw.path)
 
     # --------------------------------------------------------------------- writing
-    def put(self, key: str, symbol: str, fs: FeatureSet) -> dict[str, np.ndarray]:
-        """Write an entry's data files atomically; it is committed by the next :meth:`commit`."""
-        stem = f"{_safe_symbol(symbol)}-{key}"
+    def put(self, key: str, symbol: str, fs: FeatureSet, *, input_rows: int | None = None
+            ) -> dict[str, np.ndarray]:
+        """Write an entry's data files atomically; it is committed by the next :meth:`commit`.
+
+        ``input_rows``: how many bars the input had (default: the feature rows)."""
         files = {}
         arrays = {"features": fs.features, "label": fs.label, "time": fs.time}
         for part in ARRAYS:
             data = _npy_bytes(arrays[part])
-            name = f"{stem}.{part}.npy"
+            name = data_file_name(symbol, key, part)
             # No folder fsync per file: the manifest's commit fsyncs the folder after these renames,
             # and an entry counts only once that manifest is durable.
             atomic_write_bytes(self.root / name, data, sync_dir=False)
             files[part] = {"name": name, "shape": list(arrays[part].shape),
                            "dtype": str(arrays[part].dtype), "bytes": len(data),
-                           "sha256": hashlib.sha256(data).hexdigest()}
-        entry = {"symbol": symbol, "rows": int(fs.features.shape[0]), "created": now_iso(),
-                 "files": files}
+                           "sha256": hashlib.sha256(data).hexdigest(),
+                           # after the rename: the signature of the file under its final name
+                           "sig": stat_signature(os.lstat(self.root / name))}
+        rows = int(fs.features.shape[0])
+        entry = {"symbol": symbol, "rows": rows, "created": now_iso(), "files": files,
+                 "input_rows": rows if input_rows is None else int(input_rows)}
         with self._lock:
             self.entries[key] = entry
             self._pending.add(key)
+            self._verified.add(key)
+            self._dropped.pop(key, None)
         return self._load(entry)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The inter-process lock. A lock file that is a symbolic link is removed first (only the
+        link): the cache never makes one, and opening it could create or lock a file elsewhere."""
+        lock = self.root / LOCK
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISLNK(os.lstat(lock).st_mode):
+                lock.unlink()
+        with self._flock:
+            yield
 
     def commit(self) -> int:
         """Write the manifest: entries on disk (from other processes too) merged with ours.
 
         Returns the number of entries committed by this call. Safe to call repeatedly. With nothing
-        pending and a manifest already on disk it writes nothing (a warm start costs no fsync).
+        to add, refresh or drop and a manifest already on disk it writes nothing (a warm start
+        costs no fsync).
         """
         with self._lock:
-            nothing_to_add = not self._pending and not self._pending_inputs
-        if nothing_to_add and (self.root / MANIFEST).exists():
+            nothing_to_do = not (self._pending or self._pending_inputs or self._refresh or self._dropped
+                                 or self._rewrite)
+        if nothing_to_do and os.path.lexists(self.manifest_path):
             return 0
         self.root.mkdir(parents=True, exist_ok=True)
-        with self._flock:
-            on_disk, inputs, _ = self._read_manifest_doc()
+        with self._locked():
+            doc = self._read_manifest()
             with self._lock:
+                inputs = dict(doc.inputs)
                 inputs.update({p: self.inputs[p] for p in self._pending_inputs})
                 self._pending_inputs.clear()
-                merged = {k: v for k, v in on_disk.items() if not self._quick_check(v)}
-                ours = {k: self.entries[k] for k in self._pending if k in self.entries}
+                merged = {k: v for k, v in doc.entries.items()
+                          if not self._dropped_record(k, v) and not record_problem(k, v)
+                          and not self._stat_files(v)[0]}
+                ours = {k: self.entries[k] for k in self._pending | self._refresh if k in self.entries}
                 for k, v in ours.items():
-                    if not self._quick_check(v):  # a concurrent clean-up may have removed files
+                    if k in self._refresh and k not in self._pending and not _same_content(merged.get(k), v):
+                        continue  # another writer replaced that record meanwhile: keep theirs
+                    if not self._stat_files(v)[0]:  # a concurrent clean-up may have removed files
                         merged[k] = v
+                for k, v in self._dropped.items():
+                    if k not in merged:  # else another writer recomputed it meanwhile
+                        self._remove_files(v)
                 committed = len(self._pending)
                 self._pending.clear()
+                self._refresh.clear()
+                self._dropped.clear()
+                self._rewrite = False
                 self.entries.update(merged)
-            atomic_write_json(self.root / MANIFEST, {"format_version": CACHE_FORMAT_VERSION,
-                                                     "updated": now_iso(), "entries": merged,
-                                                     "inputs": inputs})
+            atomic_write_bytes(self.manifest_path, manifest_bytes({
+                "format_version": CACHE_FORMAT_VERSION, "updated": now_iso(), "entries": merged,
+                "inputs": inputs}))
         return committed
+
+    def _dropped_record(self, key: str, entry: object) -> bool:
+        """True for the on-disk record of an entry this process found damaged (and did not rewrite)."""
+        return key in self._dropped and key not in self._pending and _same_content(self._dropped[key], entry)
+
+    def _remove_files(self, entry: dict[str, Any]) -> None:
+        """Remove a dropped (damaged) entry's files, so that they do not stay behind as orphans."""
+        for meta in entry["files"].values():
+            self._unlink_data_file(meta["name"])
+
+    def _unlink_data_file(self, name: str) -> int:
+        """Remove a data file (a symbolic link: only the link). Returns the bytes removed."""
+        if not is_data_name(name):
+            return 0
+        path = self.root / name
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return 0
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            return 0
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # unlink never follows a link: whatever it points to is untouched
+        return st.st_size
 
     @property
     def pending(self) -> int:
@@ -308,77 +627,116 @@ class FeatureCache:
         """Hash every file; remove corrupt, partial and orphaned files; rewrite the manifest.
 
         Orphaned = a ``.npy`` data file that no manifest entry lists. Files of other kinds are left
-        alone: they are not the cache's to delete.
+        alone: they are not the cache's to delete. A symbolic link under a data-file name is never
+        followed: it is reported (corrupt or orphaned) and only the link is removed.
         """
         report = ValidationReport()
         if not self.root.is_dir():
             return report
-        if not (self.root / MANIFEST).exists():
+        if not os.path.lexists(self.manifest_path):
             self._refuse_foreign_folder("repair")  # without a manifest, be sure the folder is ours
-        with self._flock:
+        with self._locked():
             report.temp_removed = remove_stale_temp_files(self.root)
-            entries, inputs, problem = self._read_manifest_doc()
-            report.manifest_problem = problem
-            keep: dict[str, dict[str, Any]] = {}
-            listed: set[str] = set()
-            for key, entry in entries.items():
-                names = [m.get("name") for m in entry["files"].values() if isinstance(m, dict)]
-                names = [n for n in names if is_data_name(n)]  # never touch any other path
-                listed.update(names)
-                status = self._full_check(entry)
-                size = sum(self._size(n) for n in names)
-                if status == "valid":
-                    keep[key] = entry
-                    report.valid.append(key)
-                else:
-                    getattr(report, status).append(key)
-                    if fix:
-                        for n in names:
-                            with contextlib.suppress(FileNotFoundError):
-                                (self.root / n).unlink()
-                report.bytes[status] += size
-            for p in sorted(self.root.iterdir()):
-                # Only data files the cache writes (.npy) can be orphans: anything else in the
-                # folder is not ours to delete.
-                if p.name in (MANIFEST, LOCK) or is_temp_file(p) or p.name in listed \
-                        or not self._is_cache_file(p):
-                    continue
-                report.orphaned.append(p)
-                report.bytes["orphaned"] += p.stat().st_size
+            doc = self._read_manifest()
+            report.manifest_problem = doc.problem
+            if doc.problem:
+                report.problems.append(f"{self.manifest_path}: {doc.problem}")
+            keep, refreshed, bad_names, listed = self._classify(doc, report)
+            keep_names = {m["name"] for e in keep.values() for m in e["files"].values()}
+            for name in sorted(bad_names - keep_names):
                 if fix:
-                    p.unlink()
-            if fix and (report.corrupt or report.missing or problem or not (self.root / MANIFEST).exists()
-                        or report.orphaned):
-                atomic_write_json(self.root / MANIFEST, {"format_version": CACHE_FORMAT_VERSION,
-                                                         "updated": now_iso(), "entries": keep,
-                                                         "inputs": inputs})
+                    self._unlink_data_file(name)
+            self._find_orphans(listed, report, fix)
+            if fix and (report.corrupt or report.missing or report.orphaned or doc.problem or refreshed
+                        or not os.path.lexists(self.manifest_path)):
+                atomic_write_bytes(self.manifest_path, manifest_bytes({
+                    "format_version": CACHE_FORMAT_VERSION, "updated": now_iso(), "entries": keep,
+                    "inputs": doc.inputs}))
         self.entries = keep
+        self._verified = set(keep)
         return report
 
-    def _size(self, name: str) -> int:
+    def _classify(self, doc: _Manifest, report: ValidationReport
+                  ) -> tuple[dict[str, Any], bool, set[str], set[str]]:
+        """Check every entry fully. Returns (entries to keep, whether a signature was refreshed,
+        names of bad entries' files, every listed data-file name)."""
+        keep: dict[str, Any] = {}
+        refreshed = False
+        bad_names: set[str] = set()
+        listed: set[str] = set()
+        for key, entry in doc.entries.items():
+            files = entry.get("files") if isinstance(entry, dict) else None
+            names = {m.get("name") for m in files.values() if isinstance(m, dict)} \
+                if isinstance(files, dict) else set()
+            names = {n for n in names if is_data_name(n)}  # never touch any other path
+            listed |= names
+            status, problem, checked = self._full_check(key, entry)
+            size = sum(self._lsize(n) for n in names)
+            report.bytes[status] += size
+            if status == "valid":
+                keep[key] = checked
+                refreshed = refreshed or checked != entry
+                report.valid.append(key)
+                continue
+            getattr(report, status).append(key)
+            symbol = entry.get("symbol", "?") if isinstance(entry, dict) else "?"
+            report.problems.append(f"{status}: entry {symbol} ({str(key)[:12]}): {problem}")
+            bad_names |= names
+        return keep, refreshed, bad_names, listed
+
+    def _find_orphans(self, listed: set[str], report: ValidationReport, fix: bool) -> None:
+        """Data files (or links under data-file names) that no entry lists."""
+        for p in sorted(self.root.iterdir()):
+            if p.name in listed or not is_data_name(p.name) or not self._is_cache_file(p):
+                continue
+            report.orphaned.append(p)
+            report.problems.append(f"orphaned: {p} (no manifest entry lists it)")
+            report.bytes["orphaned"] += self._lsize(p.name)
+            if fix:
+                self._unlink_data_file(p.name)
+
+    def _lsize(self, name: str) -> int:
         try:
-            return (self.root / name).stat().st_size
+            return os.lstat(self.root / name).st_size
         except OSError:
             return 0
 
-    def _full_check(self, entry: dict[str, Any]) -> str:
-        quick = self._quick_check(entry)
-        if quick:
-            return "missing" if "missing" in quick else "corrupt"
+    def _full_check(self, key: str, entry: object) -> tuple[str, str | None, dict[str, Any]]:
+        """(status, problem, record with current signatures): hashes every file, parses headers."""
+        problem = record_problem(key, entry)
+        if problem:
+            return "corrupt", f"{self.manifest_path}: malformed record: {problem}", {}
+        assert isinstance(entry, dict)
+        files = {}
         for part in ARRAYS:
             meta = entry["files"][part]
-            if sha256_file(self.root / meta["name"]) != meta.get("sha256"):
-                return "corrupt"
+            path = self.root / meta["name"]
+            sig, problem = self._lstat_data_file(meta["name"])
+            if problem:
+                return ("missing" if sig is None and "missing" in problem else "corrupt"), problem, {}
+            try:
+                digest = _sha256_nofollow(path)
+            except OSError as e:
+                return "corrupt", f"file {path} cannot be read ({e.strerror or e})", {}
+            if digest != meta["sha256"]:
+                return "corrupt", f"file {path} is damaged (its sha256 differs from the manifest's)", {}
+            files[part] = dict(meta, sig=sig)
+        checked = dict(entry, files=files)
         try:
-            self._load(entry)
-        except (OSError, ValueError):
-            return "corrupt"
-        return "valid"
+            self._load(checked)
+        except (OSError, ValueError, TypeError, OverflowError) as e:
+            return "corrupt", f"unreadable: {e}", {}
+        return "valid", None, checked
 
-    @staticmethod
-    def _is_cache_file(p: Path) -> bool:
-        """A name this module writes: the manifest, the lock, a data file or a temporary file."""
-        return p.is_file() and (p.name in (MANIFEST, LOCK) or is_data_name(p.name) or is_temp_file(p))
+    def _is_cache_file(self, p: Path) -> bool:
+        """A name this module writes (the manifest, the lock, a data or temporary file), as a
+        regular file or a symbolic link (which is removed, never followed)."""
+        try:
+            mode = os.lstat(p).st_mode
+        except OSError:
+            return False
+        return (stat.S_ISREG(mode) or stat.S_ISLNK(mode)) and (
+            p.name in (MANIFEST, LOCK) or is_data_name(p.name) or is_temp_file(p))
 
     def _refuse_foreign_folder(self, action: str) -> None:
         foreign = [p for p in sorted(self.root.iterdir()) if not self._is_cache_file(p)]
@@ -389,17 +747,32 @@ class FeatureCache:
     def clear_all(self) -> tuple[int, int]:
         """Remove the whole cache folder. Returns (files, bytes) removed.
 
-        Refuses (:class:`UserError`) a path that is not a folder, or a folder holding anything the
-        cache never writes (a subfolder, a file of another kind): a mistyped ``--cache-dir`` must
-        not delete unrelated data.
+        Refuses (:class:`UserError`) a path that is a symbolic link (deleting through it would
+        delete another folder's content), a path that is not a folder, or a folder holding
+        anything the cache never writes (a subfolder, a file of another kind): a mistyped
+        ``--cache-dir`` must not delete unrelated data.
         """
+        if os.path.islink(self.root):
+            target = os.path.realpath(self.root)
+            raise UserError(f"{self.root}: is a symbolic link to {target}; refusing to delete through "
+                            f"it. To clear the cache it points to, run validate_cache.py --clear-all "
+                            f"--cache-dir {target}; to stop using it, remove only the link (rm {self.root})")
         if not self.root.exists():
             return 0, 0
         if not self.root.is_dir():
             raise UserError(f"{self.root}: is not a folder (expected the feature cache directory)")
         self._refuse_foreign_folder("delete")
-        files = [p for p in self.root.rglob("*") if p.is_file()]
-        total = sum(p.stat().st_size for p in files)
-        shutil.rmtree(self.root)
-        return len(files), total
+        names = [p.name for p in self.root.iterdir()]
+        total = sum(self._lsize(n) for n in names)
+        shutil.rmtree(self.root)  # never follows links inside the folder: it removes the links
+        return len(names), total
 
+
+def _same_content(a: object, b: object) -> bool:
+    """Two records describe the same bytes (same name and sha256 for every file)."""
+    def content(e: object) -> object:
+        if not isinstance(e, dict) or not isinstance(e.get("files"), dict):
+            return None
+        return sorted((p, m.get("name"), m.get("sha256")) for p, m in e["files"].items()
+                      if isinstance(m, dict))
+    return a is not None and content(a) is not None and content(a) == content(b)

@@ -16,7 +16,7 @@ import warnings
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -83,6 +83,24 @@ class _Stopped(Exception):
     """Raised inside a task at a stage boundary when a stop was requested."""
 
 
+def feature_settings(features: FeatureConfig, use_adj_close: bool) -> dict[str, Any]:
+    """Every setting that changes what preparation computes from one input: the cache key's
+    ``settings`` (see ``tests/test_cache_key_settings.py``, which classifies every config field).
+
+    ``window``, the split fractions and the data-folder settings are not here: windows and splits
+    are cut from the cached arrays later, the input itself is keyed by its bytes.
+    """
+    return {"features": list(features.features), "horizon": int(features.horizon),
+            "use_adj_close": bool(use_adj_close)}
+
+
+def expected_keys(data: DataConfig, features: FeatureConfig) -> dict[str, str]:
+    """symbol -> the cache key that preparation would use for ``data`` and ``features``
+    (hashes every input; reads no cache)."""
+    settings = feature_settings(features, data.use_adj_close)
+    return {src.symbol: cache_key(src.read().sha256, src.symbol, settings) for src in resolve_sources(data)}
+
+
 def resolve_sources(cfg: DataConfig) -> list[Source]:
     """The files of ``cfg.data_dir``, or the built-in synthetic market when it is None."""
     if cfg.data_dir is None:
@@ -111,32 +129,53 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
     errors: list[DataError] = []
     start = time.perf_counter()
 
-    def cached(src: Source, identity: str) -> tuple[str, SymbolData | None]:
-        key = cache_key(identity, names, features.horizon)
+    settings = feature_settings(features, use_adj_close)
+
+    def check_rows(src: Source, rows: int) -> None:
+        # The same check for a hit as for a miss: a cached entry prepared for a shorter window
+        # must not slip through when the window grows.
+        if rows < min_rows:
+            raise DataError(src.path or src.symbol,
+                            f"only {rows} rows (expected at least {min_rows}: {warmup} indicator "
+                            f"warm-up + window {features.window} + horizon {features.horizon})")
+
+    def cached(src: Source, identity: str) -> SymbolData | None:
+        key = cache_key(identity, src.symbol, settings)
         arrays = cache.get(key)
         if arrays is None:
-            return key, None
-        return key, SymbolData(src.symbol, key, arrays["features"], arrays["label"], arrays["time"])
+            return None
+        rows = cache.input_rows(key)
+        check_rows(src, len(arrays["label"]) + warmup if rows is None else rows)
+        return SymbolData(src.symbol, key, arrays["features"], arrays["label"], arrays["time"])
 
     def task(src: Source) -> tuple[SymbolData, bool]:
         def checkpoint() -> None:
             if handler.should_stop:
                 raise _Stopped
         checkpoint()
-        key, hit = cached(src, cache.input_identity(src))
+        # Read once: the key comes from the hash of exactly the bytes that are parsed, so a file
+        # that changes on disk meanwhile can never put its features under another content's key.
+        raw = src.read()
+        hit = cached(src, raw.sha256)
         if hit is not None:
+            cache.remember_input(raw)
             return hit, True
         checkpoint()
-        bars = src.load(use_adj_close=use_adj_close)
-        if len(bars) < min_rows:
-            raise DataError(src.path or src.symbol,
-                            f"only {len(bars)} rows (expected at least {min_rows}: {warmup} indicator "
-                            f"warm-up + window {features.window} + horizon {features.horizon})")
+        bars = src.parse(raw, use_adj_close=use_adj_close)
+        check_rows(src, len(bars))
         checkpoint()
         fs = compute_features(bars, names, features.horizon)
         checkpoint()
-        arrays = cache.put(key, src.symbol, fs)
+        key = cache_key(raw.sha256, src.symbol, settings)
+        arrays = cache.put(key, src.symbol, fs, input_rows=len(bars))
+        cache.remember_input(raw)  # only for inputs that were used: nothing is kept of a bad file
         return SymbolData(src.symbol, key, arrays["features"], arrays["label"], arrays["time"]), False
+
+    def failed(exc: DataError) -> None:
+        errors.append(exc)
+        if skip_bad_files:
+            warnings.warn(f"skipping bad file: {exc}", stacklevel=3)
+        progress.update(1)
 
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
     handler.register_executor(executor)
@@ -153,7 +192,11 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
             if handler.should_stop:
                 break
             identity = cache.known_identity(src)
-            hit = cached(src, identity)[1] if identity is not None else None
+            try:
+                hit = cached(src, identity) if identity is not None else None
+            except DataError as e:
+                failed(e)
+                continue
             if hit is None:
                 pending.append(src)
                 continue
@@ -184,10 +227,7 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
                 if isinstance(exc, _Stopped):
                     continue
                 if isinstance(exc, DataError):
-                    errors.append(exc)
-                    if skip_bad_files:
-                        warnings.warn(f"skipping bad file: {exc}", stacklevel=2)
-                    progress.update(1)
+                    failed(exc)
                     continue
                 if exc is not None:
                     raise exc
