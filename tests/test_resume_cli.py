@@ -42,11 +42,12 @@ def test_list_shows_a_table_newest_last_with_corrupt_files_marked(run_python, tr
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].split()[:4] == ["file", "line", "epoch", "step"]
-    rows = [ln for ln in lines if ".pth" in ln and not ln.startswith("corrupt:")]
+    rows = [ln for ln in lines if ln.startswith(str(trained))]
     assert "checkpoint_epoch_9.pth" in rows[0] and "CORRUPT" in rows[0]
     assert "checkpoint_epoch_1.pth" in rows[1]
     assert rows[-1].split()[0].endswith("best.pth") or rows[-1].split()[0].endswith("checkpoint_epoch_2.pth")
     assert any("interrupted" in ln for ln in lines[:1])
+    assert lines[-1].startswith("A plain resume continues line ") and "checkpoint_epoch_2.pth" in lines[-1]
 
 
 def test_resume_without_checkpoints_exits_2_with_a_hint(run_python, tmp_path: Path) -> None:
