@@ -2,15 +2,36 @@
 
 Values come from defaults, then an optional TOML file (``--config FILE``, flat keys named like the
 command-line flags with ``_`` for ``-``), then explicit flags. Every bad value raises
-:class:`UserError` naming the field and what was expected.
+:class:`ConfigError` (a :class:`UserError`) naming where the value came from (the file, the flag,
+the checkpoint), the key, and what was expected - whatever the value: TOML and a checkpoint's
+``config`` dict can hold NaN, infinities, huge integers, booleans, empty strings and lists.
+
+Bounds (inclusive unless noted). Lower bounds are what the code needs; upper bounds only refuse
+values that are absurd and would otherwise end deep inside NumPy/torch in a traceback or an
+out-of-memory kill, never a setting someone could mean:
+
+    symbols 1..100_000, bars 1..10_000_000 (synthetic market: symbols x bars <= 10**9)
+    data_seed, seed 0 <= s < 2**63           prep_workers 1..256, num_workers 0..256
+    horizon 1..100_000, window 2..8192       train_frac, val_frac in (0, 1), sum < 1
+    d_model 1..8192, heads 1..256 (divides d_model), layers 1..256, ff_mult 1..64,
+    dropout in [0, 1), model parameters <= 10**9
+    epochs 1..1_000_000, batch_size 1..65_536, lr in (0, 1], weight_decay in [0, 1],
+    grad_clip > 0, warmup_steps and checkpoint_every 0..10**9, keep 2..1_000_000
+    every float finite; paths (data_dir, cache_dir, models_dir) non-blank, without NUL characters,
+    at most 4096 characters (PATH_MAX) and three different folders; device auto, cpu, cuda or cuda:N
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import os
+import re
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,36 +45,106 @@ DEFAULT_FEATURES: tuple[str, ...] = (
     "volume_z",
 )
 
+SEED_LIMIT = 2**63  # seeds are 0 <= s < 2**63: what torch.manual_seed and NumPy's SeedSequence take
+MAX_PARAMETERS = 10**9  # beyond this the weights and AdamW state alone need more than 16 GB
+MAX_SYNTHETIC_BARS = 10**9  # symbols x bars of the built-in market
 
-def _typed(source: str, key: str, value: Any, hint: Any) -> Any:
-    """``value`` if it has the field's type (an int is accepted for a float), else a UserError
-    naming the key: a TOML file can hold any type, and ``8.5`` layers must not become a traceback."""
+
+class ConfigError(UserError):
+    """A bad configuration value or structure. ``key`` names the setting (None: the structure),
+    ``detail`` says what is wrong, ``source`` where it came from (file, flag, checkpoint)."""
+
+    def __init__(self, detail: str, key: str | None = None, source: str | None = None) -> None:
+        self.detail, self.key, self.source = detail, key, source
+        super().__init__(f"{source}: {detail}" if source else detail)
+
+    def at(self, source: str) -> ConfigError:
+        """The same error attributed to ``source``."""
+        return ConfigError(self.detail, self.key, source)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr`` cut to one short line: a damaged checkpoint can hold a megabyte-long string."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _type_name(t: Any) -> str:
+    if t is type(None):
+        return "null"
+    if typing.get_origin(t) is list:
+        return f"a list of {typing.get_args(t)[0].__name__}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, str(t))
+
+
+def _typed(key: str, value: Any, hint: Any) -> Any:
+    """``value`` if it has the field's type (an int is accepted for a float), else a ConfigError
+    naming the key: ``8.5`` layers must not become a traceback. Floats must be finite: NaN passes
+    every ``<``/``>`` check and an infinity is never a meaningful setting."""
     allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) \
         else (hint,)
     for t in allowed:
         if t is type(None) and value is None:
             return value
         if t is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond the float range (10**400)
+                number = math.inf
+            if not math.isfinite(number):
+                raise ConfigError(f"invalid value for '{key}': {_short(value)} (expected a finite number)",
+                                  key)
+            return number
         if t is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return int(value)
         if t in (str, bool) and isinstance(value, t):
             return value
         if typing.get_origin(t) is list and isinstance(value, list) \
                 and all(isinstance(v, typing.get_args(t)[0]) for v in value):
             return list(value)
-    expected = " or ".join("null" if t is type(None) else str(t) if typing.get_origin(t) else t.__name__
-                           for t in allowed)
-    raise UserError(f"{source}: invalid value for '{key}': {value!r} (expected {expected})")
+    expected = " or ".join(_type_name(t) for t in allowed)
+    raise ConfigError(f"invalid value for '{key}': {_short(value)} (expected {expected})", key)
 
 
 def _check(cond: bool, name: str, value: Any, expected: str) -> None:
     if not cond:
-        raise UserError(f"invalid value for '{name}': {value!r} (expected {expected})")
+        raise ConfigError(f"invalid value for '{name}': {_short(value)} (expected {expected})", name)
+
+
+def _check_int(obj: Any, name: str, low: int, high: int, expected: str = "") -> None:
+    value = getattr(obj, name)
+    _check(low <= value <= high, name, value, expected or f"an integer from {low:_} to {high:_}")
+
+
+def _check_path(obj: Any, name: str, *, optional: bool = False) -> None:
+    value = getattr(obj, name)
+    if optional and value is None:
+        return
+    # An empty path is the current folder: `--cache-dir ""` would scatter files there.
+    _check(value.strip() != "" and "\0" not in value and len(value) <= 4096, name, value,
+           "a folder path that is not blank, has no NUL character and at most 4096 characters")
+
+
+@functools.cache
+def _hints(klass: type) -> dict[str, Any]:
+    return typing.get_type_hints(klass)
+
+
+class _Section:
+    """Type-check every field (whatever built the object), then run the section's own checks."""
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            setattr(self, f.name, _typed(f.name, getattr(self, f.name), hints[f.name]))
+        self.validate()
+
+    def validate(self) -> None:  # pragma: no cover - every section overrides it
+        """Range and consistency checks; raise ConfigError naming the key."""
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Section):
     """Where OHLCV comes from and where its features are cached."""
 
     data_dir: str | None = None          # None: the built-in synthetic market
@@ -65,14 +156,20 @@ class DataConfig:
     cache_dir: str = "cache"
     prep_workers: int = 2
 
-    def __post_init__(self) -> None:
-        _check(self.symbols >= 1, "symbols", self.symbols, "an integer >= 1")
-        _check(self.bars >= 1, "bars", self.bars, "an integer >= 1")
-        _check(self.prep_workers >= 1, "prep_workers", self.prep_workers, "an integer >= 1")
+    def validate(self) -> None:
+        """See the module docstring for the bounds."""
+        _check_path(self, "data_dir", optional=True)
+        _check_path(self, "cache_dir")
+        _check_int(self, "symbols", 1, 100_000)
+        _check_int(self, "bars", 1, 10_000_000)
+        _check(self.symbols * self.bars <= MAX_SYNTHETIC_BARS, "bars", self.bars,
+               f"symbols x bars <= {MAX_SYNTHETIC_BARS:_} (symbols = {self.symbols})")
+        _check_int(self, "data_seed", 0, SEED_LIMIT - 1, "an integer with 0 <= data_seed < 2**63")
+        _check_int(self, "prep_workers", 1, 256)
 
 
 @dataclass
-class FeatureConfig:
+class FeatureConfig(_Section):
     """Which indicators, the label horizon and the window length."""
 
     features: list[str] = field(default_factory=lambda: list(DEFAULT_FEATURES))
@@ -81,7 +178,8 @@ class FeatureConfig:
     train_frac: float = 0.70
     val_frac: float = 0.15
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        """See the module docstring for the bounds."""
         from .data.features import FEATURES  # the registry owns the names
 
         _check(len(self.features) >= 1, "features", self.features, "at least one feature")
@@ -89,15 +187,15 @@ class FeatureConfig:
         _check(not unknown, "features", unknown, f"names from: {', '.join(sorted(FEATURES))}")
         _check(len(set(self.features)) == len(self.features), "features", self.features,
                "no duplicates")
-        _check(self.horizon >= 1, "horizon", self.horizon, "an integer >= 1")
-        _check(self.window >= 2, "window", self.window, "an integer >= 2")
+        _check_int(self, "horizon", 1, 100_000)
+        _check_int(self, "window", 2, 8192)
         _check(0 < self.train_frac < 1, "train_frac", self.train_frac, "a fraction in (0, 1)")
         _check(0 < self.val_frac < 1 and self.train_frac + self.val_frac < 1, "val_frac",
                self.val_frac, "a fraction in (0, 1) with train_frac + val_frac < 1")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     """Transformer encoder size."""
 
     d_model: int = 64
@@ -106,18 +204,33 @@ class ModelConfig:
     dropout: float = 0.1
     ff_mult: int = 2
 
-    def __post_init__(self) -> None:
-        _check(self.d_model >= 1, "d_model", self.d_model, "an integer >= 1")
-        _check(self.heads >= 1, "heads", self.heads, "an integer >= 1")
+    def validate(self) -> None:
+        """See the module docstring for the bounds."""
+        _check_int(self, "d_model", 1, 8192)
+        _check_int(self, "heads", 1, 256)
         _check(self.d_model % self.heads == 0, "heads", self.heads,
                f"a divisor of d_model={self.d_model}")
-        _check(self.layers >= 1, "layers", self.layers, "an integer >= 1")
+        _check_int(self, "layers", 1, 256)
         _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a number in [0, 1)")
-        _check(self.ff_mult >= 1, "ff_mult", self.ff_mult, "an integer >= 1")
+        _check_int(self, "ff_mult", 1, 64)
+        params = self.encoder_parameters()
+        _check(params <= MAX_PARAMETERS, "d_model", self.d_model,
+               f"a model of at most {MAX_PARAMETERS:_} parameters; d_model={self.d_model}, "
+               f"layers={self.layers}, ff_mult={self.ff_mult} make {params:_}")
+
+    def encoder_parameters(self) -> int:
+        """Parameters of the encoder layers (what dominates the model's size)."""
+        d, f = self.d_model, self.ff_mult
+        attention = 4 * d * d + 4 * d
+        feed_forward = 2 * f * d * d + f * d + d
+        return self.layers * (attention + feed_forward + 4 * d)
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     """Optimisation, checkpoints and devices."""
 
     epochs: int = 6
@@ -133,19 +246,26 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep: int = 3
 
-    def __post_init__(self) -> None:
-        _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        _check(self.lr > 0, "lr", self.lr, "a number > 0")
-        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
-        _check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "an integer >= 0")
+    def validate(self) -> None:
+        """See the module docstring for the bounds."""
+        _check_int(self, "epochs", 1, 1_000_000)
+        _check_int(self, "batch_size", 1, 65_536)
+        _check(0 < self.lr <= 1, "lr", self.lr, "a number in (0, 1]")
+        _check(0 <= self.weight_decay <= 1, "weight_decay", self.weight_decay, "a number in [0, 1]")
+        _check_int(self, "warmup_steps", 0, 10**9)
         _check(self.grad_clip > 0, "grad_clip", self.grad_clip, "a number > 0")
-        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device",
-               self.device, "auto, cpu, cuda or cuda:N")
-        _check(self.num_workers >= 0, "num_workers", self.num_workers, "an integer >= 0")
-        _check(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every,
-               "an integer >= 0 (0 = only at epoch end)")
-        _check(self.keep >= 2, "keep", self.keep, "an integer >= 2")
+        _check_int(self, "seed", 0, SEED_LIMIT - 1, "an integer with 0 <= seed < 2**63")
+        _check(_DEVICE.fullmatch(self.device) is not None, "device", self.device,
+               "auto, cpu, cuda or cuda:N")
+        _check_int(self, "num_workers", 0, 256)
+        _check_path(self, "models_dir")
+        _check_int(self, "checkpoint_every", 0, 10**9,
+                   "an integer from 0 (only at epoch end) to 1_000_000_000")
+        _check_int(self, "keep", 2, 1_000_000)
+
+
+def _same_folder(a: str, b: str) -> bool:
+    return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
 
 
 @dataclass
@@ -159,6 +279,20 @@ class Config:
 
     SECTIONS = ("data", "features", "model", "train")
 
+    def __post_init__(self) -> None:
+        for name, klass in self.section_classes().items():
+            part = getattr(self, name)
+            if not isinstance(part, klass):
+                raise ConfigError(f"section [{name}] must be a {klass.__name__}, got {_short(part)}")
+        # Three roles, three folders: the cache would litter a data folder with .npy files that the
+        # next run reads as input, and checkpoints inside the cache make it look foreign.
+        paths = [("data_dir", self.data.data_dir), ("cache_dir", self.data.cache_dir),
+                 ("models_dir", self.train.models_dir)]
+        for i, (key_a, a) in enumerate(paths):
+            for key_b, b in paths[i + 1:]:
+                _check(a is None or b is None or not _same_folder(a, b), key_b, b,
+                       f"a folder other than {key_a} ({a})")
+
     @staticmethod
     def section_classes() -> dict[str, type]:
         """Section name -> its dataclass, in file order."""
@@ -170,20 +304,28 @@ class Config:
         return {s: dataclasses.asdict(getattr(self, s)) for s in self.SECTIONS}
 
     @classmethod
-    def from_dict(cls, d: dict[str, dict[str, Any]], *, source: str = "config") -> Config:
-        """Rebuild from :meth:`to_dict` output; unknown keys are an error naming them."""
+    def from_dict(cls, d: Any, *, source: str = "config",
+                  origins: Mapping[str, str] | None = None) -> Config:
+        """Rebuild from :meth:`to_dict` output, which may come from a damaged file.
+
+        Anything else than four tables of exactly the known keys with valid values is a
+        :class:`ConfigError` naming ``source`` (or ``origins[key]``, where a key came from
+        elsewhere: a flag) and the section or key; never another exception.
+        """
+        origins = origins or {}
+        if not isinstance(d, dict):
+            raise ConfigError(f"expected a table of the sections {', '.join(cls.SECTIONS)}, got "
+                              f"{_short(d)}", source=source)
+        extra = [k for k in d if k not in cls.SECTIONS]
+        if extra:
+            raise ConfigError(f"unknown section(s): {', '.join(_short(k) for k in extra)}", source=source)
         parts = {}
-        for name, klass in cls.section_classes().items():
-            values = dict(d.get(name, {}))
-            known = {f.name for f in dataclasses.fields(klass)}
-            unknown = sorted(set(values) - known)
-            if unknown:
-                raise UserError(f"{source}: unknown key(s) in [{name}]: {', '.join(unknown)}")
-            hints = typing.get_type_hints(klass)
-            for key, value in values.items():
-                values[key] = _typed(source, key, value, hints[key])
-            parts[name] = klass(**values)
-        return cls(**parts)
+        try:
+            for name, klass in cls.section_classes().items():
+                parts[name] = klass(**_section_values(d, name, klass))
+            return cls(**parts)
+        except ConfigError as e:
+            raise e.at(origins.get(e.key, source) if e.key else source) from None
 
     @classmethod
     def field_sections(cls) -> dict[str, str]:
@@ -194,52 +336,100 @@ class Config:
                 out[f.name] = name
         return out
 
-    def replace(self, source: str = "configuration", **flat: Any) -> Config:
+    def replace(self, source: str = "configuration", origins: Mapping[str, str] | None = None,
+                **flat: Any) -> Config:
         """A copy with flat keys (``epochs=3``, ``d_model=32``) replaced and re-validated; errors
-        name ``source``."""
+        name ``origins[key]`` when given for that key, else ``source``."""
         sections = self.field_sections()
         d = self.to_dict()
         for key, value in flat.items():
             if key not in sections:
-                raise UserError(f"{source}: unknown configuration key '{key}'")
+                raise ConfigError(f"unknown configuration key '{key}'",
+                                  source=(origins or {}).get(key, source))
             d[sections[key]][key] = value
-        return Config.from_dict(d, source=source)
+        return Config.from_dict(d, source=source, origins=origins)
+
+
+def _section_values(d: dict[Any, Any], name: str, klass: type) -> dict[str, Any]:
+    """The keyword arguments of section ``name``, or a ConfigError on a damaged structure."""
+    if name not in d:
+        raise ConfigError(f"section [{name}] is missing")
+    values = d[name]
+    if not isinstance(values, dict):
+        raise ConfigError(f"section [{name}] must be a table of settings, got {_short(values)}")
+    odd = [k for k in values if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(f"section [{name}] has a key that is not a string: {_short(odd[0])}")
+    known = {f.name for f in dataclasses.fields(klass)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{name}]: {', '.join(_short(k) for k in unknown)}")
+    missing = sorted(known - set(values))
+    if missing:
+        raise ConfigError(f"section [{name}] is missing key(s): {', '.join(missing)}")
+    return dict(values)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a flat TOML config file (keys named like the flags, ``_`` for ``-``).
+    """Read a flat TOML config file (keys named like the flags, ``_`` or ``-``).
 
     Sections ``[data]``, ``[features]``, ``[model]``, ``[train]`` are accepted too and flattened.
+    A key given twice (``batch-size`` and ``batch_size``, or flat and in its section) is an error.
     """
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: config file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid TOML: {e}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, expected a TOML config file") from None
+    except OSError as e:  # permission denied, a device, an I/O error...
+        raise UserError(f"{path}: cannot read the config file ({e.strerror or e})") from None
+    except ValueError as e:  # a NUL in the name (ValueError), bad TOML, not UTF-8 (both subclasses)
+        raise UserError(f"{path}: not a valid TOML config file: {e}") from None
     sections = Config.field_sections()
     flat: dict[str, Any] = {}
+
+    def put(key: str, value: Any, where: str) -> None:
+        if key in flat:
+            raise UserError(f"{path}: '{key}' is given twice{where}")
+        flat[key] = value
+
     for key, value in raw.items():
-        if isinstance(value, dict) and key in Config.SECTIONS:
+        name = key.replace("-", "_")
+        if key in Config.SECTIONS and isinstance(value, dict):
             for k, v in value.items():
-                if sections.get(k) != key:
+                if sections.get(k.replace("-", "_")) != key:
                     raise UserError(f"{path}: unknown key '{k}' in [{key}]")
-                flat[k] = v
-        elif key.replace("-", "_") in sections:
-            flat[key.replace("-", "_")] = value
+                put(k.replace("-", "_"), v, f" (again in [{key}])")
+        elif name in sections:  # before the next test: `features` is a key and a section
+            put(name, value, "")
+        elif key in Config.SECTIONS:
+            raise UserError(f"{path}: [{key}] must be a table of settings, got {_short(value)}")
         else:
             raise UserError(f"{path}: unknown key '{key}' (expected one of: "
                             f"{', '.join(sorted(sections))})")
-    # Types now, so that the error names this file even when a flag is merged in later.
-    hints = {k: v for klass in Config.section_classes().values()
-             for k, v in typing.get_type_hints(klass).items()}
-    return {k: _typed(str(path), k, v, hints[k]) for k, v in flat.items()}
+    # Types now, so that the error names this file even before the values are merged.
+    hints = {k: v for klass in Config.section_classes().values() for k, v in _hints(klass).items()}
+    try:
+        return {k: _typed(k, v, hints[k]) for k, v in flat.items()}
+    except ConfigError as e:
+        raise e.at(str(path)) from None
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag of configuration key ``key``: ``batch_size`` -> ``--batch-size``."""
+    return "--" + key.replace("_", "-")
 
 
 def build_config(file_values: dict[str, Any], flag_values: dict[str, Any],
                  file_name: str | None = None) -> Config:
-    """Defaults <- TOML file values <- explicit flags (``None`` flags are ignored)."""
+    """Defaults <- TOML file values <- explicit flags (``None`` flags are ignored).
+
+    A bad value is reported against where it came from: the flag, else the file."""
+    flags = {k: v for k, v in flag_values.items() if v is not None}
+    origins = {k: file_name for k in file_values} if file_name else {}
+    origins.update({k: flag_name(k) for k in flags})
     merged = dict(file_values)
-    merged.update({k: v for k, v in flag_values.items() if v is not None})
-    return Config().replace(source=file_name or "configuration", **merged)
+    merged.update(flags)
+    return Config().replace(source=file_name or "configuration", origins=origins, **merged)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
+from ..config import Config
 from ..errors import EXIT_FAILURE, UserError
 from ..shutdown import SignalHandler, print_cleanup_complete
 
@@ -50,6 +53,34 @@ def run_with_handler(body: Callable[[SignalHandler], int]) -> int:
         if handler.shutdown_requested:
             print_cleanup_complete()
     return handler.exit_code if handler.shutdown_requested else code
+
+
+def check_folders(cfg: Config, *, models: bool = True) -> None:
+    """Refuse, before anything is read, prepared or trained, an output folder that cannot be one:
+    a path that is a file (or has a file among its parents), or a folder that cannot be written.
+    Otherwise the mistake surfaces as an OSError traceback - for ``--models-dir`` only at the
+    first checkpoint, after the whole preparation and an epoch of training."""
+    folders = [("cache_dir", cfg.data.cache_dir)] + ([("models_dir", cfg.train.models_dir)] if models else [])
+    for key, folder in folders:
+        flag = f"{key} (--{key.replace('_', '-')})"
+        try:
+            _check_folder(Path(folder))
+        except UserError as e:
+            raise UserError(f"{flag} {folder}: {e}") from None
+        except OSError as e:  # a name too long, a loop of links...
+            raise UserError(f"{flag} {folder}: unusable as a folder ({e.strerror or e})") from None
+
+
+def _check_folder(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise UserError("is not a folder")
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{existing} is not a folder, so it cannot hold one")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{existing} is not writable")
 
 
 def human_bytes(n: float) -> str:

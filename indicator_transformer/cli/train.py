@@ -18,8 +18,8 @@ import argparse
 import sys
 
 from ..config import build_config, load_toml
-from ..run import RunOptions, run_pipeline
-from .common import run_command, run_with_handler
+from ..errors import UserError
+from .common import check_folders, run_command, run_with_handler
 from .options import (
     DATA_FLAGS,
     FEATURE_FLAGS,
@@ -55,7 +55,14 @@ def parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Build the configuration and run the pipeline under a SignalHandler."""
-    cfg = build_config(load_toml(args.config) if args.config else {}, flag_values(args), args.config)
+    if args.config is not None and not args.config.strip():
+        # `--config "$UNSET_VARIABLE"` must not silently run with the defaults.
+        raise UserError("--config: expected a TOML file name, got an empty string")
+    cfg = build_config(load_toml(args.config) if args.config is not None else {}, flag_values(args),
+                       args.config)
+    check_folders(cfg, models=not args.prepare_only)
+    from ..run import RunOptions, run_pipeline  # torch loads here, after the cheap checks: a typo fails fast
+
     opts = RunOptions(prepare_only=args.prepare_only, show_progress=not args.no_progress)
     return run_with_handler(lambda handler: run_pipeline(cfg, handler, opts))
 

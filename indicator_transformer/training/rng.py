@@ -38,7 +38,12 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) from one integer."""
+    """Seed Python, NumPy and torch (CPU and CUDA) from one integer, ``0 <= seed < 2**63``.
+
+    The configuration enforces the range; outside it torch would fail with an obscure overflow
+    and a negative seed would alias its absolute value in ``random``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer with 0 <= seed < 2**63, got {seed!r}")
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
