@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType
 from typing import Any
@@ -32,9 +32,15 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
 
 # Module-level because a second signal must be able to see whether *any* file commit is under
 # way, wherever it happens (atomic.py calls critical_section without knowing about a handler).
-_critical_depth = 0
-_exit_after_critical: int | None = None
+_critical_depth = 0                   # commits under way, in every thread (changed under the lock)
+_exit_pending: int | None = None      # set by a second signal: the exit code, once commits end
 _signals_seen = 0
+_in_section = threading.local()       # this thread's own depth (a nested section is not a new commit)
+
+# Test-only pause points, to put the other side of the race exactly between two steps:
+# "leave" runs in a committing thread between its decrement and its read of _exit_pending;
+# "handler" runs in the signal handler between its write of _exit_pending and its read of the depth.
+_race_hooks: dict[str, Callable[[], None]] = {}
 
 
 def signal_seen_count() -> int:
@@ -70,25 +76,63 @@ def _write_stderr(msg: str) -> None:
 _critical_lock = threading.Lock()
 
 
+def _exit_after_commits(code: int) -> None:
+    _write_stderr("File commit finished; exiting now.\n")
+    os._exit(code)
+
+
 @contextlib.contextmanager
 def critical_section() -> Iterator[None]:
     """Hold a second-signal exit until the enclosed (short) commit step has finished.
 
-    Preparation threads commit files concurrently, hence the lock around the counter (the signal
-    handler only reads it)."""
+    Preparation threads commit files concurrently, hence the lock around the counter. The signal
+    handler runs in the main thread, which may itself be inside this function holding the lock:
+    it therefore never takes the lock; it publishes ``_exit_pending`` first and reads the depth
+    second, while a section publishes its decrement first (under the lock) and reads
+    ``_exit_pending`` second. Under the GIL every read sees every earlier write, so for any
+    interleaving of a second signal with the end of the last commit, at least one side sees the
+    other's write:
+
+    * the handler reads the depth before the decrement: it saw 1 and returned, but it had already
+      set ``_exit_pending``, which the section reads after its decrement -> the section exits;
+    * the handler reads it after the decrement: it sees 0 -> the handler exits at once.
+
+    (Both may exit; ``os._exit`` with the same code from either is fine.) Before, the handler read
+    the depth first and set the code afterwards, so a commit ending between the two found no exit
+    request, and the exit waited for some later commit.
+
+    A thread that starts a new commit after the request does not start it: the commits under
+    way are waited for, never prolonged by new ones.
+    """
     global _critical_depth
+    nested = getattr(_in_section, "depth", 0) > 0
     with _critical_lock:
         _critical_depth += 1
+    _in_section.depth = getattr(_in_section, "depth", 0) + 1
+    if _exit_pending is not None and not nested:
+        _leave()  # exits if no other commit is under way
+        # Another commit is under way and the thread ending it exits the process (it reads
+        # _exit_pending after its decrement): this one must not start a write meanwhile.
+        threading.Event().wait()
     try:
         yield
     finally:
-        with _critical_lock:
-            _critical_depth -= 1
-            depth = _critical_depth
-        if depth == 0 and _exit_after_critical is not None:
-            code = _exit_after_critical
-            _write_stderr("File commit finished; exiting now.\n")
-            os._exit(code)
+        _leave()
+
+
+def _leave() -> None:
+    """End a section: decrement, then (never before) read whether an exit is pending."""
+    global _critical_depth
+    _in_section.depth -= 1
+    with _critical_lock:
+        _critical_depth -= 1
+        depth = _critical_depth
+    hook = _race_hooks.get("leave")
+    if hook is not None:
+        hook()
+    code = _exit_pending
+    if depth == 0 and code is not None:
+        _exit_after_commits(code)
 
 
 class SignalHandler:
@@ -155,7 +199,7 @@ class SignalHandler:
     # ----------------------------------------------------------------- the handler
     def _handle_signal(self, signum: int, frame: FrameType | None) -> None:
         """Record the request. First signal: graceful. Second: abandon pending work and exit."""
-        global _exit_after_critical, _signals_seen
+        global _exit_pending, _signals_seen
         _signals_seen += 1
         self.signal_count += 1
         name = signal.Signals(signum).name
@@ -168,10 +212,15 @@ class SignalHandler:
         code = exit_code_for(self.signal_received)
         if not self.hard_exit_on_second:
             return
+        # First publish the request, then look at the depth - never the other way round, and
+        # never under _critical_lock (this thread may hold it): see critical_section().
+        _exit_pending = code
+        hook = _race_hooks.get("handler")
+        if hook is not None:
+            hook()
         if _critical_depth > 0:
             _write_stderr(f"\nReceived {name} again: abandoning pending work; "
                           f"exiting as soon as the file being committed is complete.\n")
-            _exit_after_critical = code
             return
         _write_stderr(f"\nReceived {name} again: abandoning pending work and exiting now. "
                       f"Files under final names are intact; unsaved progress since the last "

@@ -262,3 +262,189 @@ def test_without_hard_exit_a_second_signal_is_only_counted(capfd):
         os.kill(os.getpid(), signal.SIGTERM)
         assert _wait_until(lambda: handler.signal_count == 2)
         assert handler.exit_code == 130  # the first signal decides
+
+
+# ----------------------------------------------------------------------------- the second-signal race
+# A commit thread and the signal handler (main thread) each write one variable and read the other:
+# the handler sets the pending exit, then reads the commit depth; the committing thread lowers the
+# depth, then reads the pending exit. The pause hooks put one side exactly between the other's two
+# steps; whichever way the race goes, the process must exit within moments of the commit under way.
+
+_HANDLER_BETWEEN_CHILD = r"""
+import threading, time
+from indicator_transformer import shutdown
+from indicator_transformer.shutdown import SignalHandler, critical_section
+
+handler_mid = threading.Event()
+
+def handler_paused_between_its_two_steps():
+    handler_mid.set()
+    time.sleep(20)  # meanwhile the commit ends; with no exit there, nothing would for 20 s
+    print("handler resumed", flush=True)
+
+shutdown._race_hooks["handler"] = handler_paused_between_its_two_steps
+
+def commit():
+    with critical_section():
+        print("in critical section", flush=True)
+        handler_mid.wait(30)
+    print("commit thread went on", flush=True)
+
+with SignalHandler():
+    t = threading.Thread(target=commit)
+    t.start()
+    while t.is_alive():
+        time.sleep(0.01)
+print("main went on", flush=True)
+"""
+
+
+def test_a_commit_ending_while_the_handler_is_between_its_steps_exits_at_the_end_of_that_commit(spawn):
+    proc = spawn(["-c", _HANDLER_BETWEEN_CHILD])
+    assert proc.stdout.readline().strip() == "in critical section"
+    proc.send_signal(signal.SIGINT)
+    _read_stderr_until(proc, "Received SIGINT")
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    assert time.monotonic() - t0 < 10  # not the 20 s the handler stays paused
+    assert "File commit finished; exiting now." in err
+    assert "went on" not in out and "handler resumed" not in out
+
+
+_LEAVE_BETWEEN_CHILD = r"""
+import threading, time
+from indicator_transformer import shutdown
+from indicator_transformer.shutdown import SignalHandler, critical_section
+
+def commit_paused_between_decrement_and_check():
+    print("decremented", flush=True)
+    time.sleep(20)  # the second signal arrives now
+    print("commit resumed", flush=True)
+
+def commit():
+    with critical_section():
+        pass
+    print("commit thread went on", flush=True)
+
+with SignalHandler() as handler:
+    print("ready", flush=True)
+    while not handler.shutdown_requested:
+        time.sleep(0.01)
+    shutdown._race_hooks["leave"] = commit_paused_between_decrement_and_check
+    t = threading.Thread(target=commit)
+    t.start()
+    while t.is_alive():
+        time.sleep(0.01)
+print("main went on", flush=True)
+"""
+
+
+def test_a_second_signal_between_the_commits_decrement_and_its_check_exits_at_once(spawn):
+    proc = spawn(["-c", _LEAVE_BETWEEN_CHILD])
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout.readline().strip() == "decremented"
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    assert time.monotonic() - t0 < 10
+    assert "exiting now" in err
+    assert "resumed" not in out and "went on" not in out
+
+
+_NO_NEW_COMMIT_CHILD = r"""
+import sys, threading, time
+from pathlib import Path
+from indicator_transformer import shutdown
+from indicator_transformer.shutdown import SignalHandler, critical_section
+
+gate = Path(sys.argv[1])
+second_backed_off = threading.Event()
+
+def leave_hook():
+    if threading.current_thread().name == "second":
+        second_backed_off.set()
+
+shutdown._race_hooks["leave"] = leave_hook
+
+def first():
+    with critical_section():
+        print("first in critical section", flush=True)
+        while not gate.exists():
+            time.sleep(0.01)
+
+def second():
+    with critical_section():
+        print("second started a commit", flush=True)
+
+with SignalHandler() as handler:
+    a = threading.Thread(target=first, name="first")
+    a.start()
+    while handler.signal_count < 2:
+        time.sleep(0.01)
+    threading.Thread(target=second, name="second", daemon=True).start()
+    second_backed_off.wait(30)
+    print("second is waiting", flush=True)
+    while a.is_alive():
+        time.sleep(0.01)
+print("main went on", flush=True)
+"""
+
+
+def test_after_a_second_signal_no_new_commit_starts_and_the_one_under_way_ends_the_process(spawn, tmp_path):
+    gate = tmp_path / "gate"
+    proc = spawn(["-c", _NO_NEW_COMMIT_CHILD, str(gate)])
+    assert proc.stdout.readline().strip() == "first in critical section"
+    proc.send_signal(signal.SIGINT)
+    _read_stderr_until(proc, "Received SIGINT")
+    proc.send_signal(signal.SIGINT)
+    _read_stderr_until(proc, "as soon as the file being committed is complete")
+    assert proc.stdout.readline().strip() == "second is waiting"
+    gate.touch()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    assert "second started a commit" not in out and "main went on" not in out
+    assert "File commit finished; exiting now." in err
+
+
+_BUSY_WRITERS_CHILD = r"""
+import sys, threading, time
+from pathlib import Path
+from indicator_transformer.atomic import atomic_write_json
+from indicator_transformer.shutdown import SignalHandler
+
+folder = Path(sys.argv[1])
+
+def writer(k):
+    i = 0
+    while True:
+        i += 1
+        atomic_write_json(folder / f"w{k}.json", {"i": i, "pad": "x" * 2000})
+
+with SignalHandler() as handler:
+    for k in range(4):
+        threading.Thread(target=writer, args=(k,), daemon=True).start()
+    print("writing", flush=True)
+    while True:
+        time.sleep(0.01)
+"""
+
+
+def test_a_second_signal_ends_the_process_promptly_while_four_threads_commit_files_nonstop(spawn, tmp_path):
+    import json
+
+    proc = spawn(["-c", _BUSY_WRITERS_CHILD, str(tmp_path)])
+    assert proc.stdout.readline().strip() == "writing"
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _read_stderr_until(proc, "Received SIGINT")
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert time.monotonic() - t0 < 10  # overlapping commits never keep the exit waiting
+    for p in tmp_path.glob("w*.json"):
+        assert json.loads(p.read_text())["pad"] == "x" * 2000  # every final file complete
