@@ -1,7 +1,8 @@
 """Flags shared by train_indicator_transformer.py and resume_training.py.
 
 Flag ``--foo-bar`` sets configuration key ``foo_bar``; every flag defaults to None so that a TOML
-file (``--config``) and the built-in defaults fill what was not given.
+file (``--config``) and the built-in defaults fill what was not given. The values are checked by
+config.py (its docstring lists every bound); an error names the flag it came from.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ DATA_FLAGS = [
                         "built-in synthetic market"),
     ("--symbols", int, "synthetic market: number of symbols (default 16)"),
     ("--bars", int, "synthetic market: bars per symbol (default 2500)"),
-    ("--data-seed", int, "synthetic market: generator seed (default 7)"),
+    ("--data-seed", int, "synthetic market: generator seed, 0 <= seed < 2**63 (default 7)"),
 ]
+
+
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -26,7 +29,7 @@ def _csv(text: str) -> list[str]:
 FEATURE_FLAGS = [
     ("--features", _csv, "comma-separated indicator names (default: all of " + ", ".join(DEFAULT_FEATURES)
      + ")"),
-    ("--window", int, "bars per input window, L (default 32)"),
+    ("--window", int, "bars per input window, L, at most 8192 (default 32)"),
     ("--horizon", int, "label horizon in bars: predict the return from t to t+h (default 1)"),
 ]
 MODEL_FLAGS = [
@@ -36,9 +39,9 @@ MODEL_FLAGS = [
     ("--dropout", float, "dropout rate (default 0.1)"),
 ]
 OPTIM_FLAGS = [
-    ("--batch-size", int, "samples per optimizer step (default 256)"),
-    ("--lr", float, "peak learning rate of AdamW, after warm-up (default 1e-3)"),
-    ("--seed", int, "seed of model init, dropout and data order (default 0)"),
+    ("--batch-size", int, "samples per optimizer step, at most 65536 (default 256)"),
+    ("--lr", float, "peak learning rate of AdamW after warm-up, in (0, 1] (default 1e-3)"),
+    ("--seed", int, "seed of model init, dropout and data order, 0 <= seed < 2**63 (default 0)"),
 ]
 RUNTIME_FLAGS = [
     ("--num-workers", int, "DataLoader worker processes; 0 loads in the main process (default 0)"),
