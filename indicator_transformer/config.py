@@ -143,11 +143,15 @@ class _Section:
         """Range and consistency checks; raise ConfigError naming the key."""
 
 
+MAX_EPOCHS = 1_000_000
+
+
 @dataclass
 class DataConfig(_Section):
     """Where OHLCV comes from and where its features are cached."""
 
-    data_dir: str | None = None          # None: the built-in synthetic market
+    data_dir: str | None = None          # None (and no data_file): the built-in synthetic market
+    data_file: str | None = None         # one panel file (long format, a symbol column)
     symbols: int = 16                    # synthetic market size
     bars: int = 2500
     data_seed: int = 7
@@ -159,6 +163,9 @@ class DataConfig(_Section):
     def validate(self) -> None:
         """See the module docstring for the bounds."""
         _check_path(self, "data_dir", optional=True)
+        _check_path(self, "data_file", optional=True)
+        _check(self.data_dir is None or self.data_file is None, "data_file", self.data_file,
+               f"either data_dir or data_file, not both (data_dir = {self.data_dir})")
         _check_path(self, "cache_dir")
         _check_int(self, "symbols", 1, 100_000)
         _check_int(self, "bars", 1, 10_000_000)
@@ -248,7 +255,7 @@ class TrainConfig(_Section):
 
     def validate(self) -> None:
         """See the module docstring for the bounds."""
-        _check_int(self, "epochs", 1, 1_000_000)
+        _check_int(self, "epochs", 1, MAX_EPOCHS)
         _check_int(self, "batch_size", 1, 65_536)
         _check(0 < self.lr <= 1, "lr", self.lr, "a number in (0, 1]")
         _check(0 <= self.weight_decay <= 1, "weight_decay", self.weight_decay, "a number in [0, 1]")

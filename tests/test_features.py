@@ -163,3 +163,16 @@ def test_no_look_ahead_on_many_symbols_lengths_and_cut_points(index, bars, data)
     n = len(short.time)
     np.testing.assert_array_equal(short.features, full.features[:n])
     np.testing.assert_array_equal(short.label[: max(n - horizon, 0)], full.label[: max(n - horizon, 0)])
+
+
+@pytest.mark.parametrize("name", DEFAULT_FEATURES)
+def test_a_feature_reads_only_the_columns_it_declares(name: str) -> None:
+    from indicator_transformer.data.features import FEATURES, feature_columns, required_columns
+
+    x = synthetic_symbol(1, 0, 0, 300)
+    unused = {"open", "high", "low", "volume"} - set(required_columns([name]))
+    # Columns it does not declare are replaced by garbage: the feature must not change.
+    garbage = dataclasses.replace(x, **{c: np.full(len(x), 7.5e3) for c in unused})
+    assert required_columns([name]) >= {"close"} and set(FEATURES[name].inputs) <= {
+        "open", "high", "low", "close", "volume"}
+    np.testing.assert_array_equal(feature_columns(x, [name]), feature_columns(garbage, [name]))

@@ -123,3 +123,28 @@ def test_changed_data_is_refused_unless_allowed(run_python, make_data_dir, tmp_p
     r = run_python(["resume_training.py", "--epochs", "1", "--allow-data-change", "--no-progress", *common])
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "models" / "checkpoint_epoch_2.pth").exists()
+
+
+def test_resume_from_another_folder_finds_relative_data_or_says_where_the_path_came_from(
+        run_python, make_data_dir, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    make_data_dir(3, 400, name="run/data")
+    r = run_python([str(REPO_ROOT / "train_indicator_transformer.py"), "--data-dir", "data", "--epochs", "1",
+                    *TINY], cwd=run_dir)
+    assert r.returncode == 0, r.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    common = ["--checkpoint", str(run_dir / "models" / "checkpoint_epoch_1.pth"), "--epochs", "1",
+              "--cache-dir", str(run_dir / "cache"), "--no-progress"]
+    r = run_python([str(REPO_ROOT / "resume_training.py"), *common], cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    assert f"using data_dir {run_dir / 'data'} recorded in" in r.stderr
+    # Moved away: the error says the path came from the checkpoint and which flag overrides it.
+    (run_dir / "data").rename(tmp_path / "moved")
+    r = run_python([str(REPO_ROOT / "resume_training.py"), *common], cwd=elsewhere)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "recorded in this checkpoint" in r.stderr and "--data-dir" in r.stderr
+    r = run_python([str(REPO_ROOT / "resume_training.py"), *common, "--data-dir", str(tmp_path / "moved")],
+                   cwd=elsewhere)
+    assert r.returncode == 0, r.stderr

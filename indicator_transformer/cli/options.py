@@ -13,9 +13,14 @@ from typing import Any
 from ..config import DEFAULT_FEATURES, Config
 
 # (flag, type, help). Grouped by what resume may change.
+# The first DATA_LOCATION entries say where the data is: a resume may point them elsewhere.
+DATA_LOCATION = 2
 DATA_FLAGS = [
     ("--data-dir", str, "folder of OHLCV files, one per symbol (CSV or Parquet); default: the "
                         "built-in synthetic market"),
+    ("--data-file", str, "one panel file (CSV or Parquet) holding many symbols in long format: a "
+                         "symbol column (symbol, ticker, instrument, asset or code) beside date/time "
+                         "and OHLCV"),
     ("--symbols", int, "synthetic market: number of symbols (default 16)"),
     ("--bars", int, "synthetic market: bars per symbol (default 2500)"),
     ("--data-seed", int, "synthetic market: generator seed, 0 <= seed < 2**63 (default 7)"),
@@ -55,7 +60,7 @@ RUNTIME_FLAGS = [
                     "best.pth are never deleted (default 3)"),
 ]
 # What a resumed run takes from the checkpoint; a different value on the command line is an error.
-FIXED_ON_RESUME = [f for f, _, _ in DATA_FLAGS[1:] + FEATURE_FLAGS + MODEL_FLAGS + OPTIM_FLAGS]
+FIXED_ON_RESUME = [f for f, _, _ in DATA_FLAGS[DATA_LOCATION:] + FEATURE_FLAGS + MODEL_FLAGS + OPTIM_FLAGS]
 
 
 def add_flags(p: argparse.ArgumentParser, groups: list[tuple[str, list]]) -> None:

@@ -15,14 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, DataConfig
+from ..config import MAX_EPOCHS, Config, DataConfig, flag_name
 from ..errors import CheckpointError, UserError
 from ..run import EVALUATION_FILE, RunOptions, evaluation_belongs, run_pipeline
 from ..shutdown import SignalHandler
 from ..training import checkpoint as ckpt
-from .common import human_bytes, print_table, run_command, run_with_handler
+from .common import check_folders, human_bytes, print_table, run_command, run_with_handler
 from .options import (
     DATA_FLAGS,
+    DATA_LOCATION,
     FEATURE_FLAGS,
     FIXED_ON_RESUME,
     MODEL_FLAGS,
@@ -51,8 +52,8 @@ def parser() -> argparse.ArgumentParser:
                         "to the originally configured epoch count")
     p.add_argument("--allow-data-change", action="store_true",
                    help="resume even if the data or feature cache keys differ from the checkpoint's")
-    add_flags(p, [("runtime", RUNTIME_FLAGS), ("data location", DATA_FLAGS[:1]),
-                  ("must match the checkpoint", DATA_FLAGS[1:] + FEATURE_FLAGS + MODEL_FLAGS
+    add_flags(p, [("runtime", RUNTIME_FLAGS), ("data location", DATA_FLAGS[:DATA_LOCATION]),
+                  ("must match the checkpoint", DATA_FLAGS[DATA_LOCATION:] + FEATURE_FLAGS + MODEL_FLAGS
                    + OPTIM_FLAGS)])
     add_common_switches(p)
     return p
@@ -93,6 +94,28 @@ def list_table(models_dir: str) -> int:
     return 0
 
 
+def _locate_data(state: dict[str, Any], saved: Config, overrides: dict[str, Any], path: Path) -> None:
+    """Where the data is, when no flag says it: the checkpoint's path as given at training time,
+    or its absolute form when this command runs from another folder. A path that exists in
+    neither form is an error that says it came from the checkpoint and how to override it."""
+    if "data_dir" in overrides or "data_file" in overrides:
+        return
+    recorded = state.get("data_location", {})
+    for key in ("data_dir", "data_file"):
+        given = getattr(saved.data, key)
+        if given is None or Path(given).exists():
+            continue
+        absolute = recorded.get(key)
+        if isinstance(absolute, str) and Path(absolute).exists():
+            print(f"note: using {key} {absolute} recorded in {path} ({given} is relative to the "
+                  f"folder training ran in)", file=sys.stderr)
+            overrides[key] = absolute
+            continue
+        raise UserError(f"{path}: the {key.replace('_', ' ')} recorded in this checkpoint, {given}"
+                        + (f" ({absolute})" if isinstance(absolute, str) and absolute != given else "")
+                        + f", does not exist; pass {flag_name(key)} to say where the data is now")
+
+
 def _check_fixed(args: argparse.Namespace, saved: Config, path: Path) -> None:
     given = flag_values(args)
     saved_flat = {k: v for section in saved.to_dict().values() for k, v in section.items()}
@@ -106,11 +129,13 @@ def _check_fixed(args: argparse.Namespace, saved: Config, path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """List, or pick a checkpoint and resume from it."""
+    if args.models_dir is not None and not args.models_dir.strip():
+        raise UserError("--models-dir '': expected a folder path (omit the flag for models/)")
     models_dir = args.models_dir or "models"
     if args.list:
         return list_table(models_dir)
-    if args.epochs is not None and args.epochs < 1:
-        raise UserError(f"--epochs {args.epochs}: expected an integer >= 1")
+    if args.epochs is not None and not 1 <= args.epochs <= MAX_EPOCHS:
+        raise UserError(f"--epochs {args.epochs}: expected an integer from 1 to {MAX_EPOCHS:_}")
     # The handler goes in before the (possibly long) checkpoint loading, so a Ctrl-C there too
     # ends with the usual shutdown lines.
     return run_with_handler(lambda handler: _resume(args, models_dir, handler))
@@ -138,7 +163,9 @@ def _resume(args: argparse.Namespace, models_dir: str, handler: SignalHandler) -
     if args.models_dir is None:
         overrides["models_dir"] = str(path.parent)
     overrides.setdefault("cache_dir", DataConfig().cache_dir)
-    cfg = saved.replace(**overrides)
+    _locate_data(state, saved, overrides, path)
+    cfg = saved.replace(source=str(path), origins={k: flag_name(k) for k in flag_values(args)}, **overrides)
+    check_folders(cfg)
     if Path(cfg.data.cache_dir).resolve() != Path(saved.data.cache_dir).resolve():
         print(f"note: using the feature cache {cfg.data.cache_dir} (the checkpoint was prepared with "
               f"{saved.data.cache_dir}; pass --cache-dir to choose)", file=sys.stderr)

@@ -89,11 +89,20 @@ def _volume_z(x: OHLCV, ta: _TA) -> np.ndarray:
     return _div(x.volume - ta.SMA(x.volume, 20), ta.STDDEV(x.volume, 20))
 
 
+C, HLC = ("close",), ("high", "low", "close")
+
+
 @dataclass(frozen=True)
 class Feature:
     family: str
     fn: Callable[[OHLCV, _TA], np.ndarray]
     doc: str
+    inputs: tuple[str, ...] = C   # the OHLCV columns it reads
+
+
+def required_columns(names: list[str]) -> frozenset[str]:
+    """The OHLCV columns the named features read (plus close, which the label always needs)."""
+    return frozenset({"close"}.union(*(FEATURES[n].inputs for n in names)))
 
 
 FEATURES: dict[str, Feature] = {
@@ -101,8 +110,9 @@ FEATURES: dict[str, Feature] = {
     "ret_5": Feature("returns", lambda x, ta: _logret(x.close, 5), "log return over 5 bars"),
     "ret_10": Feature("returns", lambda x, ta: _logret(x.close, 10), "log return over 10 bars"),
     "ret_20": Feature("returns", lambda x, ta: _logret(x.close, 20), "log return over 20 bars"),
-    "hl_range": Feature("volatility", lambda x, ta: (x.high - x.low) / x.close, "(high-low)/close"),
-    "body": Feature("trend", lambda x, ta: (x.close - x.open) / x.close, "(close-open)/close"),
+    "hl_range": Feature("volatility", lambda x, ta: (x.high - x.low) / x.close, "(high-low)/close", HLC),
+    "body": Feature("trend", lambda x, ta: (x.close - x.open) / x.close, "(close-open)/close",
+                    ("open", "close")),
     "sma20_gap": Feature("trend", lambda x, ta: x.close / ta.SMA(x.close, 20) - 1, "close/SMA20 - 1"),
     "ema50_gap": Feature("trend", lambda x, ta: x.close / ta.EMA(x.close, 50) - 1, "close/EMA50 - 1"),
     "rsi_14": Feature("momentum", lambda x, ta: ta.RSI(x.close, 14) / 100 - 0.5, "RSI(14)/100 - 0.5"),
@@ -111,24 +121,25 @@ FEATURES: dict[str, Feature] = {
     "macd_hist": Feature("trend", lambda x, ta: _macd(x, ta, 2), "MACD histogram/close"),
     "roc_10": Feature("momentum", lambda x, ta: ta.ROC(x.close, 10) / 100, "ROC(10)/100"),
     "stoch_k": Feature("momentum", lambda x, ta: ta.STOCH(x.high, x.low, x.close)[0] / 100 - 0.5,
-                       "slow %K(14,3)/100 - 0.5"),
+                       "slow %K(14,3)/100 - 0.5", HLC),
     "stoch_d": Feature("momentum", lambda x, ta: ta.STOCH(x.high, x.low, x.close)[1] / 100 - 0.5,
-                       "slow %D(3)/100 - 0.5"),
-    "cci_20": Feature("momentum", lambda x, ta: ta.CCI(x.high, x.low, x.close, 20) / 100, "CCI(20)/100"),
+                       "slow %D(3)/100 - 0.5", HLC),
+    "cci_20": Feature("momentum", lambda x, ta: ta.CCI(x.high, x.low, x.close, 20) / 100, "CCI(20)/100", HLC),
     "willr_14": Feature("momentum", lambda x, ta: ta.WILLR(x.high, x.low, x.close, 14) / 100 + 0.5,
-                        "Williams %R(14)/100 + 0.5"),
+                        "Williams %R(14)/100 + 0.5", HLC),
     "mfi_14": Feature("volume", lambda x, ta: ta.MFI(x.high, x.low, x.close, x.volume, 14) / 100 - 0.5,
-                      "MFI(14)/100 - 0.5"),
-    "adx_14": Feature("trend", lambda x, ta: ta.ADX(x.high, x.low, x.close, 14) / 100, "ADX(14)/100"),
+                      "MFI(14)/100 - 0.5", (*HLC, "volume")),
+    "adx_14": Feature("trend", lambda x, ta: ta.ADX(x.high, x.low, x.close, 14) / 100, "ADX(14)/100", HLC),
     "di_spread": Feature("trend", lambda x, ta: (ta.PLUS_DI(x.high, x.low, x.close, 14)
                                              - ta.MINUS_DI(x.high, x.low, x.close, 14)) / 100,
-                         "(+DI - -DI)(14)/100"),
+                         "(+DI - -DI)(14)/100", HLC),
     "atr_14": Feature("volatility", lambda x, ta: ta.ATR(x.high, x.low, x.close, 14) / x.close,
-                      "ATR(14)/close"),
+                      "ATR(14)/close", HLC),
     "bb_pos": Feature("volatility", _bb_pos, "(close - BB mid)/(BB upper - BB lower), BB(20, 2)"),
     "bb_width": Feature("volatility", _bb_width, "(BB upper - BB lower)/BB mid, BB(20, 2)"),
-    "obv_chg": Feature("volume", _obv_chg, "5-bar OBV change / (5 x SMA20 volume)"),
-    "volume_z": Feature("volume", _volume_z, "volume z-score over 20 bars"),
+    "obv_chg": Feature("volume", _obv_chg, "5-bar OBV change / (5 x SMA20 volume)",
+                       ("close", "volume")),
+    "volume_z": Feature("volume", _volume_z, "volume z-score over 20 bars", ("volume",)),
 }
 
 

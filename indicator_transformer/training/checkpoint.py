@@ -244,6 +244,10 @@ def validate_state(state: Any, *, sealed: bool = True) -> None:
     fp = state["data_fingerprint"]
     _need(isinstance(fp.get("fingerprint"), str) and re.fullmatch(r"[0-9a-f]{64}", fp["fingerprint"])
           is not None, "data_fingerprint.fingerprint", "a sha256 hex digest", fp.get("fingerprint"))
+    loc = state.get("data_location", {})
+    _need(isinstance(loc, dict) and all(k in ("data_dir", "data_file") and isinstance(v, str)
+                                        for k, v in loc.items()),
+          "data_location", "absolute data_dir / data_file paths", loc)
     keys = fp.get("keys", {})
     _need(isinstance(keys, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items()),
           "data_fingerprint.keys", "a map of symbol to cache key", keys)

@@ -193,6 +193,9 @@ class Trainer:
             "data_fingerprint": {"fingerprint": self.data.fingerprint,
                                  "keys": {s.symbol: s.key for s in self.data.symbols}},
             "feature_names": list(self.data.feature_names),
+            # Absolute forms of the data paths, so a resume from another folder still finds them.
+            "data_location": {k: os.path.abspath(v) for k in ("data_dir", "data_file")
+                              if (v := getattr(self.cfg.data, k)) is not None},
         }
 
     def load_state_dict(self, state: dict[str, Any], path: Path | str = "checkpoint") -> None:
