@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 DIGEST_KEY = "sha256"
@@ -38,15 +39,17 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def _canonical(doc: dict[str, Any]) -> bytes:
-    body = {k: v for k, v in doc.items() if k != DIGEST_KEY}
+def json_digest(doc: Mapping[str, Any], key: str = DIGEST_KEY) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces, ASCII) of ``doc`` without ``key``."""
+    body = {k: v for k, v in doc.items() if k != key}
     # allow_nan=False: a NaN cannot round-trip through strict JSON readers; writers use null.
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                     allow_nan=False).encode()).hexdigest()
 
 
 def seal_json(doc: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``doc`` with its digest added under ``"sha256"``."""
-    return {**doc, DIGEST_KEY: hashlib.sha256(_canonical(doc)).hexdigest()}
+    return {**doc, DIGEST_KEY: json_digest(doc)}
 
 
 def check_json(doc: Any) -> dict[str, Any]:
@@ -57,7 +60,7 @@ def check_json(doc: Any) -> dict[str, Any]:
     if not isinstance(digest, str):
         raise IntegrityError("it carries no sha256 digest")
     try:
-        actual = hashlib.sha256(_canonical(doc)).hexdigest()
+        actual = json_digest(doc)
     except (TypeError, ValueError) as e:
         raise IntegrityError(f"its content cannot be checked ({e})") from None
     if actual != digest:

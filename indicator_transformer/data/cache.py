@@ -63,6 +63,7 @@ from filelock import FileLock
 from ..atomic import atomic_write_bytes, is_temp_file, remove_stale_temp_files
 from ..clock import now_iso
 from ..errors import UserError
+from ..integrity import json_digest
 from .features import FEATURE_CODE_VERSION, FeatureSet
 from .sources import RawInput, Source, stat_signature
 
@@ -136,9 +137,7 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 # --------------------------------------------------------------------------- the manifest document
 def manifest_digest(doc: Mapping[str, Any]) -> str:
     """sha256 over the canonical JSON of every field of ``doc`` but ``digest`` itself."""
-    body = {k: v for k, v in doc.items() if k != "digest"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
-                                     ensure_ascii=True).encode()).hexdigest()
+    return json_digest(doc, key="digest")
 
 
 def manifest_bytes(doc: Mapping[str, Any]) -> bytes:
