@@ -321,3 +321,14 @@ def test_changing_the_epoch_count_on_resume_keeps_the_learning_rate_of_the_curre
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12)
 
 
+
+
+def test_a_previous_run_is_moved_to_a_folder_named_by_when_it_started(real_run: Path, tmp_path: Path) -> None:
+    from datetime import datetime
+
+    models = tmp_path / "models"
+    shutil.copytree(real_run / "models", models)  # copies are newer than the run itself
+    started = datetime.fromisoformat(load(models / "checkpoint_epoch_1.pth")["lineage"]["started"])
+    archive = ckpt.archive_previous_run(models, ("evaluation.json",))
+    assert archive is not None and archive.name == started.strftime("%Y%m%dT%H%M%S")
+    assert not list(models.glob("*.pth")) and (archive / "evaluation.json").exists()

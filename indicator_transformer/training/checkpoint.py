@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_write_bytes, fsync_dir, is_temp_file
+from ..clock import now_iso
 from ..errors import CheckpointError, UserError
 from ..integrity import IntegrityError, seal_zip, zip_seal_status
 
@@ -73,7 +74,8 @@ def interrupted_checkpoint_name(epoch: int) -> str:
 def new_lineage(parent: dict[str, Any] | None = None, fork_step: int | None = None) -> dict[str, Any]:
     """A fresh line id; with ``parent`` (a lineage) it descends from that line at ``fork_step``."""
     ancestors = [] if parent is None else [*parent["ancestors"], [parent["line"], int(fork_step or 0)]]
-    return {"line": secrets.token_hex(8), "ancestors": ancestors}
+    # "started" names the run's folder in previous_runs/ when a later run moves it aside.
+    return {"line": secrets.token_hex(8), "ancestors": ancestors, "started": now_iso()}
 
 
 def lineage_of(state: dict[str, Any]) -> dict[str, Any]:
@@ -270,6 +272,9 @@ def _check_lineage(lin: Any) -> None:
         isinstance(a, list) and len(a) == 2 and isinstance(a[0], str)
         and (a[0] == LEGACY_LINE or _LINE_ID.fullmatch(a[0]) is not None) and _is_int(a[1]) and a[1] >= 0
         for a in anc), "lineage.ancestors", "a list of [line id, global step] pairs", anc)
+    started = lin.get("started", "")
+    _need(isinstance(started, str) and (started == "" or _parses_as_time(started)), "lineage.started",
+          "an ISO 8601 time", started)
 
 
 def _check_history(hist: dict[str, Any], global_step: int, completed: int) -> None:
@@ -519,14 +524,30 @@ def plan_resume(models_dir: str | Path, state: dict[str, Any], start: Path,
     return ResumePlan(lineage, forked, move + list(extra_files))
 
 
+def _run_start(files: list[Path]) -> datetime:
+    """When the run that wrote ``files`` started: the earliest ``started`` of their lines (the
+    earliest file time for files that record none)."""
+    times = []
+    for p in files:
+        try:
+            started = lineage_of(load_checkpoint(p, mmap=True)).get("started") if p.suffix == ".pth" else None
+            t = datetime.fromisoformat(started) if isinstance(started, str) else None
+        except (CheckpointError, ValueError):
+            t = None
+        times.append(t if t is not None else datetime.fromtimestamp(p.stat().st_mtime, UTC))
+    return min(t if t.tzinfo else t.replace(tzinfo=UTC) for t in times)
+
+
 def move_aside(models_dir: str | Path, files: list[Path], label: str = "") -> Path | None:
-    """Move ``files`` (in ``models_dir``) to ``previous_runs/<time>[-label]/``, named by the
-    earliest write time among them. Nothing is deleted. Returns the folder, or None."""
+    """Move ``files`` (in ``models_dir``) to ``previous_runs/<run start>[-label]/``, named by when
+    the run that wrote them started. Nothing is deleted. Returns the folder, or None."""
     d = Path(models_dir)
     files = [p for p in files if p.is_file()]
     if not files:
         return None
-    stamp = min(datetime.fromtimestamp(p.stat().st_mtime, UTC) for p in files).strftime("%Y%m%dT%H%M%S")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CheckpointWarning)
+        stamp = _run_start(files).strftime("%Y%m%dT%H%M%S")
     base = f"{stamp}-{label}" if label else stamp
     target = d / ARCHIVE_DIR / base
     n = 1
