@@ -389,8 +389,10 @@ class FeatureCache:
             return None, f"file {path} is not a regular file"
         return stat_signature(st), None
 
-    def _verify_files(self, entry: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-        """Check each file: by its stat signature when it matches the record, else by its sha256.
+    def _verify_files(self, entry: dict[str, Any], *, always_hash: bool = False
+                      ) -> tuple[str | None, dict[str, Any]]:
+        """Check each file: by its stat signature when it matches the record, else (or always,
+        with ``always_hash``) by its sha256.
 
         Returns (problem, the record with the signatures seen now)."""
         files = {}
@@ -403,7 +405,7 @@ class FeatureCache:
             assert sig is not None
             if sig["size"] != meta["bytes"]:
                 return f"file {path} has {sig['size']} bytes, the manifest says {meta['bytes']}", entry
-            if sig != meta["sig"]:
+            if always_hash or sig != meta["sig"]:
                 # Taken before hashing: a write during the hash leaves a signature that differs.
                 try:
                     digest = _sha256_nofollow(path)
@@ -706,21 +708,9 @@ class FeatureCache:
         if problem:
             return "corrupt", f"{self.manifest_path}: malformed record: {problem}", {}
         assert isinstance(entry, dict)
-        files = {}
-        for part in ARRAYS:
-            meta = entry["files"][part]
-            path = self.root / meta["name"]
-            sig, problem = self._lstat_data_file(meta["name"])
-            if problem:
-                return ("missing" if sig is None and "missing" in problem else "corrupt"), problem, {}
-            try:
-                digest = _sha256_nofollow(path)
-            except OSError as e:
-                return "corrupt", f"file {path} cannot be read ({e.strerror or e})", {}
-            if digest != meta["sha256"]:
-                return "corrupt", f"file {path} is damaged (its sha256 differs from the manifest's)", {}
-            files[part] = dict(meta, sig=sig)
-        checked = dict(entry, files=files)
+        problem, checked = self._verify_files(entry, always_hash=True)
+        if problem:
+            return ("missing" if problem.endswith(" is missing") else "corrupt"), problem, {}
         try:
             self._load(checked)
         except (OSError, ValueError, TypeError, OverflowError) as e:
