@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pandas as pd
 import pytest
 from conftest import ohlcv_frame
 
@@ -24,10 +25,13 @@ class Setting(NamedTuple):
 
 
 DATA_A, DATA_B = "<folder A>", "<folder B>"  # two real folders of the same symbols, other bytes
+PANEL_A, PANEL_B = "<panel A>", "<panel B>"  # two real panel files of the same symbols, other rows
 
 SETTINGS: dict[tuple[type, str], Setting] = {
     (DataConfig, "data_dir"): Setting(True, "the input files: keyed by the sha256 of their bytes",
                                       {"data_dir": DATA_A}, {"data_dir": DATA_B}),
+    (DataConfig, "data_file"): Setting(True, "a panel file: each symbol keyed by the sha256 of its own rows",
+                                       {"data_file": PANEL_A}, {"data_file": PANEL_B}),
     (DataConfig, "symbols"): Setting(False, "how many synthetic symbols exist; each symbol's own bars "
                                             "do not depend on it", {"symbols": 2}, {"symbols": 3}),
     (DataConfig, "bars"): Setting(True, "the synthetic bars: part of the synthetic spec (the identity)",
@@ -75,6 +79,13 @@ def _data_folder(path: Path, seed: int) -> str:
     return str(path)
 
 
+def _panel_file(path: Path, seed: int) -> str:
+    """The symbols of _data_folder in one long-format CSV file with a Symbol column."""
+    frames = [ohlcv_frame(synthetic_symbol(1, seed, i, 300)).assign(Symbol=f"S{i}") for i in range(2)]
+    pd.concat(frames).to_csv(path, index=False)
+    return str(path)
+
+
 def _configs(overrides: dict[str, Any], folders: dict[str, str]) -> tuple[DataConfig, FeatureConfig]:
     data = {"symbols": 2, "bars": 300}
     feats: dict[str, Any] = {"window": 8}
@@ -88,7 +99,9 @@ def _configs(overrides: dict[str, Any], folders: dict[str, str]) -> tuple[DataCo
                          ids=lambda k: f"{k[0].__name__}.{k[1]}")
 def test_a_keyed_setting_changes_every_key_and_another_changes_none(tmp_path, field):
     setting = SETTINGS[field]
-    folders = {DATA_A: _data_folder(tmp_path / "a", seed=1), DATA_B: _data_folder(tmp_path / "b", seed=2)}
+    folders = {DATA_A: _data_folder(tmp_path / "a", seed=1), DATA_B: _data_folder(tmp_path / "b", seed=2),
+               PANEL_A: _panel_file(tmp_path / "a.csv", seed=1),
+               PANEL_B: _panel_file(tmp_path / "b.csv", seed=2)}
     before = expected_keys(*_configs(setting.base, folders))
     after = expected_keys(*_configs(setting.changed, folders))
     common = sorted(set(before) & set(after))

@@ -164,8 +164,8 @@ class _StopWhenLoaded(Source):
 
     on_load: Callable[[], None] | None = None
 
-    def parse(self, raw, *, use_adj_close: bool = False):
-        bars = super().parse(raw, use_adj_close=use_adj_close)
+    def parse(self, raw, **kwargs):
+        bars = super().parse(raw, **kwargs)
         if self.on_load is not None:
             self.on_load()
         return bars

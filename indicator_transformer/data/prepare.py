@@ -26,8 +26,9 @@ from ..errors import DataError, DataErrors
 from ..progress import Progress
 from ..shutdown import SignalHandler
 from .cache import FeatureCache, cache_key
-from .features import compute_features, warmup_bars
-from .sources import Source, discover_files, synthetic_sources
+from .features import compute_features, required_columns, warmup_bars
+from .panel import data_file_sources
+from .sources import OHLCV, DataNote, Source, discover_files, synthetic_sources
 
 
 @dataclass(frozen=True)
@@ -102,10 +103,32 @@ def expected_keys(data: DataConfig, features: FeatureConfig) -> dict[str, str]:
 
 
 def resolve_sources(cfg: DataConfig) -> list[Source]:
-    """The files of ``cfg.data_dir``, or the built-in synthetic market when it is None."""
+    """The symbols of ``cfg.data_file`` (a panel file, or a folder partitioned by symbol, read
+    once here), the files of ``cfg.data_dir``, or the built-in synthetic market when neither is set."""
+    if cfg.data_file is not None:
+        return data_file_sources(cfg.data_file)
     if cfg.data_dir is None:
         return synthetic_sources(cfg.symbols, cfg.bars, cfg.data_seed)
     return discover_files(cfg.data_dir)
+
+
+def known_identity(cache: FeatureCache, src: Source) -> str | None:
+    """A source's identity when it costs no reading: a panel already loaded (its symbols' rows were
+    hashed once, when it was read), or what the cache knows of an unchanged file."""
+    if src.panel is not None:
+        return src.panel.known_identity(src.symbol)
+    return cache.known_identity(src)
+
+
+def warn_flat_volume(src: Source, bars: OHLCV, names: list[str]) -> None:
+    """Warn when a chosen feature reads a volume that never changes (all zero, or one value):
+    the volume features would then be constant, silently."""
+    users = [n for n in names if "volume" in required_columns([n])]
+    if not users or len(bars) == 0 or not np.all(bars.volume == bars.volume[0]):
+        return
+    what = "zero in every row" if bars.volume[0] == 0 else f"the same ({bars.volume[0]:g}) in every row"
+    warnings.warn(f"{src.where}: volume is {what}, so {', '.join(users)} carry no information (choose "
+                  f"--features without them, or check the volume column)", DataNote, stacklevel=2)
 
 
 def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache, *,
@@ -130,12 +153,13 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
     start = time.perf_counter()
 
     settings = feature_settings(features, use_adj_close)
+    required = required_columns(names)
 
     def check_rows(src: Source, rows: int) -> None:
         # The same check for a hit as for a miss: a cached entry prepared for a shorter window
         # must not slip through when the window grows.
         if rows < min_rows:
-            raise DataError(src.path or src.symbol,
+            raise DataError(src.where,
                             f"only {rows} rows (expected at least {min_rows}: {warmup} indicator "
                             f"warm-up + window {features.window} + horizon {features.horizon})")
 
@@ -161,8 +185,9 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
             cache.remember_input(raw)
             return hit, True
         checkpoint()
-        bars = src.parse(raw, use_adj_close=use_adj_close)
+        bars = src.parse(raw, use_adj_close=use_adj_close, required=required)
         check_rows(src, len(bars))
+        warn_flat_volume(src, bars, names)
         checkpoint()
         fs = compute_features(bars, names, features.horizon)
         checkpoint()
@@ -172,6 +197,11 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
         return SymbolData(src.symbol, key, arrays["features"], arrays["label"], arrays["time"]), False
 
     def failed(exc: DataError) -> None:
+        # A problem of a whole panel file (a missing column) is the same for each of its symbols:
+        # reported once.
+        if any(str(e) == str(exc) for e in errors):
+            progress.update(1)
+            return
         errors.append(exc)
         if skip_bad_files:
             warnings.warn(f"skipping bad file: {exc}", stacklevel=3)
@@ -191,8 +221,8 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
         for src in sources:
             if handler.should_stop:
                 break
-            identity = cache.known_identity(src)
             try:
+                identity = known_identity(cache, src)
                 hit = cached(src, identity) if identity is not None else None
             except DataError as e:
                 failed(e)

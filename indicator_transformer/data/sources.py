@@ -1,8 +1,10 @@
-"""OHLCV inputs: files in a data directory (one per symbol) or the built-in synthetic market.
+"""OHLCV inputs: files in a data directory (one per symbol), panel files holding many symbols
+(see :mod:`.panel`), or the built-in synthetic market.
 
 Every input is validated before anything is computed from it; a bad file raises
 :class:`DataError` naming the file, the row (1-based data row, header excluded) or column, and
-what was expected.
+what was expected. Only the columns the chosen features read are required (``required``); the
+others are not parsed and are NaN in the bars, so no feature can ever read them.
 """
 
 from __future__ import annotations
@@ -13,12 +15,18 @@ import io
 import json
 import math
 import os
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DataError, UserError
+
+if TYPE_CHECKING:
+    from .panel import Panel
 
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
 SYNTHETIC_VERSION = 1
@@ -34,6 +42,16 @@ _ALIASES = {
 }
 _ADJ_CLOSE = {"adj close", "adj_close", "adjclose", "adjusted close", "adjusted_close"}
 REQUIRED = ("time", "open", "high", "low", "close", "volume")
+OHLCV_COLUMNS = REQUIRED[1:]   # the value columns; which of them are required depends on the features
+# Lower-cased, stripped names of the column that says which symbol a row of a panel file belongs to.
+SYMBOL_NAMES = ("symbol", "ticker", "instrument", "asset", "code")
+# Where a bad value is: position in the arrays -> (file, 1-based row in that file) for the message.
+Locate = Callable[[int], tuple[object, int]]
+
+
+class DataNote(UserWarning):
+    """Something about the inputs the user should know that is not an error (ignored files, a file
+    read as a panel of several symbols, a constant volume)."""
 # The strings pandas.read_csv reads as missing by default; the pyarrow fast path uses the same.
 _PANDAS_NA_STRINGS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
                       "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
@@ -89,17 +107,28 @@ class Source:
     """Where one symbol's bars come from, and the identity its cache key is built from."""
 
     symbol: str
-    path: Path | None = None            # None for a synthetic symbol
+    path: Path | None = None            # None for a synthetic symbol and for a panel's symbol
     synthetic: dict | None = None       # the synthetic spec for this symbol
+    panel: Panel | None = None          # the panel file (or partition folder) holding this symbol
+
+    @property
+    def where(self) -> str:
+        """The input as messages name it: the file, ``panel.csv (symbol AAPL)``, or the symbol."""
+        if self.panel is not None:
+            return self.panel.label(self.symbol)
+        return str(self.path) if self.path is not None else self.symbol
 
     def identity(self) -> str:
-        """sha256 of the raw input bytes, or of the synthetic spec."""
+        """sha256 of the raw input bytes, of a panel symbol's own rows, or of the synthetic spec."""
+        if self.panel is not None:
+            return self.panel.identity(self.symbol)
         if self.path is not None:
             return sha256_file(self.path)
         return hashlib.sha256(json.dumps(self.synthetic, sort_keys=True).encode()).hexdigest()
 
     def read(self) -> RawInput:
-        """Read the input once: its bytes, their sha256 and the stat signature seen before reading."""
+        """Read the input once: its bytes, their sha256 and the stat signature seen before reading.
+        A panel's symbol: its rows' sha256 (the panel file itself is read once for all symbols)."""
         if self.path is None:
             return RawInput(self.identity())
         try:
@@ -112,42 +141,63 @@ class Source:
             raise DataError(self.path, f"cannot be read ({e.strerror or e})") from None
         return RawInput(hashlib.sha256(data).hexdigest(), data, os.path.abspath(self.path), sig)
 
-    def parse(self, raw: RawInput, *, use_adj_close: bool = False) -> OHLCV:
-        """Validate the bars of ``raw`` (from :meth:`read`): exactly the bytes that were hashed."""
+    def parse(self, raw: RawInput, *, use_adj_close: bool = False,
+              required: Iterable[str] | None = None) -> OHLCV:
+        """Validate the bars of ``raw`` (from :meth:`read`): exactly the bytes (or, for a panel's
+        symbol, the rows) that were hashed. ``required``: the value columns the features read
+        (default: all of open, high, low, close, volume)."""
+        if self.panel is not None:
+            return self.panel.bars(self.symbol, use_adj_close=use_adj_close, required=required)
         if self.path is not None:
             assert raw.data is not None
-            return load_ohlcv_file(self.path, use_adj_close=use_adj_close, data=raw.data)
+            return load_ohlcv_file(self.path, use_adj_close=use_adj_close, data=raw.data, required=required)
         assert self.synthetic is not None
         return dataclasses.replace(synthetic_symbol(**self.synthetic), symbol=self.symbol)
 
-    def load(self, *, use_adj_close: bool = False) -> OHLCV:
+    def load(self, *, use_adj_close: bool = False, required: Iterable[str] | None = None) -> OHLCV:
         """Read and validate the bars."""
-        return self.parse(self.read(), use_adj_close=use_adj_close)
+        return self.parse(self.read(), use_adj_close=use_adj_close, required=required)
 
 
 # --------------------------------------------------------------------------- files
 def discover_files(data_dir: str | Path) -> list[Source]:
-    """One source per supported file in ``data_dir``; a clear error for a bad directory."""
+    """One source per data file in ``data_dir`` (a clear error for a bad directory).
+
+    A data file ends in .csv, .parquet or .pq. Other files (README.txt, notes.md) are ignored and
+    named in one :class:`DataNote`; hidden files silently. A file with a symbol column holding
+    several symbols is a panel: each of its symbols becomes a source (noted). A subfolder named
+    like ``symbol=AAPL`` (Parquet partitioned by symbol, as pyarrow writes it) is the symbol AAPL.
+    A symbol found in two places is an error naming both.
+    """
+    from .panel import data_dir_sources
+
     d = Path(data_dir)
     if not d.exists():
         raise UserError(f"{d}: data directory does not exist")
     if not d.is_dir():
-        raise UserError(f"{d}: is not a directory (expected a folder of one OHLCV file per symbol)")
-    files = sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise UserError(f"{d}: data directory is empty (expected files like AAPL.csv or ES.parquet)")
-    sources = []
-    seen: dict[str, Path] = {}
-    for p in files:
-        symbol = p.stem
-        if symbol in seen:
-            raise UserError(f"{p}: symbol '{symbol}' appears twice (also {seen[symbol].name})")
-        seen[symbol] = p
-        sources.append(Source(symbol=symbol, path=p))
+        raise UserError(f"{d}: is not a directory (expected a folder of one OHLCV file per symbol; for "
+                        f"one file of many symbols use --data-file)")
+    files, folders, ignored = [], [], []
+    for p in sorted(d.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            folders.append(p)
+        elif p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES:
+            files.append(p)
+        elif p.is_file():
+            ignored.append(p.name)
+    if ignored:
+        warnings.warn(f"{d}: ignored {len(ignored)} non-data file(s): {', '.join(ignored)} (data files end "
+                      f"in {', '.join(SUPPORTED_SUFFIXES)})", DataNote, stacklevel=2)
+    sources = data_dir_sources(d, files, folders)
+    if not sources:
+        raise UserError(f"{d}: data directory is empty (expected files like AAPL.csv or ES.parquet"
+                        + (f"; found only non-data files: {', '.join(ignored)}" if ignored else "") + ")")
     return sources
 
 
-def _read_csv_fast(data: bytes):
+def _read_csv_fast(data: bytes, text_columns: tuple[str, ...] = ()):
     """A CSV as a pyarrow Table through pyarrow's single-threaded reader, or None to let pandas
     read it.
 
@@ -156,15 +206,17 @@ def _read_csv_fast(data: bytes):
     nothing). Only a clean, plain parse is used; anything pyarrow rejects or types differently
     (bad UTF-8, ragged rows, duplicate or time-of-day columns, true/false columns, ...) goes to
     pandas, whose behaviour and error messages stay the reference. Both paths end in
-    :func:`_assemble`, so every check on values is the same for both.
+    :func:`_assemble`, so every check on values is the same for both. ``text_columns`` are read
+    as text (a symbol column: ``000001`` must not become the number 1).
     """
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
     try:
         table = pcsv.read_csv(pa.BufferReader(data), read_options=pcsv.ReadOptions(use_threads=False),
-                              convert_options=pcsv.ConvertOptions(null_values=list(_PANDAS_NA_STRINGS),
-                                                                  strings_can_be_null=True))
+                              convert_options=pcsv.ConvertOptions(
+                                  null_values=list(_PANDAS_NA_STRINGS), strings_can_be_null=True,
+                                  column_types={c: pa.string() for c in text_columns}))
     except (pa.ArrowException, ValueError, OSError):
         return None
     names = table.column_names
@@ -175,21 +227,24 @@ def _read_csv_fast(data: bytes):
     return table
 
 
-def _from_arrow(path: Path, table, use_adj_close: bool) -> OHLCV | None:
+def _from_arrow(path: Path, table, use_adj_close: bool, required: tuple[str, ...]) -> OHLCV | None:
     """The usual file without pandas: typed dates and null-free numbers straight to NumPy.
 
     Returns None whenever anything needs pandas' handling (string dates, missing values, odd
-    types, a missing column, no rows, a date outside the nanosecond range), so every error
-    message about parsing still comes from the one pandas path. Each step skipped here is time a
-    preparation thread would hold the GIL.
+    types, a missing column, no rows, a date outside the nanosecond range, a separate Time
+    column), so every error message about parsing still comes from the one pandas path. Each
+    step skipped here is time a preparation thread would hold the GIL.
     """
     import pyarrow as pa
 
     if table.num_rows == 0:
         return None
     try:
-        cols = _map_columns(path, table.column_names, use_adj_close)
+        cols = select_columns(path, map_columns(path, table.column_names), table.column_names,
+                              use_adj_close, required)
     except DataError:
+        return None
+    if "time_of_day" in cols:
         return None
     t = table.column(cols["time"])
     if t.null_count or not (pa.types.is_date(t.type) or pa.types.is_timestamp(t.type)):
@@ -201,9 +256,7 @@ def _from_arrow(path: Path, table, use_adj_close: bool) -> OHLCV | None:
     except pa.ArrowException:
         return None
     arrays = {}
-    for c in _PRICE_COLUMNS:
-        if c not in cols:
-            continue
+    for c in value_columns(cols, required):
         col = table.column(cols[c])
         if col.null_count or not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
             return None
@@ -211,7 +264,9 @@ def _from_arrow(path: Path, table, use_adj_close: bool) -> OHLCV | None:
     return _assemble(path, time, arrays, cols)
 
 
-def _read_table(path: Path, data: bytes, *, fast: bool = True):
+def read_frame(path: Path, data: bytes, *, fast: bool = True, text_columns: tuple[str, ...] = ()):
+    """The table in a data file's bytes: a clean pyarrow Table from the CSV fast path, or a pandas
+    DataFrame. A file that cannot be read as its type is a DataError naming it."""
     import pandas as pd
 
     suffix = path.suffix.lower()
@@ -222,8 +277,9 @@ def _read_table(path: Path, data: bytes, *, fast: bool = True):
         raise DataError(path, "file is empty (expected a header and OHLCV rows)")
     try:
         if suffix == ".csv":
-            table = _read_csv_fast(data) if fast else None
-            return table if table is not None else pd.read_csv(io.BytesIO(data), encoding="utf-8")
+            table = _read_csv_fast(data, text_columns) if fast else None
+            return table if table is not None else pd.read_csv(
+                io.BytesIO(data), encoding="utf-8", dtype={c: str for c in text_columns} or None)
         return pd.read_parquet(io.BytesIO(data))
     except UnicodeDecodeError as e:
         raise DataError(path, f"cannot be decoded as UTF-8 text ({e.reason} at byte {e.start})") from None
@@ -235,140 +291,239 @@ def _read_table(path: Path, data: bytes, *, fast: bool = True):
         raise DataError(path, f"cannot be read as {suffix[1:]}: {e}") from None
 
 
+def index_as_column(df) -> tuple[object, str | None]:
+    """A DataFrame whose index is data (a DatetimeIndex, as ``df.to_parquet()`` stores it) with the
+    index turned into columns, and the name of the one that holds times (None if none does).
+    A default RangeIndex is left alone."""
+    import pandas as pd
+
+    if isinstance(df.index, pd.RangeIndex):
+        return df, None
+    names = [n if n is not None else ("index" if df.index.nlevels == 1 else f"level_{i}")
+             for i, n in enumerate(df.index.names)]
+    if len(set(names)) != len(names) or any(n in df.columns for n in names):
+        return df, None  # would clash with a column: the columns are the data
+    levels = [df.index] if df.index.nlevels == 1 else [df.index.get_level_values(i)
+                                                       for i in range(df.index.nlevels)]
+    times = [n for n, lv in zip(names, levels, strict=True) if isinstance(lv, pd.DatetimeIndex)]
+    return df.reset_index(names=names), (times[0] if len(times) == 1 else None)
+
+
 # The value columns, in the order they are checked; "raw_close" is the unadjusted Close that
 # --use-adj-close scales open, high and low by (see _assemble).
 _PRICE_COLUMNS = ("open", "high", "low", "close", "volume", "raw_close")
+_ACCEPTED = ("expected date/time, open, high, low, close, volume, matched case-insensitively (a Date "
+             "and a Time column are combined)")
 
 
-def _map_columns(path: Path, columns: list, use_adj_close: bool) -> dict[str, object]:
+def map_columns(path: Path, columns: list, *, index_time: object = None) -> dict[str, object]:
+    """Canonical name -> column, for every column this module knows: time (and time_of_day when a
+    Date and a Time column are given), open ... volume, adj_close, symbol. Two columns meaning the
+    same thing are a DataError naming both; nothing is required here (see :func:`select_columns`)."""
     mapping: dict[str, object] = {}
-    adj: object = None
+    times: list = []
     for col in columns:
         key = str(col).strip().lower()
         if key in _ADJ_CLOSE:
-            if adj is not None and adj != col:
-                raise DataError(path, f"two columns mean 'adj close': '{adj}' and '{col}'")
-            adj = col
-            continue
-        canon = _ALIASES.get(key)
+            canon = "adj_close"
+        elif key in SYMBOL_NAMES:
+            canon = "symbol"
+        else:
+            canon = _ALIASES.get(key)
         if canon is None:
             continue
+        if canon == "time":
+            times.append(col)
+            continue
         if canon in mapping and mapping[canon] != col:
-            raise DataError(path, f"two columns mean '{canon}': '{mapping[canon]}' and '{col}'")
+            what = "adj close" if canon == "adj_close" else canon
+            raise DataError(path, f"two columns mean '{what}': '{mapping[canon]}' and '{col}' (expected one)")
         mapping[canon] = col
-    # pandas and downloaders write the date index as a first, unnamed column.
-    if "time" not in mapping and columns:
+    if len(times) == 2 and sorted(str(c).strip().lower() for c in times) == ["date", "time"]:
+        # Intraday vendor files: a Date and a Time column, combined into one timestamp.
+        date_first = str(times[0]).strip().lower() == "date"
+        mapping["time"], mapping["time_of_day"] = (times[0], times[1]) if date_first else (times[1], times[0])
+    elif len(times) >= 2:
+        raise DataError(path, f"two columns mean 'time': '{times[0]}' and '{times[1]}' (expected one "
+                              f"date/time column, or one 'Date' and one 'Time' column, which are combined)")
+    elif times:
+        mapping["time"] = times[0]
+    elif index_time is not None:
+        mapping["time"] = index_time
+    elif columns:
+        # pandas and downloaders write the date index as a first, unnamed column.
         first = str(columns[0]).strip()
         if first == "" or first.lower().startswith("unnamed"):
             mapping["time"] = columns[0]
+    return mapping
+
+
+def select_columns(path: Path, mapping: dict[str, object], columns: list, use_adj_close: bool,
+                   required: tuple[str, ...] = OHLCV_COLUMNS) -> dict[str, object]:
+    """The columns to read: ``mapping`` (from :func:`map_columns`) with Adj Close as close under
+    --use-adj-close, checked to hold the time and every ``required`` value column."""
+    cols = {k: v for k, v in mapping.items() if k not in ("adj_close", "symbol")}
     if use_adj_close:
-        if adj is None:
+        if "adj_close" not in mapping:
             # Silently training on unadjusted prices when adjusted ones were asked for would mix
             # adjusted and unadjusted symbols in one universe.
             raise DataError(path, f"--use-adj-close was given but there is no adjusted close column "
                                   f"(found: {', '.join(str(c) for c in columns)}; expected one of "
                                   f"'Adj Close', 'adj_close', 'adjusted close')")
-        if "close" in mapping:
-            mapping["raw_close"] = mapping["close"]
-        mapping["close"] = adj
-    missing = [c for c in REQUIRED if c not in mapping]
+        if "close" in cols:
+            cols["raw_close"] = cols["close"]
+        cols["close"] = mapping["adj_close"]
+    missing = [c for c in ("time", *OHLCV_COLUMNS) if c not in cols and (c == "time" or c in required)]
     if missing:
+        needed = "" if set(required) >= set(OHLCV_COLUMNS) else \
+            f"; the chosen features need {', '.join(c for c in OHLCV_COLUMNS if c in required)}"
         raise DataError(path, f"missing column(s) {', '.join(missing)} (found: "
-                              f"{', '.join(str(c) for c in columns)}; expected date/time, open, high, "
-                              f"low, close, volume, matched case-insensitively)")
-    return mapping
+                              f"{', '.join(str(c) for c in columns)}; {_ACCEPTED}{needed})")
+    return cols
 
 
-def _numeric(path: Path, series, name: str, *, text: bool) -> np.ndarray:
-    """A price or volume column as float64. ``text``: the column was read from CSV text, whose
-    values are parsed one by one (a bad one is reported with its row); a typed column (Parquet)
-    must already hold numbers."""
+def value_columns(cols: dict[str, object], required: Iterable[str]) -> list[str]:
+    """The value columns to parse: the required ones (close always, for the label), and the
+    unadjusted close when open, high or low are scaled by Adj Close."""
+    need = set(required) | {"close"}
+    if need & {"open", "high", "low"}:
+        need.add("raw_close")
+    return [c for c in _PRICE_COLUMNS if c in need and c in cols]
+
+
+def numeric_values(series, *, text: bool) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+    """A price or volume column as float64: (values, mask of cells that are not numbers or None,
+    a problem with the whole column or None). ``text``: read from CSV text, whose values are parsed
+    one by one; a typed column (Parquet) must already hold numbers."""
     import pandas as pd
 
     if pd.api.types.is_bool_dtype(series.dtype):  # True would silently become a price of 1.0
-        raise DataError(path, f"column of type {series.dtype} (true/false values; expected numbers)",
-                        column=name)
+        return np.empty(0), None, f"column of type {series.dtype} (true/false values; expected numbers)"
     if series.dtype.kind in "fiu":  # already numbers (the usual case): nothing can be non-numeric
-        return series.to_numpy(dtype=np.float64, na_value=np.nan)
+        return series.to_numpy(dtype=np.float64, na_value=np.nan), None, None
     if not text:
-        raise DataError(path, f"column of type {series.dtype} (expected a numeric column: integers "
-                              f"or floats)", column=name)
+        return np.empty(0), None, (f"column of type {series.dtype} (expected a numeric column: integers or "
+                                   f"floats)")
     values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    raw_na = series.isna().to_numpy()
-    bad = np.flatnonzero(np.isnan(values) & ~raw_na)
-    if bad.size:
-        i = int(bad[0])
-        raise DataError(path, f"non-numeric value {series.iloc[i]!r} (expected a number)",
-                        row=i + 1, column=name)
+    bad = np.isnan(values) & ~series.isna().to_numpy()
+    return values, (bad if bad.any() else None), None
+
+
+def non_numeric(series, i: int) -> str:
+    """The message for a cell that :func:`numeric_values` found is not a number."""
+    return f"non-numeric value {series.iloc[i]!r} (expected a number)"
+
+
+def _numeric(path: Path, series, name: str, *, text: bool) -> np.ndarray:
+    values, bad, problem = numeric_values(series, text=text)
+    if problem:
+        raise DataError(path, problem, column=name)
+    if bad is not None:
+        i = int(np.argmax(bad))
+        raise DataError(path, non_numeric(series, i), row=i + 1, column=name)
     return values
 
 
 # datetime64[ns] covers 1677-09-21 00:12:43.145224192 to 2262-04-11 23:47:16.854775807.
 _NS_MIN, _NS_MAX = np.iinfo(np.int64).min + 1, np.iinfo(np.int64).max  # int64 min is NaT
 SUPPORTED_TIME_RANGE = "1677-09-22 to 2262-04-11"
+_EXPECTED_TIME = "expected a date such as 2024-01-31 or 2024-01-31 09:30:00"
 
 
-def _to_ns(path: Path, values: np.ndarray, name: str) -> np.ndarray:
-    """datetime64 values of any unit as int64 nanoseconds, refusing those outside the ns range
-    (a plain ``astype`` would silently wrap 9999-12-31 around to a date in 1816)."""
-    unit, count = np.datetime_data(values.dtype)
-    per_ns = int(np.timedelta64(count, unit) // np.timedelta64(1, "ns"))
-    ticks = values.view(np.int64)
-    lo, hi = -(-_NS_MIN // per_ns), _NS_MAX // per_ns  # ceil, floor: in range after the scaling
-    bad = np.flatnonzero((ticks < lo) | (ticks > hi))
-    if bad.size:
-        i = int(bad[0])
-        # The same text whichever reader parsed it (and so whatever datetime64 unit it chose).
-        shown = np.datetime_as_string(values[i].astype("datetime64[s]")).removesuffix("T00:00:00")
-        raise DataError(path, f"timestamp {shown} is outside the supported range "
-                              f"{SUPPORTED_TIME_RANGE} (times are stored as int64 nanoseconds)",
-                        row=i + 1, column=name)
-    return ticks * per_ns
-
-
-def _times(path: Path, series, name: str) -> np.ndarray:
+def time_values(series) -> tuple[np.ndarray, np.ndarray | None, Callable[[int], str] | None, str | None]:
+    """A date/time column as int64 UTC nanoseconds: (values, mask of bad cells or None, the
+    message for bad cell i, a problem with the whole column or None). A bad cell is missing,
+    unparseable, or outside the nanosecond range (a plain ``astype`` would silently wrap
+    9999-12-31 around to a date in 1816)."""
     import pandas as pd
 
     if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-        raise DataError(path, "numeric values in the date/time column (expected dates such as "
-                              "2024-01-31 or 2024-01-31 09:30:00)", column=name)
+        return np.empty(0, np.int64), None, None, ("numeric values in the date/time column (expected "
+                                                   "dates such as 2024-01-31 or 2024-01-31 09:30:00)")
     try:
         parsed = pd.to_datetime(series, errors="coerce", utc=True, format="mixed")
     except (ValueError, TypeError):
         parsed = pd.to_datetime(series, errors="coerce", utc=True)
-    bad = np.flatnonzero(parsed.isna().to_numpy())
-    if bad.size:
-        i = int(bad[0])
+    missing = parsed.isna().to_numpy()
+    values = parsed.dt.tz_localize(None).to_numpy()
+    unit, count = np.datetime_data(values.dtype)
+    per_ns = int(np.timedelta64(count, unit) // np.timedelta64(1, "ns"))
+    ticks = values.view(np.int64)
+    lo, hi = -(-_NS_MIN // per_ns), _NS_MAX // per_ns  # ceil, floor: in range after the scaling
+    outside = ~missing & ((ticks < lo) | (ticks > hi))
+    bad = missing | outside
+    ns = np.where(bad, 0, ticks) * per_ns
+
+    def explain(i: int) -> str:
+        if outside[i]:
+            # The same text whichever reader parsed it (and so whatever datetime64 unit it chose).
+            shown = np.datetime_as_string(values[i].astype("datetime64[s]")).removesuffix("T00:00:00")
+            return (f"timestamp {shown} is outside the supported range {SUPPORTED_TIME_RANGE} (times are "
+                    f"stored as int64 nanoseconds)")
         value = series.iloc[i]
         what = "missing date/time" if pd.isna(value) else f"unparseable date/time {value!r}"
-        raise DataError(path, f"{what} (expected a date such as 2024-01-31 or 2024-01-31 09:30:00)",
-                        row=i + 1, column=name)
-    return _to_ns(path, parsed.dt.tz_localize(None).to_numpy(), name)
+        return f"{what} ({_EXPECTED_TIME})"
+
+    return ns, (bad if bad.any() else None), explain, None
+
+
+def time_column(df, cols: dict[str, object]) -> tuple[object, str]:
+    """The series of times and its name for messages: the time column, or a Date and a Time
+    column joined as ``'2024-01-31 09:30:00'`` (a missing part leaves the time missing)."""
+    import pandas as pd
+
+    if "time_of_day" not in cols:
+        return df[cols["time"]], str(cols["time"])
+
+    def text(s):
+        if pd.api.types.is_datetime64_any_dtype(s):
+            return s.dt.strftime("%Y-%m-%d")
+        return s.astype("string").str.strip()
+
+    joined = text(df[cols["time"]]) + " " + text(df[cols["time_of_day"]])
+    return joined.astype(object), f"{cols['time']}+{cols['time_of_day']}"
+
+
+def _times(path: Path, series, name: str) -> np.ndarray:
+    values, bad, explain, problem = time_values(series)
+    if problem:
+        raise DataError(path, problem, column=name)
+    if bad is not None:
+        assert explain is not None
+        i = int(np.argmax(bad))
+        raise DataError(path, explain(i), row=i + 1, column=name)
+    return values
 
 
 def load_ohlcv_file(path: str | Path, *, use_adj_close: bool = False, data: bytes | None = None,
-                    fast: bool = True) -> OHLCV:
+                    fast: bool = True, required: Iterable[str] | None = None) -> OHLCV:
     """Read one CSV/Parquet OHLCV file and validate it.
 
     ``data``: the file's bytes when the caller already read them (see :meth:`Source.read`);
-    ``fast=False`` skips the pyarrow CSV path (the pandas path is the reference; both must agree).
+    ``fast=False`` skips the pyarrow CSV path (the pandas path is the reference; both must agree);
+    ``required``: the value columns the features read (default all); the others are NaN.
     """
     path = Path(path)
+    need = OHLCV_COLUMNS if required is None else tuple(required)
     if data is None:
         data = read_input_bytes(path)
-    df = _read_table(path, data, fast=fast)
+    df = read_frame(path, data, fast=fast)
     if not hasattr(df, "iloc"):  # a clean pyarrow table from the CSV fast path
-        bars = _from_arrow(path, df, use_adj_close)
+        bars = _from_arrow(path, df, use_adj_close, need)
         if bars is not None:
             return bars
         df = df.to_pandas(date_as_object=False, split_blocks=True)
+    df, index_time = index_as_column(df)
     if len(df) == 0:
         raise DataError(path, "has a header but no data rows")
-    cols = _map_columns(path, list(df.columns), use_adj_close)
-    t = _times(path, df[cols["time"]], str(cols["time"]))
+    columns = list(df.columns)
+    mapping = map_columns(path, columns, index_time=index_time)
+    cols = select_columns(path, mapping, columns, use_adj_close, need)
+    series, name = time_column(df, cols)
+    t = _times(path, series, name)
     text = path.suffix.lower() == ".csv"
-    arrays = {c: _numeric(path, df[cols[c]], str(cols[c]), text=text) for c in _PRICE_COLUMNS if c in cols}
-    return _assemble(path, t, arrays, cols)
+    arrays = {c: _numeric(path, df[cols[c]], str(cols[c]), text=text) for c in value_columns(cols, need)}
+    return _assemble(path, t, arrays, dict(cols, time=name))
 
 
 def read_input_bytes(path: Path) -> bytes:
@@ -379,39 +534,50 @@ def read_input_bytes(path: Path) -> bytes:
         raise DataError(path, f"cannot be read ({e.strerror or e})") from None
 
 
-def _assemble(path: Path, time: np.ndarray, arrays: dict[str, np.ndarray], cols: dict[str, object]
-              ) -> OHLCV:
+def _assemble(path: object, time: np.ndarray, arrays: dict[str, np.ndarray], cols: dict[str, object], *,
+              symbol: str | None = None, locate: Locate | None = None) -> OHLCV:
     """Validate the parsed columns (the same checks whichever reader parsed them) into bars.
 
     With --use-adj-close and an unadjusted Close present, the bar is validated as written, then
     open, high and low are scaled by adj_close / close - the usual "auto-adjust" - so that the
     bar stays consistent (an adjusted close with unadjusted highs and lows would make every range
     indicator wrong, and would lie outside [low, high] for most dividend-paying stocks).
+    Columns not in ``arrays`` (not needed by the features) are NaN in the bars.
     """
     names = {k: str(v) for k, v in cols.items()}
+    symbol = symbol if symbol is not None else Path(str(path)).stem
     raw = arrays.get("raw_close")
+    o, h, lo, v = (arrays.get(c) for c in ("open", "high", "low", "volume"))
     if raw is None:
-        return validate_ohlcv(path, path.stem, time, arrays["open"], arrays["high"], arrays["low"],
-                              arrays["close"], arrays["volume"], column_names=names)
-    bars = validate_ohlcv(path, path.stem, time, arrays["open"], arrays["high"], arrays["low"], raw,
-                          arrays["volume"], column_names=dict(names, close=names["raw_close"]))
+        return validate_ohlcv(path, symbol, time, o, h, lo, arrays["close"], v, column_names=names,
+                              locate=locate)
+    bars = validate_ohlcv(path, symbol, time, o, h, lo, raw, v,
+                          column_names=dict(names, close=names["raw_close"]), locate=locate)
     adj = arrays["close"]
-    _check_prices(path, {"close": adj}, names)
+    _check_prices(path, {"close": adj}, names, locate)
     ratio = adj / bars.close
     return dataclasses.replace(bars, open=bars.open * ratio, high=bars.high * ratio, low=bars.low * ratio,
                                close=adj.astype(np.float64))
 
 
-def _check_prices(path: object, prices: dict[str, np.ndarray], names: dict[str, str]) -> None:
+def _fail(path: object, locate: Locate | None, i: int, problem: str, column: str) -> DataError:
+    where, row = locate(i) if locate is not None else (path, i + 1)
+    return DataError(where, problem, row=row, column=column)
+
+
+def _check_prices(path: object, prices: dict[str, np.ndarray | None], names: dict[str, str],
+                  locate: Locate | None = None) -> None:
     for c, arr in prices.items():
+        if arr is None:
+            continue
         bad = np.flatnonzero(~np.isfinite(arr))
         if bad.size:
-            raise DataError(path, f"missing, NaN or infinite price {arr[bad[0]]} (expected a finite "
-                                  f"number)", row=int(bad[0]) + 1, column=names.get(c, c))
+            raise _fail(path, locate, int(bad[0]), f"missing, NaN or infinite price {arr[bad[0]]} (expected "
+                                                   f"a finite number)", names.get(c, c))
         bad = np.flatnonzero(arr <= 0)
         if bad.size:
-            raise DataError(path, f"price {arr[bad[0]]:g} (expected a price > 0)",
-                            row=int(bad[0]) + 1, column=names.get(c, c))
+            raise _fail(path, locate, int(bad[0]), f"price {arr[bad[0]]:g} (expected a price > 0)",
+                        names.get(c, c))
 
 
 # Relative slack for "low <= open, close <= high": prices that were rounded or converted
@@ -419,39 +585,53 @@ def _check_prices(path: object, prices: dict[str, np.ndarray], names: dict[str, 
 RANGE_TOLERANCE = 1e-9
 
 
-def validate_ohlcv(path: object, symbol: str, time: np.ndarray, open: np.ndarray, high: np.ndarray,
-                   low: np.ndarray, close: np.ndarray, volume: np.ndarray,
-                   column_names: dict[str, str] | None = None) -> OHLCV:
-    """Check the bars make sense; the first problem found raises :class:`DataError`."""
+def validate_ohlcv(path: object, symbol: str, time: np.ndarray, open: np.ndarray | None,
+                   high: np.ndarray | None, low: np.ndarray | None, close: np.ndarray,
+                   volume: np.ndarray | None, column_names: dict[str, str] | None = None, *,
+                   locate: Locate | None = None) -> OHLCV:
+    """Check the bars make sense; the first problem found raises :class:`DataError`.
+
+    A column given as None (not needed by the features) is not checked and is NaN in the bars.
+    ``locate`` maps a position to (file, row) for messages (default: ``path``, position + 1).
+    """
     names = column_names or {}
-    _check_prices(path, {"open": open, "high": high, "low": low, "close": close}, names)
-    bad = np.flatnonzero(~np.isfinite(volume) | (volume < 0))
-    if bad.size:
-        raise DataError(path, f"volume {volume[bad[0]]} (expected a finite number >= 0)",
-                        row=int(bad[0]) + 1, column=names.get("volume", "volume"))
-    bad = np.flatnonzero(high < low)
-    if bad.size:
-        i = int(bad[0])
-        raise DataError(path, f"high {high[i]:g} < low {low[i]:g} (expected high >= low)", row=i + 1,
-                        column=names.get("high", "high"))
-    for c, arr in (("open", open), ("close", close)):
-        bad = np.flatnonzero((arr > high * (1 + RANGE_TOLERANCE)) | (arr < low * (1 - RANGE_TOLERANCE)))
+    _check_prices(path, {"open": open, "high": high, "low": low, "close": close}, names, locate)
+    if volume is not None:
+        bad = np.flatnonzero(~np.isfinite(volume) | (volume < 0))
+        if bad.size:
+            raise _fail(path, locate, int(bad[0]), f"volume {volume[bad[0]]} (expected a finite number >= 0)",
+                        names.get("volume", "volume"))
+    if high is not None and low is not None:
+        bad = np.flatnonzero(high < low)
         if bad.size:
             i = int(bad[0])
-            raise DataError(path, f"{c} {arr[i]:g} is outside the bar's range low {low[i]:g} .. high "
-                                  f"{high[i]:g} (expected low <= {c} <= high)", row=i + 1,
-                            column=names.get(c, c))
+            raise _fail(path, locate, i, f"high {high[i]:g} < low {low[i]:g} (expected high >= low)",
+                        names.get("high", "high"))
+        for c, arr in (("open", open), ("close", close)):
+            if arr is None:
+                continue
+            bad = np.flatnonzero((arr > high * (1 + RANGE_TOLERANCE)) | (arr < low * (1 - RANGE_TOLERANCE)))
+            if bad.size:
+                i = int(bad[0])
+                raise _fail(path, locate, i, f"{c} {arr[i]:g} is outside the bar's range low {low[i]:g} "
+                                             f".. high {high[i]:g} (expected low <= {c} <= high)",
+                            names.get(c, c))
     diffs = np.diff(time)
     bad = np.flatnonzero(diffs == 0)
     if bad.size:
-        raise DataError(path, "duplicate timestamp (same as the previous row; expected strictly "
-                              "increasing times)", row=int(bad[0]) + 2, column=names.get("time", "time"))
+        raise _fail(path, locate, int(bad[0]) + 1, "duplicate timestamp (same as the previous row; expected "
+                                                  "strictly increasing times)", names.get("time", "time"))
     bad = np.flatnonzero(diffs < 0)
     if bad.size:
-        raise DataError(path, "timestamp earlier than the previous row (expected rows sorted by time, "
-                              "oldest first)", row=int(bad[0]) + 2, column=names.get("time", "time"))
-    return OHLCV(symbol, time.astype(np.int64), open.astype(np.float64), high.astype(np.float64),
-                 low.astype(np.float64), close.astype(np.float64), volume.astype(np.float64))
+        raise _fail(path, locate, int(bad[0]) + 1, "timestamp earlier than the previous row (expected rows "
+                                                  "sorted by time, oldest first)", names.get("time", "time"))
+    absent = np.full(len(close), np.nan)  # NaN: a feature that read it would produce no finite row
+
+    def f64(arr: np.ndarray | None) -> np.ndarray:
+        return absent if arr is None else arr.astype(np.float64)
+
+    return OHLCV(symbol, time.astype(np.int64), f64(open), f64(high), f64(low), close.astype(np.float64),
+                 f64(volume))
 
 
 # --------------------------------------------------------------------------- synthetic market
