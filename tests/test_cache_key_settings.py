@@ -48,6 +48,12 @@ SETTINGS: dict[tuple[type, str], Setting] = {
                                           {}, {"prep_workers": 4}),
     (FeatureConfig, "features"): Setting(True, "the feature columns", {},
                                          {"features": list(FeatureConfig().features)[:-1]}),
+    (FeatureConfig, "custom_features"): Setting(
+        True, "a declared feature's function, parameters, inputs, output and transform (those in use)",
+        {"features": ["ret_1", "rsi_x"], "custom_features": [
+            {"name": "rsi_x", "fn": "RSI", "params": {"timeperiod": 7}, "transform": "osc100"}]},
+        {"features": ["ret_1", "rsi_x"], "custom_features": [
+            {"name": "rsi_x", "fn": "RSI", "params": {"timeperiod": 9}, "transform": "osc100"}]}),
     (FeatureConfig, "horizon"): Setting(True, "the label's forward horizon", {"horizon": 1}, {"horizon": 2}),
     (FeatureConfig, "window"): Setting(False, "windows are cut from the cached arrays; the minimum row "
                                               "count is checked on every hit too", {"window": 8},
