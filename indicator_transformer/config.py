@@ -1,10 +1,19 @@
 """Configuration: one small dataclass per component, each checked in ``__post_init__``.
 
 Values come from defaults, then an optional TOML file (``--config FILE``, flat keys named like the
-command-line flags with ``_`` for ``-``), then explicit flags. Every bad value raises
-:class:`ConfigError` (a :class:`UserError`) naming where the value came from (the file, the flag,
-the checkpoint), the key, and what was expected - whatever the value: TOML and a checkpoint's
-``config`` dict can hold NaN, infinities, huge integers, booleans, empty strings and lists.
+command-line flags with ``_`` for ``-``, or in sections ``[data]`` ``[features]`` ``[model]``
+``[train]``), then explicit flags. Every field has a flag of the same name (``train_frac`` /
+``--train-frac``); :func:`to_toml` writes the whole configuration back as such a file.
+
+Declared features (``custom_features``, a list of tables: any TA-Lib function, its parameters, its
+OHLCV inputs and a transform; ``data/features.py`` checks them) are stored in canonical form, every
+parameter spelt out. When a file or flag declares features but names no ``features`` list, the
+declared ones are added to the default list; when ``features`` is given, it is exactly the list.
+
+Every bad value raises :class:`ConfigError` (a :class:`UserError`) naming where the value came
+from (the file, the flag, the checkpoint), the key, and what was expected - whatever the value:
+TOML and a checkpoint's ``config`` dict can hold NaN, infinities, huge integers, booleans, empty
+strings and lists.
 
 Bounds (inclusive unless noted). Lower bounds are what the code needs; upper bounds only refuse
 values that are absurd and would otherwise end deep inside NumPy/torch in a traceback or an
@@ -15,6 +24,7 @@ out-of-memory kill, never a setting someone could mean:
     horizon 1..100_000, window 2..8192       train_frac, val_frac in (0, 1), sum < 1
     d_model 1..8192, heads 1..256 (divides d_model), layers 1..256, ff_mult 1..64,
     dropout in [0, 1), model parameters <= 10**9
+    custom_features: see data/features.py (zscore window 2..5000)
     epochs 1..1_000_000, batch_size 1..65_536, lr in (0, 1], weight_decay in [0, 1],
     grad_clip > 0, warmup_steps and checkpoint_every 0..10**9, keep 2..1_000_000
     every float finite; paths (data_dir, cache_dir, models_dir) non-blank, without NUL characters,
@@ -73,7 +83,8 @@ def _type_name(t: Any) -> str:
     if t is type(None):
         return "null"
     if typing.get_origin(t) is list:
-        return f"a list of {typing.get_args(t)[0].__name__}"
+        inner = typing.get_args(t)[0]
+        return "a list of tables" if inner is dict else f"a list of {inner.__name__}"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, str(t))
 
 
@@ -180,6 +191,7 @@ class FeatureConfig(_Section):
     """Which indicators, the label horizon and the window length."""
 
     features: list[str] = field(default_factory=lambda: list(DEFAULT_FEATURES))
+    custom_features: list[dict] = field(default_factory=list)  # declared TA-Lib features
     horizon: int = 1
     window: int = 32
     train_frac: float = 0.70
@@ -187,11 +199,15 @@ class FeatureConfig(_Section):
 
     def validate(self) -> None:
         """See the module docstring for the bounds."""
-        from .data.features import FEATURES  # the registry owns the names
+        from .data.features import FEATURES, declare  # the registry owns the names
 
+        self.custom_features = declare(self.custom_features)  # canonical: every parameter spelt out
+        declared = [d["name"] for d in self.custom_features]
         _check(len(self.features) >= 1, "features", self.features, "at least one feature")
-        unknown = [f for f in self.features if f not in FEATURES]
-        _check(not unknown, "features", unknown, f"names from: {', '.join(sorted(FEATURES))}")
+        unknown = [f for f in self.features if f not in FEATURES and f not in declared]
+        _check(not unknown, "features", unknown,
+               f"built-in names from: {', '.join(sorted(FEATURES))}; or names declared in "
+               f"custom_features: {', '.join(declared) or '(none declared)'}")
         _check(len(set(self.features)) == len(self.features), "features", self.features,
                "no duplicates")
         _check_int(self, "horizon", 1, 100_000)
@@ -357,6 +373,11 @@ class Config:
         return Config.from_dict(d, source=source, origins=origins)
 
 
+# Keys added after checkpoints were first written, with the value that behaved as before: an older
+# checkpoint (or a saved configuration) without them still loads. Any other missing key is damage.
+ADDED_LATER: dict[str, dict[str, Any]] = {"data": {"data_file": None}, "features": {"custom_features": []}}
+
+
 def _section_values(d: dict[Any, Any], name: str, klass: type) -> dict[str, Any]:
     """The keyword arguments of section ``name``, or a ConfigError on a damaged structure."""
     if name not in d:
@@ -371,10 +392,23 @@ def _section_values(d: dict[Any, Any], name: str, klass: type) -> dict[str, Any]
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown key(s) in [{name}]: {', '.join(_short(k) for k in unknown)}")
+    values = {**ADDED_LATER.get(name, {}), **values}
     missing = sorted(known - set(values))
     if missing:
         raise ConfigError(f"section [{name}] is missing key(s): {', '.join(missing)}")
     return dict(values)
+
+
+# Command-line switches that are not saved settings, and why a config file cannot hold them.
+SWITCHES: dict[str, str] = {
+    "no_progress": "how one invocation shows its progress is not part of the run",
+    "prepare_only": "it says what one invocation does (stop after preparing), not how to train",
+    "config": "a config file cannot name another one",
+    "list": "it lists checkpoints instead of training",
+    "checkpoint": "which checkpoint to resume from belongs to the resume command line",
+    "allow_data_change": "accepting changed data is a decision for one resume, not a setting",
+    "show": "it belongs to the config command",
+}
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -413,6 +447,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             put(name, value, "")
         elif key in Config.SECTIONS:
             raise UserError(f"{path}: [{key}] must be a table of settings, got {_short(value)}")
+        elif name in SWITCHES:
+            raise UserError(f"{path}: '{key}' is a command-line switch ({flag_name(name)}), not a setting: "
+                            f"{SWITCHES[name]}. A config file holds only the settings saved with a run "
+                            f"(`indicator-transformer config --show` prints them); pass {flag_name(name)} "
+                            f"on the command line")
         else:
             raise UserError(f"{path}: unknown key '{key}' (expected one of: "
                             f"{', '.join(sorted(sections))})")
@@ -439,4 +478,65 @@ def build_config(file_values: dict[str, Any], flag_values: dict[str, Any],
     origins.update({k: flag_name(k) for k in flags})
     merged = dict(file_values)
     merged.update(flags)
+    if "features" not in merged and isinstance(merged.get("custom_features"), list):
+        # Declared but no list given: use them, beside the defaults. A declaration is made to be used.
+        declared = [d.get("name") for d in merged["custom_features"] if isinstance(d, dict)]
+        merged["features"] = list(DEFAULT_FEATURES) + [n for n in declared if n not in DEFAULT_FEATURES]
+        origins.setdefault("features", origins.get("custom_features", file_name or "configuration"))
     return Config().replace(source=file_name or "configuration", origins=origins, **merged)
+
+
+# --------------------------------------------------------------------------- writing TOML
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_string(text: str) -> str:
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04x}")
+        elif 0xD800 <= code <= 0xDFFF:  # a name decoded with surrogateescape: not valid TOML
+            raise ConfigError(f"{_short(text)} cannot be written as TOML (it is not valid UTF-8)")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def toml_value(value: Any) -> str:
+    """``value`` (a setting or a part of one) as TOML text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)  # shortest text that reads back to the same float; always finite here
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k if _BARE_KEY.fullmatch(k) else _toml_string(k)} = {toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    raise ConfigError(f"{_short(value)} cannot be written as TOML")
+
+
+def to_toml(cfg: Config) -> str:
+    """The whole configuration as a TOML file that ``--config`` reads back to an equal Config:
+    one section per component, every key (an unset optional one as a comment)."""
+    lines = ["# indicator-transformer configuration (defaults, file and flags merged).",
+             "# Use it with --config FILE; every key also has a flag of the same name (--batch-size)."]
+    for name, klass in Config.section_classes().items():
+        part = getattr(cfg, name)
+        lines += ["", f"[{name}]"]
+        for f in dataclasses.fields(klass):
+            value = getattr(part, f.name)
+            if value is None:
+                lines.append(f"# {f.name} is not set (TOML has no null)")
+            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                lines += [f"{f.name} = ["] + [f"    {toml_value(v)}," for v in value] + ["]"]
+            else:
+                lines.append(f"{f.name} = {toml_value(value)}")
+    return "\n".join(lines) + "\n"

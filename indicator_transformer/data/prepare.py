@@ -89,10 +89,18 @@ def feature_settings(features: FeatureConfig, use_adj_close: bool) -> dict[str, 
     ``settings`` (see ``tests/test_cache_key_settings.py``, which classifies every config field).
 
     ``window``, the split fractions and the data-folder settings are not here: windows and splits
-    are cut from the cached arrays later, the input itself is keyed by its bytes.
+    are cut from the cached arrays later, the input itself is keyed by its bytes. Declared features
+    are, in their canonical form (every parameter spelt out), but only those in use: a declaration
+    that is not in ``features`` computes nothing. Without any, the settings (and so every existing
+    key) are what they were before features could be declared.
     """
-    return {"features": list(features.features), "horizon": int(features.horizon),
-            "use_adj_close": bool(use_adj_close)}
+    settings: dict[str, Any] = {"features": list(features.features), "horizon": int(features.horizon),
+                                "use_adj_close": bool(use_adj_close)}
+    declared = {d["name"]: d for d in features.custom_features}
+    used = [declared[n] for n in features.features if n in declared]
+    if used:
+        settings["custom_features"] = used
+    return settings
 
 
 def expected_keys(data: DataConfig, features: FeatureConfig) -> dict[str, str]:
