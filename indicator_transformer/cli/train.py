@@ -20,16 +20,7 @@ import sys
 from ..config import build_config, load_toml
 from ..errors import UserError
 from .common import check_folders, run_command, run_with_handler
-from .options import (
-    DATA_FLAGS,
-    FEATURE_FLAGS,
-    MODEL_FLAGS,
-    OPTIM_FLAGS,
-    RUNTIME_FLAGS,
-    add_common_switches,
-    add_flags,
-    flag_values,
-)
+from .options import add_common_switches, add_setting_flags, flag_values
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,12 +32,12 @@ def parser() -> argparse.ArgumentParser:
                     "models/checkpoint_epoch_<E>_interrupted.pth and exits 130/143; resume with "
                     "resume_training.py.",
         epilog="Exit codes: 0 done, 130 stopped by SIGINT after saving, 143 stopped by SIGTERM after "
-               "saving, 2 bad input or usage, 1 anything else. Settings can also come from a TOML "
-               "file (--config) with keys named like the flags (d_model = 64); flags override it.")
-    p.add_argument("--config", metavar="FILE", help="TOML file of settings (flags override it)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 6)")
-    add_flags(p, [("data", DATA_FLAGS), ("features", FEATURE_FLAGS), ("model", MODEL_FLAGS),
-                  ("optimisation", OPTIM_FLAGS), ("runtime", RUNTIME_FLAGS)])
+               "saving, 2 bad input or usage, 1 anything else. Every setting has a flag and a TOML "
+               "key of the same name (--train-frac / train_frac); flags override the --config file. "
+               "`indicator-transformer config --show [--config F] [flags]` prints the effective "
+               "configuration as a reusable TOML file; `indicator-transformer features` lists the "
+               "built-in features, the transforms and the TA-Lib functions you can declare.")
+    add_setting_flags(p)
     add_common_switches(p)
     p.add_argument("--prepare-only", action="store_true",
                    help="only prepare the feature cache, then print a summary and exit")

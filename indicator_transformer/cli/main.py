@@ -1,0 +1,191 @@
+"""``indicator-transformer <command>``: the tool's umbrella command.
+
+Examples::
+
+    indicator-transformer features                    # built-in features and the transforms
+    indicator-transformer features --talib            # every TA-Lib function, by group
+    indicator-transformer features --function MACD    # one function: inputs, parameters, outputs
+    indicator-transformer config --show --config run.toml --lr 3e-4 > effective.toml
+
+A subcommand is one entry of ``COMMANDS``: its help, a function adding its flags and its
+``run(args)``; adding one (evaluate, predict) touches nothing else. Errors exit 2 with one
+``error:`` line, like every command of the project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..config import Config, build_config, load_toml, to_toml, toml_value
+from ..errors import UserError
+from .common import print_table, run_command
+from .options import add_setting_flags, flag_values
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _config_from(args: argparse.Namespace) -> Config:
+    """Defaults <- --config file <- flags, as train builds it."""
+    if args.config is not None and not args.config.strip():
+        raise UserError("--config: expected a TOML file name, got an empty string")
+    return build_config(load_toml(args.config) if args.config is not None else {}, flag_values(args),
+                        args.config)
+
+
+# --------------------------------------------------------------------------- features
+def _configure_features(p: argparse.ArgumentParser) -> None:
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--talib", action="store_true",
+                      help="list every TA-Lib function by group, with its inputs, parameters "
+                           "(default values) and outputs")
+    what.add_argument("--function", metavar="NAME",
+                      help="show one TA-Lib function (RSI, MACD...) and a declaration of it")
+    p.add_argument("--config", metavar="FILE", help="also list the features this TOML file declares")
+
+
+def _run_features(args: argparse.Namespace) -> int:
+    from ..data import features as F  # TA-Lib loads here
+
+    if args.function is not None:
+        _print_function(F.describe_function(args.function))
+        return 0
+    if args.talib:
+        for group, names in F.talib_functions().items():
+            print(f"== {group}")
+            rows = []
+            for name in names:
+                d = F.describe_function(name)
+                params = ", ".join(f"{k}={v}" for k, (v, _) in d["parameters"].items()) or "-"
+                rows.append([name, ", ".join(d["inputs"]), ", ".join(d["outputs"]), params])
+            print_table(["function", "inputs", "outputs", "parameters (default)"], rows)
+            print()
+        print("Declare one in the config file (see `indicator-transformer features --function NAME`).")
+        return 0
+    from ..config import DEFAULT_FEATURES
+
+    print(f"Built-in features ({len(F.FEATURES)}; the default --features, in this order):")
+    print_table(["name", "family", "inputs", "formula"],
+                [[n, f.family, ", ".join(f.inputs), f.doc] for n, f in F.FEATURES.items()
+                 if n in DEFAULT_FEATURES])
+    if args.config is not None:
+        cfg = _config_from(args)
+        print(f"\nDeclared in {args.config} (custom_features):")
+        known = F.registry(cfg.features.custom_features)
+        rows = [[d["name"], "used" if d["name"] in cfg.features.features else "not in features",
+                 ", ".join(d["inputs"]), known[d["name"]].doc] for d in cfg.features.custom_features]
+        print_table(["name", "", "inputs", "formula"], rows) if rows else print("(none)")
+    print("\nTransforms of declared features (transform = \"...\"), each makes a TA-Lib output scale-free:")
+    print_table(["transform", "value", "for"], [[n, t.doc, t.use] for n, t in F.TRANSFORMS.items()])
+    print(f"\nDeclare your own in the TOML config (the window of zscore is 2 to {F.ZSCORE_MAX_WINDOW}):\n"
+          "  [features]\n"
+          "  custom_features = [\n"
+          "      {name = \"rsi_7\", fn = \"RSI\", params = {timeperiod = 7}, inputs = [\"close\"], "
+          "transform = \"osc100\"},\n"
+          "      {name = \"macd_h\", fn = \"MACD\", output = \"macdhist\", transform = \"div_close\"},\n"
+          "      {name = \"obv_z\", fn = \"OBV\", inputs = [\"close\", \"volume\"], transform = \"zscore\", "
+          "window = 50},\n"
+          "  ]\n"
+          "Omitted params take TA-Lib's defaults and omitted inputs the function's own; a function with "
+          "several outputs needs 'output'.\nDeclared features join the default list unless --features "
+          "names exactly which to use (built-in and declared names mixed).\n"
+          "`indicator-transformer features --talib` lists the TA-Lib functions, `--function RSI` shows one.")
+    return 0
+
+
+def _print_function(d: dict) -> None:
+    from ..data import features as F
+
+    print(f"{d['name']}: {d['display_name']} ({d['group']})")
+    print(f"inputs: {', '.join(d['inputs'])}")
+    if d["parameters"]:
+        print("parameters:")
+        print_table(["  name", "type", "default"],
+                    [[f"  {k}", typ, str(v)] for k, (v, typ) in d["parameters"].items()])
+    else:
+        print("parameters: none")
+    print(f"outputs: {', '.join(d['outputs'])}" + (" (choose one with output = \"...\")"
+                                                   if len(d["outputs"]) > 1 else ""))
+    example = {"name": d["name"].lower() + "_1", "fn": d["name"], "params": {k: v for k, (v, _) in
+                                                                             d["parameters"].items()}}
+    if any(c not in F.OHLCV_COLUMNS for c in d["inputs"]):
+        example["inputs"] = ["close", "volume"][: len(d["inputs"])]
+    if len(d["outputs"]) > 1:
+        example["output"] = d["outputs"][-1]
+    # A hint, checked: TA-Lib's own flags say which outputs are on the price scale or candlesticks.
+    first = ["ratio_close"] if "Output scale same as input" in d["flags"] else \
+        ["pct"] if "Output is a candlestick" in d["flags"] else []
+    for transform in (*first, "div_close", "osc100", "none", "zscore"):
+        candidate = {**example, "transform": transform, **({"window": 50} if transform == "zscore" else {})}
+        try:
+            F.declare([candidate])
+        except UserError:
+            continue
+        print(f"a declaration that passes the checks (pick the transform that fits the output):\n"
+              f"  {toml_value(candidate)}")
+        return
+    print("no transform makes this function scale-free on its default inputs: it cannot be declared as is")
+
+
+# --------------------------------------------------------------------------- config
+def _configure_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--show", action="store_true",
+                   help="print the effective configuration (defaults, --config file and flags merged) as "
+                        "TOML, which --config reads back (the default action)")
+    add_setting_flags(p)
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    cfg = _config_from(args)
+    sys.stdout.write(to_toml(cfg))
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "features": Command("list the built-in features, the transforms and the TA-Lib functions you can "
+                        "declare as your own features", _configure_features, _run_features),
+    "config": Command("print the effective configuration as TOML (config --show [--config F] [flags])",
+                      _configure_config, _run_config),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line interface: one subparser per entry of COMMANDS."""
+    p = argparse.ArgumentParser(
+        prog="indicator-transformer",
+        description="The indicator transformer's tools. Training and resuming are "
+                    "train_indicator_transformer / resume_training.",
+        epilog="Exit codes: 0 done, 2 bad input or usage, 1 anything else. "
+               "`indicator-transformer COMMAND --help` describes each command.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        sp = sub.add_parser(name, help=command.help, description=command.help[0].upper() + command.help[1:]
+                            + ".")
+        command.configure(sp)
+        sp.set_defaults(run=command.run)
+    return p
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    try:
+        return args.run(args)
+    except BrokenPipeError:  # `indicator-transformer features --talib | head`: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    return run_command(parser(), _dispatch, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
