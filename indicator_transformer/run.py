@@ -152,9 +152,9 @@ def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: 
               "checkpoint": {"line": trainer.lineage["line"], "global_step": trainer.global_step,
                              "epoch": trainer.epoch - 1}}
     out = atomic_write_json(models_dir / EVALUATION_FILE, seal_json(json_safe(report)))
-    print(f"Test ({which}): IC {test['ic']:+.4f}, rank IC {test['rank_ic']:+.4f}, hit rate "
-          f"{test['hit_rate']:.3f}, MSE/baseline {test['mse_ratio']:.4f} over {test['samples']:,} "
-          f"windows -> {out}", file=stream, flush=True)
+    print(f"Test ({which}): IC {test['ic']:+.4f} (t {test['ic_t']:+.1f}), rank IC {test['rank_ic']:+.4f}, "
+          f"hit rate {test['hit_rate']:.3f} (always long {test['always_long']:.3f}), MSE/baseline "
+          f"{test['mse_ratio']:.4f} over {test['samples']:,} windows -> {out}", file=stream, flush=True)
     return 0
 
 

@@ -39,7 +39,7 @@ from ..config import Config
 from ..data.prepare import PreparedData
 from ..data.windows import Normalisation, SplitIndex, WindowDataset, collate_batch
 from ..errors import CheckpointError, TrainingDiverged, UserError
-from ..evaluation import regression_metrics
+from ..metrics import point_metrics
 from ..model import IndicatorTransformer
 from ..progress import Progress
 from ..shutdown import SignalHandler
@@ -408,7 +408,7 @@ class Trainer:
         pred, target = out
         loss = float(np.mean((pred - target) ** 2)) if len(pred) else float("nan")
         m = self.norm.label_mean, self.norm.label_std
-        metrics = regression_metrics(m[0] + m[1] * pred, m[0] + m[1] * target, baseline=m[0])
+        metrics = point_metrics(m[0] + m[1] * pred, m[0] + m[1] * target, train_mean=m[0])
         metrics["loss"] = loss
         return metrics
 

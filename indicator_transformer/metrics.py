@@ -1,0 +1,248 @@
+"""Prediction metrics for forward returns, each with its sample count and a significance figure.
+
+One module owns every number a report prints, so the model and every baseline are scored by the
+same code on exactly the same samples. All inputs are forward returns (not standardised). An
+undefined value (too few samples, a constant series) is NaN here and ``null`` in JSON.
+
+    point metrics      mse, mse_ratio (vs the training-mean constant), ic (Pearson), rank_ic
+                       (Spearman with average ranks for ties), hit_rate next to always_long
+    by symbol          the same per symbol
+    cross-section      per-date IC and rank IC over symbols, their mean, ICIR (mean / std) and t
+    strategies         sign-following per symbol and a top-minus-bottom quantile long-short:
+                       annualised return, Sharpe, max drawdown, turnover, after --cost-bps
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+NAN = float("nan")
+
+
+# ----------------------------------------------------------------------------- building blocks
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties sharing the mean of their positions (what Spearman's rho needs)."""
+    x = np.asarray(x, np.float64)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    # Boundaries of runs of equal values in sorted order.
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], len(xs)]
+    mean_rank = (starts + ends + 1) / 2.0          # positions are 1-based: mean of start+1..end
+    ranks = np.empty(len(x), np.float64)
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation; NaN when undefined (fewer than 2 samples or a constant series)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    if len(a) < 2:
+        return NAN
+    da, db = a - a.mean(), b - b.mean()
+    denom = math.sqrt(float(da @ da) * float(db @ db))
+    return float(da @ db) / denom if denom > 0 else NAN
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation with tie-aware (average) ranks."""
+    return pearson(average_ranks(a), average_ranks(b)) if len(a) >= 2 else NAN
+
+
+def corr_t(r: float, n: int) -> float:
+    """t-statistic of a correlation r over n samples: r * sqrt((n - 2) / (1 - r^2))."""
+    if not math.isfinite(r) or n < 3:
+        return NAN
+    if abs(r) >= 1.0:
+        return math.copysign(math.inf, r)
+    return r * math.sqrt((n - 2) / (1.0 - r * r))
+
+
+def proportion_z(p: float, p0: float, n: int) -> float:
+    """z of an observed proportion p against p0 over n trials (normal approximation)."""
+    if n < 1 or not math.isfinite(p) or not 0.0 < p0 < 1.0:
+        return NAN
+    return (p - p0) / math.sqrt(p0 * (1.0 - p0) / n)
+
+
+def mean_t(x: np.ndarray) -> tuple[float, float, float]:
+    """(mean, std with ddof=1, t = mean / (std / sqrt(n))) of a series; NaN where undefined."""
+    x = np.asarray(x, np.float64)
+    n = len(x)
+    if n == 0:
+        return NAN, NAN, NAN
+    m = float(x.mean())
+    if n < 2:
+        return m, NAN, NAN
+    s = float(x.std(ddof=1))
+    return m, s, (m / (s / math.sqrt(n)) if s > 0 else NAN)
+
+
+# ----------------------------------------------------------------------------- point metrics
+def point_metrics(pred: np.ndarray, target: np.ndarray, train_mean: float) -> dict[str, float]:
+    """Scores of ``pred`` against ``target`` on the same samples.
+
+    ``hit_rate`` counts the samples whose move is not zero and whose predicted sign matches;
+    ``always_long`` is the hit rate of predicting "up" on those same samples, the bar a
+    directional model has to clear (a 5-bar horizon in a rising market gives ~0.6 for free).
+    """
+    pred = np.asarray(pred, np.float64)
+    target = np.asarray(target, np.float64)
+    n = len(pred)
+    mse = float(np.mean((pred - target) ** 2)) if n else NAN
+    base = float(np.mean((train_mean - target) ** 2)) if n else NAN
+    ic, ric = pearson(pred, target), spearman(pred, target)
+    moved = target != 0
+    m = int(moved.sum())
+    hit = float(np.mean(np.sign(pred[moved]) == np.sign(target[moved]))) if m else NAN
+    up = float(np.mean(target[moved] > 0)) if m else NAN
+    return {
+        "samples": n,
+        "mse": mse,
+        "baseline_mse": base,
+        "mse_ratio": mse / base if base > 0 else NAN,
+        "ic": ic,
+        "ic_t": corr_t(ic, n),
+        "rank_ic": ric,
+        "rank_ic_t": corr_t(ric, n),
+        "hit_rate": hit,
+        "always_long": up,
+        "moves": m,
+        # Against the better of a coin and always-long: beating 0.5 in a trending sample is not skill.
+        "hit_z": proportion_z(hit, max(up, 1 - up), m) if m and 0 < up < 1 else NAN,
+    }
+
+
+def by_symbol(symbols: np.ndarray, pred: np.ndarray, target: np.ndarray, train_mean: float
+              ) -> dict[str, dict[str, float]]:
+    """:func:`point_metrics` of each symbol's own samples."""
+    symbols = np.asarray(symbols)
+    out = {}
+    for s in sorted(set(symbols.tolist())):
+        mask = symbols == s
+        m = point_metrics(pred[mask], target[mask], train_mean)
+        out[str(s)] = {k: m[k] for k in ("samples", "ic", "rank_ic", "hit_rate", "always_long", "mse_ratio")}
+    return out
+
+
+def cross_sectional(times: np.ndarray, pred: np.ndarray, target: np.ndarray, min_names: int = 3
+                    ) -> dict[str, Any]:
+    """Per-date IC and rank IC across symbols, averaged over dates, as quant research reports it.
+
+    Dates with fewer than ``min_names`` symbols (or a constant cross-section) are skipped. ICIR =
+    mean / std of the per-date IC; ``t`` = ICIR * sqrt(dates). Pooled IC mixes in market timing;
+    this does not."""
+    times = np.asarray(times)
+    order = np.argsort(times, kind="stable")
+    t, p, y = times[order], np.asarray(pred, np.float64)[order], np.asarray(target, np.float64)[order]
+    starts = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
+    ends = np.r_[starts[1:], len(t)]
+    ics, rics, when = [], [], []
+    for a, b in zip(starts, ends, strict=True):
+        if b - a < min_names:
+            continue
+        ic, ric = pearson(p[a:b], y[a:b]), spearman(p[a:b], y[a:b])
+        if math.isfinite(ic) and math.isfinite(ric):
+            ics.append(ic)
+            rics.append(ric)
+            when.append(t[a])
+    out: dict[str, Any] = {"dates": len(ics)}
+    for name, series in (("ic", ics), ("rank_ic", rics)):
+        m, s, tt = mean_t(np.asarray(series))
+        out[f"{name}_mean"], out[f"{name}_std"], out[f"{name}_t"] = m, s, tt
+        out[f"{name}_ir"] = m / s if s and math.isfinite(s) and s > 0 else NAN
+    out["series"] = {"time": np.asarray(when), "ic": np.asarray(ics), "rank_ic": np.asarray(rics)}
+    return out
+
+
+# ----------------------------------------------------------------------------- strategies
+def periods_per_year(times_ns: np.ndarray) -> float:
+    """Bars per year of one symbol, inferred from its timestamps: daily bars (a median spacing of
+    about a day, weekends skipped) count 252 a year; coarser bars count by calendar time (weekly
+    ~52, monthly ~12); intraday bars count their median number per calendar day times 252, so an
+    equity's 6.5-hour session and an FX pair's 24 hours are both counted as they trade."""
+    t = np.sort(np.asarray(times_ns, np.int64))
+    if len(t) < 2:
+        return NAN
+    step = float(np.median(np.diff(t)))
+    day = 86_400e9
+    if step <= 0:
+        return NAN
+    if step > 1.5 * day:
+        return 365.25 * day / step
+    if step >= 0.5 * day:
+        return 252.0
+    _, per_day = np.unique(t // int(day), return_counts=True)
+    return 252.0 * float(np.median(per_day))
+
+
+def equity_stats(returns: np.ndarray, turnover: np.ndarray, per_year: float, cost_bps: float
+                 ) -> dict[str, float]:
+    """Annualised return and Sharpe, max drawdown and mean turnover of a per-period return series,
+    after a cost of ``cost_bps`` per unit of turnover."""
+    r = np.asarray(returns, np.float64) - np.asarray(turnover, np.float64) * cost_bps / 1e4
+    n = len(r)
+    if n == 0 or not math.isfinite(per_year):
+        return {"periods": n, "ann_return": NAN, "sharpe": NAN, "max_drawdown": NAN, "turnover": NAN}
+    equity = np.cumsum(r)                       # log-return space: additive
+    peak = np.maximum.accumulate(np.r_[0.0, equity])[1:]
+    sd = float(r.std(ddof=1)) if n > 1 else NAN
+    return {
+        "periods": n,
+        "ann_return": float(r.mean() * per_year),
+        "sharpe": float(r.mean() / sd * math.sqrt(per_year)) if sd and sd > 0 else NAN,
+        "max_drawdown": float(np.max(peak - equity)) if n else NAN,
+        "turnover": float(np.mean(turnover)),
+    }
+
+
+def sign_strategy(symbols: np.ndarray, times: np.ndarray, pred: np.ndarray, target: np.ndarray,
+                  per_year: float, horizon: int, cost_bps: float) -> dict[str, float]:
+    """Hold sign(prediction) of each symbol for one horizon, equal weight across symbols per date.
+
+    ``target`` is the forward log return over ``horizon`` bars, so one period's return is
+    position x target / horizon per bar held (overlapping horizons share the move evenly)."""
+    symbols, times = np.asarray(symbols), np.asarray(times)
+    pos = np.sign(np.asarray(pred, np.float64))
+    ret = pos * np.asarray(target, np.float64) / horizon
+    turn = np.zeros(len(pos))
+    for s in set(symbols.tolist()):
+        idx = np.flatnonzero(symbols == s)
+        idx = idx[np.argsort(times[idx], kind="stable")]
+        turn[idx] = np.abs(np.diff(np.r_[0.0, pos[idx]])) / horizon
+    return equity_stats(*_per_date(times, ret, turn), per_year, cost_bps)
+
+
+def long_short(times: np.ndarray, symbols: np.ndarray, pred: np.ndarray, target: np.ndarray,
+               per_year: float, horizon: int, cost_bps: float, quantile: float = 0.2,
+               min_names: int = 5) -> dict[str, float]:
+    """Per date: long the top ``quantile`` of predictions, short the bottom, equal weights
+    summing to +1 and -1. Dates with fewer than ``min_names`` symbols are skipped."""
+    times, symbols = np.asarray(times), np.asarray(symbols)
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    rets, turns = [], []
+    prev: dict[Any, float] = {}
+    for t in np.unique(times):
+        idx = np.flatnonzero(times == t)
+        if len(idx) < min_names:
+            continue
+        k = max(1, int(math.floor(len(idx) * quantile)))
+        order = idx[np.argsort(pred[idx], kind="stable")]
+        w = {symbols[i]: -1.0 / k for i in order[:k]} | {symbols[i]: 1.0 / k for i in order[-k:]}
+        rets.append(sum(w[symbols[i]] * target[i] for i in order[:k].tolist() + order[-k:].tolist())
+                    / horizon)
+        names = set(w) | set(prev)
+        turns.append(sum(abs(w.get(s, 0.0) - prev.get(s, 0.0)) for s in names) / 2.0 / horizon)
+        prev = w
+    return equity_stats(np.asarray(rets), np.asarray(turns), per_year, cost_bps)
+
+
+def _per_date(times: np.ndarray, ret: np.ndarray, turn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Equal-weight average of per-symbol returns and turnover on each date, in date order."""
+    uniq, inverse = np.unique(times, return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(uniq)).astype(np.float64)
+    return (np.bincount(inverse, ret, len(uniq)) / counts, np.bincount(inverse, turn, len(uniq)) / counts)
