@@ -225,6 +225,22 @@ def test_a_symbol_in_a_panel_and_in_its_own_file_is_an_error_naming_both(tmp_pat
         discover_files(tmp_path)
 
 
+def test_a_panel_in_a_data_folder_that_cannot_be_split_is_reported_with_the_other_bad_files(tmp_path):
+    df = _panel(2, shuffle=False)
+    df.loc[4, "Symbol"] = None
+    df.to_csv(tmp_path / "panel.csv", index=False)
+    (tmp_path / "BAD.csv").write_text("date,open,high,low,close,volume\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataNote)  # no "holds 2 symbols" note for a panel that failed
+        sources = discover_files(tmp_path)
+    with pytest.raises(DataErrors) as info:
+        _prepare(sources, tmp_path / "cache")
+    assert [str(e) for e in info.value.errors] == [
+        f"{tmp_path / 'BAD.csv'}: has a header but no data rows",
+        f"{tmp_path / 'panel.csv'}, row 5, column 'Symbol': missing symbol (expected the symbol of every row "
+        f"in column 'Symbol')"]
+
+
 def test_non_data_files_are_ignored_in_one_note_and_hidden_ones_silently(tmp_path):
     _frame(0, symbol_column=None).to_csv(tmp_path / "S0.csv", index=False)
     for name in ("README.txt", "notes.md", ".DS_Store"):
@@ -388,3 +404,13 @@ def test_a_data_folder_of_a_panel_parquet_an_indexed_parquet_an_intraday_csv_and
     assert "Prepared 4/4 symbols" in r.stderr
     assert "warning: " + f"{data}: ignored 2 non-data file(s): README.txt, notes.md" in r.stderr
     assert "panel.parquet: holds 2 symbols in its 'Symbol' column" in r.stderr
+
+
+def test_a_refused_layout_through_the_cli_is_one_error_line_and_exit_code_2(tmp_path, run_python):
+    _frame(0, symbol_column=None).to_csv(tmp_path / "AAPL.csv", index=False)
+    r = run_python([str(REPO_ROOT / "train_indicator_transformer.py"), "--data-file", "AAPL.csv", *TINY],
+                   cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert f"error: {Path('AAPL.csv')}: has no symbol column" in r.stderr
+    assert not (tmp_path / "models").exists()

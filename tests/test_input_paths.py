@@ -136,3 +136,28 @@ def test_a_parquet_timestamp_after_2262_is_refused_not_wrapped_around(tmp_path):
 def test_a_numeric_parquet_file_with_nullable_integer_columns_loads(tmp_path):
     path = _parquet(tmp_path, Volume=pd.array([1000, 1200], dtype="Int64"))
     assert list(load_ohlcv_file(path).volume) == [1000.0, 1200.0]
+
+
+
+@pytest.mark.parametrize("case", ["good daily bars", "NaN price", "non-numeric price", "negative volume",
+                                  "open above high", "unsorted timestamps"])
+def test_the_two_csv_paths_agree_when_only_some_columns_are_required_and_others_are_absent(tmp_path, case):
+    rows, _ = CASES[case]
+    results = []
+    for fast in (True, False):
+        path = tmp_path / ("FAST.csv" if fast else "SLOW.csv")
+        # No open column; the volume column is there but no chosen feature reads it.
+        path.write_text("\n".join(["date,high,low,close,volume",
+                                   *(",".join(r.split(",")[:1] + r.split(",")[2:]) for r in rows)]) + "\n")
+        try:
+            results.append((path, load_ohlcv_file(path, fast=fast, required=("high", "low", "close"))))
+        except DataError as e:
+            results.append((path, e))
+    (fast_path, fast), (slow_path, slow) = results
+    if isinstance(fast, DataError) or isinstance(slow, DataError):
+        assert str(fast).replace(str(fast_path), "<f>") == str(slow).replace(str(slow_path), "<f>")
+        assert "volume" not in str(fast) and "open" not in str(fast)
+        return
+    for name in ("time", "high", "low", "close"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)
+    assert np.isnan(fast.open).all() and np.isnan(fast.volume).all() and np.isnan(slow.volume).all()
