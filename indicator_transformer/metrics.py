@@ -41,7 +41,7 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation; NaN when undefined (fewer than 2 samples or a constant series)."""
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
-    if len(a) < 2:
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:  # a constant series has no correlation
         return NAN
     da, db = a - a.mean(), b - b.mean()
     denom = math.sqrt(float(da @ da) * float(db @ db))
@@ -98,7 +98,10 @@ def point_metrics(pred: np.ndarray, target: np.ndarray, train_mean: float) -> di
     ic, ric = pearson(pred, target), spearman(pred, target)
     moved = target != 0
     m = int(moved.sum())
-    hit = float(np.mean(np.sign(pred[moved]) == np.sign(target[moved]))) if m else NAN
+    # A predictor that never says up or down (all zeros) has no hit rate; an occasional zero counts
+    # as a miss.
+    hit = float(np.mean(np.sign(pred[moved]) == np.sign(target[moved]))) \
+        if m and np.any(pred[moved] != 0) else NAN
     up = float(np.mean(target[moved] > 0)) if m else NAN
     return {
         "samples": n,

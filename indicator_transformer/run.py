@@ -11,13 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from .atomic import atomic_write_json
+from .baselines import baseline_predictions
 from .config import Config
 from .data.cache import FeatureCache
 from .data.prepare import PreparedData, prepare, resolve_sources
 from .data.windows import Normalisation, fit_normalisation, make_splits
 from .errors import CheckpointError, UserError
 from .integrity import IntegrityError, check_json, json_safe, seal_json
+from .metrics import point_metrics
 from .model import count_parameters
 from .shutdown import SignalHandler
 from .training import checkpoint as ckpt
@@ -141,21 +145,81 @@ def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: 
         return handler.exit_code
 
     which = _load_best(trainer, data, models_dir / ckpt.BEST_NAME, stream)
-    test = trainer.evaluate("test")
-    if test is None:
+    scores = _score_test(trainer, handler)
+    if scores is None:
         print("Evaluation stopped: no report written; training is saved and resume_training.py "
               "runs the evaluation", file=stream, flush=True)
         return handler.exit_code
-    report = {"evaluated": which, "test": test, "history": trainer.epoch_history,
+    test = scores.pop("model")
+    verdict = _verdict(test, scores)
+    report = {"evaluated": which, "test": test, "baselines": scores, "verdict": verdict,
+              "history": trainer.epoch_history,
               "global_step": trainer.global_step, "data_fingerprint": data.fingerprint,
               # The checkpoint this report belongs to: resume trusts it only for that one.
               "checkpoint": {"line": trainer.lineage["line"], "global_step": trainer.global_step,
                              "epoch": trainer.epoch - 1}}
     out = atomic_write_json(models_dir / EVALUATION_FILE, seal_json(json_safe(report)))
+    _print_table(which, test, scores, verdict, stream)
     print(f"Test ({which}): IC {test['ic']:+.4f} (t {test['ic_t']:+.1f}), rank IC {test['rank_ic']:+.4f}, "
           f"hit rate {test['hit_rate']:.3f} (always long {test['always_long']:.3f}), MSE/baseline "
           f"{test['mse_ratio']:.4f} over {test['samples']:,} windows -> {out}", file=stream, flush=True)
     return 0
+
+
+def _score_test(trainer: Trainer, handler: SignalHandler) -> dict[str, dict[str, Any]] | None:
+    """The model and every baseline scored on the same test samples; None if stopped."""
+    out = trainer.predict("test")
+    if out is None:
+        return None
+    pred, target = out
+    mean, std = trainer.norm.label_mean, trainer.norm.label_std
+    target = mean + std * target.astype(np.float64)
+    model = point_metrics(mean + std * pred.astype(np.float64), target, mean)
+    model["loss"] = float(np.mean((pred - out[1]) ** 2)) if len(pred) else float("nan")
+    base = baseline_predictions(trainer.datasets, mean, std, trainer.cfg.features.horizon,
+                                lambda: handler.should_stop)
+    if base is None:
+        return None
+    return {"model": model, **{k: point_metrics(v, target, mean) for k, v in base.items()}}
+
+
+def _verdict(model: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> str:
+    """One plain sentence: does the model beat the strongest baseline on the test split?"""
+    rivals = {k: v for k, v in baselines.items() if k in ("ridge", "momentum")}
+    beaten = [k for k, v in rivals.items()
+              if not (model["mse_ratio"] < v["mse_ratio"] and _gt(model["ic"], v["ic"]))]
+    if not beaten:
+        return "the model beats every baseline on MSE and IC"
+    return (f"the model does not beat {', '.join(beaten)} on the test split (lower MSE and higher IC "
+            f"both needed): a simpler predictor does as well here")
+
+
+def _gt(a: float, b: float) -> bool:
+    return a > b if np.isfinite(a) and np.isfinite(b) else np.isfinite(a)
+
+
+def _print_table(which: str, model: dict[str, Any], baselines: dict[str, dict[str, Any]], verdict: str,
+                 stream: TextIO) -> None:
+    """The model and every baseline side by side; * marks the best of each column."""
+    rows = {"model": model, **baselines}
+    cols = [("IC", "ic", max), ("rank IC", "rank_ic", max), ("hit rate", "hit_rate", max),
+            ("MSE/mean", "mse_ratio", min)]
+    best = {key: pick([r[key] for r in rows.values() if np.isfinite(r[key])], default=None)
+            for _, key, pick in cols}
+    width = max(len(n) for n in rows)
+    lines = [f"Test split ({which}): {model['samples']:,} windows, the same samples for every row "
+             f"(always long hits {model['always_long']:.3f}; * = best)",
+             f"  {'predictor'.ljust(width)}  " + "  ".join(f"{c:>9}" for c, _, _ in cols)]
+    for name, r in rows.items():
+        cells = []
+        for _, key, _ in cols:
+            v = r[key]
+            text = "-" if not np.isfinite(v) else f"{v:+.4f}" if key != "mse_ratio" and key != "hit_rate" \
+                else f"{v:.4f}"
+            cells.append(f"{text + ('*' if v == best[key] else ' '):>9}")
+        lines.append(f"  {name.ljust(width)}  " + "  ".join(cells))
+    lines.append(f"Verdict: {verdict}")
+    print("\n".join(lines), file=stream, flush=True)
 
 
 def _start_line(trainer: Trainer, state: dict[str, Any], path: Path, models_dir: Path,

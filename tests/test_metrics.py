@@ -96,3 +96,10 @@ def test_sign_strategy_and_long_short_by_hand() -> None:
     ls = M.long_short(np.zeros(5), syms, np.array([0.5, -0.1, 0.2, -0.4, 0.0]),
                       np.array([0.03, 0.01, 0.0, -0.02, 0.05]), per_year=252, horizon=1, cost_bps=0)
     assert ls["periods"] == 1 and ls["ann_return"] == pytest.approx((0.03 - (-0.02)) * 252)
+
+
+def test_a_constant_predictor_has_no_ic_and_no_hit_rate() -> None:
+    target = np.array([0.01, -0.02, 0.03, 0.01])
+    m = M.point_metrics(np.full(4, 0.0003), target, 0.0003)
+    assert math.isnan(m["ic"]) and math.isnan(m["rank_ic"]) and m["mse_ratio"] == pytest.approx(1.0)
+    assert math.isnan(M.point_metrics(np.zeros(4), target, 0.0)["hit_rate"])
