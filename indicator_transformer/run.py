@@ -59,8 +59,9 @@ def prepare_data(cfg: Config, handler: SignalHandler, cache: FeatureCache, strea
                  show_progress: bool) -> PreparedData:
     """Resolve the sources and prepare them through the cache."""
     sources = resolve_sources(cfg.data)
-    what = (f"synthetic market ({cfg.data.symbols} symbols x {cfg.data.bars} bars, seed "
-            f"{cfg.data.data_seed})" if cfg.data.data_dir is None else f"{cfg.data.data_dir}")
+    what = (cfg.data.data_file or cfg.data.data_dir
+            or f"synthetic market ({cfg.data.symbols} symbols x {cfg.data.bars} bars, seed "
+               f"{cfg.data.data_seed})")
     print(f"Preparing {len(sources)} symbol(s) from {what} -> cache {cfg.data.cache_dir}",
           file=stream, flush=True)
     return prepare(sources, cfg.features, cache, handler=handler, workers=cfg.data.prep_workers,
