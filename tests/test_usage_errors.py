@@ -65,6 +65,22 @@ CASES: dict[str, tuple[Callable[[Path], None] | None, list[str], list[str]]] = {
                        ["run.toml", "'epochs'", "twice"]),
     "toml_section_not_a_table": (_toml("model = 3\n"), ["--prepare-only", "--config", "run.toml"],
                                  ["run.toml", "[model]"]),
+    "train_frac_out_of_range": (None, ["--prepare-only", "--train-frac", "1.5"],
+                                ["--train-frac", "'train_frac'"]),
+    "toml_no_progress_is_a_switch": (_toml("no_progress = true\n"),
+                                     ["--prepare-only", "--config", "run.toml"],
+                                     ["run.toml", "'no_progress'", "command-line switch", "--no-progress"]),
+    "toml_unknown_talib_function": (_toml('custom_features = [{name = "x", fn = "RSX", '
+                                          'transform = "pct"}]\n'),
+                                    ["--prepare-only", "--config", "run.toml"],
+                                    ["run.toml", "'custom_features'", "feature 'x'", "RSI"]),
+    "flag_declaration_not_scale_free": (None, ["--prepare-only", "--custom-features",
+                                               '{name = "s", fn = "SMA", transform = "none"}'],
+                                        ["--custom-features", "'custom_features'", "scale-free"]),
+    "unknown_feature_lists_declared": (_toml('custom_features = [{name = "r7", fn = "RSI", '
+                                             'transform = "osc100"}]\n'),
+                                       ["--prepare-only", "--config", "run.toml", "--features", "r8"],
+                                       ["--features", "'features'", "rsi_14", "custom_features: r7"]),
 }
 
 
