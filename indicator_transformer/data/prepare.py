@@ -14,6 +14,7 @@ import sys
 import time
 import warnings
 from collections import deque
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -128,10 +129,11 @@ def known_identity(cache: FeatureCache, src: Source) -> str | None:
     return cache.known_identity(src)
 
 
-def warn_flat_volume(src: Source, bars: OHLCV, names: list[str]) -> None:
+def warn_flat_volume(src: Source, bars: OHLCV, names: list[str],
+                     custom: Sequence[Mapping[str, Any]] = ()) -> None:
     """Warn when a chosen feature reads a volume that never changes (all zero, or one value):
     the volume features would then be constant, silently."""
-    users = [n for n in names if "volume" in required_columns([n])]
+    users = [n for n in names if "volume" in required_columns([n], custom)]
     if not users or len(bars) == 0 or not np.all(bars.volume == bars.volume[0]):
         return
     what = "zero in every row" if bars.volume[0] == 0 else f"the same ({bars.volume[0]:g}) in every row"
@@ -152,7 +154,8 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
     handler = handler or SignalHandler()
     stream = stream or sys.stderr
     names = list(features.features)
-    warmup = warmup_bars(names)
+    custom = features.custom_features  # declared TA-Lib features the names may refer to
+    warmup = warmup_bars(names, custom)
     min_rows = warmup + features.window + features.horizon
     result = PreparedData(feature_names=names, total_sources=len(sources))
     order = {s.symbol: i for i, s in enumerate(sources)}
@@ -161,7 +164,7 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
     start = time.perf_counter()
 
     settings = feature_settings(features, use_adj_close)
-    required = required_columns(names)
+    required = required_columns(names, custom)
 
     def check_rows(src: Source, rows: int) -> None:
         # The same check for a hit as for a miss: a cached entry prepared for a shorter window
@@ -195,9 +198,9 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
         checkpoint()
         bars = src.parse(raw, use_adj_close=use_adj_close, required=required)
         check_rows(src, len(bars))
-        warn_flat_volume(src, bars, names)
+        warn_flat_volume(src, bars, names, custom)
         checkpoint()
-        fs = compute_features(bars, names, features.horizon)
+        fs = compute_features(bars, names, features.horizon, custom)
         checkpoint()
         key = cache_key(raw.sha256, src.symbol, settings)
         arrays = cache.put(key, src.symbol, fs, input_rows=len(bars))
