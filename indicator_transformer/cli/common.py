@@ -9,8 +9,9 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ..config import Config
+from ..config import Config, flag_name
 from ..errors import EXIT_FAILURE, UserError
 from ..shutdown import SignalHandler, print_cleanup_complete
 
@@ -100,3 +101,26 @@ def print_table(headers: list[str], rows: list[list[str]], stream=None) -> None:
     print("  ".join("-" * w for w in widths), file=stream)
     for r in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=stream)
+
+
+def locate_data(state: dict[str, Any], saved: Config, overrides: dict[str, Any], path: Path) -> None:
+    """Where a checkpoint's data is when no flag says it (resume, predict): the path as given at
+    training time, or its recorded absolute form when this command runs from another folder. A
+    path that exists in neither form is an error that says it came from the checkpoint and how to
+    override it."""
+    if "data_dir" in overrides or "data_file" in overrides:
+        return
+    recorded = state.get("data_location", {})
+    for key in ("data_dir", "data_file"):
+        given = getattr(saved.data, key)
+        if given is None or Path(given).exists():
+            continue
+        absolute = recorded.get(key)
+        if isinstance(absolute, str) and Path(absolute).exists():
+            print(f"note: using {key} {absolute} recorded in {path} ({given} is relative to the "
+                  f"folder training ran in)", file=sys.stderr)
+            overrides[key] = absolute
+            continue
+        raise UserError(f"{path}: the {key.replace('_', ' ')} recorded in this checkpoint, {given}"
+                        + (f" ({absolute})" if isinstance(absolute, str) and absolute != given else "")
+                        + f", does not exist; pass {flag_name(key)} to say where the data is now")

@@ -19,9 +19,11 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import Config, build_config, load_toml, to_toml, toml_value
 from ..errors import UserError
+from ..shutdown import SignalHandler
 from .common import print_table, run_command
 from .options import add_setting_flags, flag_values
 
@@ -149,7 +151,88 @@ def _run_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- predict
+def _configure_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="the trained model (any checkpoint; best.pth is the best validation model)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--data-dir", metavar="DIR", help="folder of OHLCV files (default: the "
+                                                         "checkpoint's training data)")
+    where.add_argument("--data-file", metavar="FILE", help="one panel file (long format, a symbol column)")
+    p.add_argument("--out", metavar="FILE", help="write the CSV to FILE (atomically); default: standard "
+                                                 "output")
+    p.add_argument("--all", action="store_true",
+                   help="predict at every bar with a full window, not only each symbol's latest")
+    p.add_argument("--cache-dir", metavar="DIR", help="feature cache folder (default cache)")
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="skip invalid OHLCV files with a warning instead of stopping")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.epilog = ("Writes symbol,time,predicted_return,rank: the forward return over the checkpoint's "
+                "horizon predicted at each symbol's latest bar (rank 1 = highest among the symbols at "
+                "that time). Features, window and normalisation come from the checkpoint. Ctrl-C stops "
+                "it cleanly; exit codes as for training.")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from .common import run_with_handler
+
+    return run_with_handler(lambda handler: _predict(args, handler))
+
+
+def _predict(args: argparse.Namespace, handler: SignalHandler) -> int:
+    from .. import predict as P
+    from ..atomic import atomic_write_text
+    from ..data.cache import FeatureCache
+    from ..data.windows import Normalisation
+    from ..errors import CheckpointError
+    from ..run import prepare_data
+    from ..training import checkpoint as ckpt
+    from .common import check_folders, locate_data
+
+    path = Path(args.checkpoint)
+    state = ckpt.load_checkpoint(path)
+    saved = Config.from_dict(state["config"], source=str(path))
+    overrides: dict = {"cache_dir": args.cache_dir or "cache", "skip_bad_files": bool(args.skip_bad_files)}
+    if args.data_dir is not None or args.data_file is not None:
+        overrides.update(data_dir=args.data_dir, data_file=args.data_file)
+    else:
+        locate_data(state, saved, overrides, path)
+    cfg = saved.replace(source=str(path), origins={k: f"--{k.replace('_', '-')}" for k in overrides},
+                        **overrides)
+    check_folders(cfg, models=False)
+    data = prepare_data(cfg, handler, FeatureCache(cfg.data.cache_dir).open(), sys.stderr,
+                        not args.no_progress)
+    if data.interrupted:
+        return handler.exit_code
+    if data.feature_names != list(state["feature_names"]):
+        raise CheckpointError(f"{path}: trained on features {state['feature_names']}, the data gives "
+                              f"{data.feature_names}")
+    short = [s.symbol for s in data.symbols if len(s.time) < cfg.features.window]
+    if short:
+        print(f"note: no prediction for {len(short)} symbol(s) with fewer than {cfg.features.window} "
+              f"bars after the indicator warm-up: {', '.join(short[:10])}", file=sys.stderr)
+    model = P.load_model(state, cfg, len(data.feature_names))
+    rows = P.predict(model, data, Normalisation.from_dict(state["normalisation"]), cfg.features.window,
+                     every_bar=args.all, should_stop=lambda: handler.should_stop)
+    if rows is None:
+        print("Prediction stopped: nothing written", file=sys.stderr)
+        return handler.exit_code
+    if not rows:
+        raise UserError("no symbol has enough bars for one window: nothing to predict")
+    text = P.to_csv(rows)
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"Wrote {len(rows):,} prediction(s) of {len({r.symbol for r in rows})} symbol(s) to "
+              f"{args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
+    "predict": Command("predict each symbol's forward return at its latest bar with a trained "
+                       "checkpoint (predict --checkpoint P [--data-dir D] [--out F] [--all])",
+                       _configure_predict, _run_predict),
     "features": Command("list the built-in features, the transforms and the TA-Lib functions you can "
                         "declare as your own features", _configure_features, _run_features),
     "config": Command("print the effective configuration as TOML (config --show [--config F] [flags])",

@@ -20,7 +20,7 @@ from ..errors import CheckpointError, UserError
 from ..run import EVALUATION_FILE, RunOptions, evaluation_belongs, run_pipeline
 from ..shutdown import SignalHandler
 from ..training import checkpoint as ckpt
-from .common import check_folders, human_bytes, print_table, run_command, run_with_handler
+from .common import check_folders, human_bytes, locate_data, print_table, run_command, run_with_handler
 from .options import (
     DATA_FLAGS,
     DATA_LOCATION,
@@ -94,28 +94,6 @@ def list_table(models_dir: str) -> int:
     return 0
 
 
-def _locate_data(state: dict[str, Any], saved: Config, overrides: dict[str, Any], path: Path) -> None:
-    """Where the data is, when no flag says it: the checkpoint's path as given at training time,
-    or its absolute form when this command runs from another folder. A path that exists in
-    neither form is an error that says it came from the checkpoint and how to override it."""
-    if "data_dir" in overrides or "data_file" in overrides:
-        return
-    recorded = state.get("data_location", {})
-    for key in ("data_dir", "data_file"):
-        given = getattr(saved.data, key)
-        if given is None or Path(given).exists():
-            continue
-        absolute = recorded.get(key)
-        if isinstance(absolute, str) and Path(absolute).exists():
-            print(f"note: using {key} {absolute} recorded in {path} ({given} is relative to the "
-                  f"folder training ran in)", file=sys.stderr)
-            overrides[key] = absolute
-            continue
-        raise UserError(f"{path}: the {key.replace('_', ' ')} recorded in this checkpoint, {given}"
-                        + (f" ({absolute})" if isinstance(absolute, str) and absolute != given else "")
-                        + f", does not exist; pass {flag_name(key)} to say where the data is now")
-
-
 def _check_fixed(args: argparse.Namespace, saved: Config, path: Path) -> None:
     given = flag_values(args)
     saved_flat = {k: v for section in saved.to_dict().values() for k, v in section.items()}
@@ -163,7 +141,7 @@ def _resume(args: argparse.Namespace, models_dir: str, handler: SignalHandler) -
     if args.models_dir is None:
         overrides["models_dir"] = str(path.parent)
     overrides.setdefault("cache_dir", DataConfig().cache_dir)
-    _locate_data(state, saved, overrides, path)
+    locate_data(state, saved, overrides, path)
     cfg = saved.replace(source=str(path), origins={k: flag_name(k) for k in flag_values(args)}, **overrides)
     check_folders(cfg)
     if Path(cfg.data.cache_dir).resolve() != Path(saved.data.cache_dir).resolve():
