@@ -436,23 +436,36 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             raise UserError(f"{path}: '{key}' is given twice{where}")
         flat[key] = value
 
+    def refuse_switch(key: str, where: str = "") -> None:
+        name = key.replace("-", "_")
+        if name in SWITCHES:
+            raise UserError(f"{path}: '{key}'{where} is a command-line switch ({flag_name(name)}), not a "
+                            f"setting: {SWITCHES[name]}. A config file holds only the settings saved with "
+                            f"a run (`indicator-transformer config --show` prints them); pass "
+                            f"{flag_name(name)} on the command line")
+
     for key, value in raw.items():
         name = key.replace("-", "_")
         if key in Config.SECTIONS and isinstance(value, dict):
             for k, v in value.items():
-                if sections.get(k.replace("-", "_")) != key:
-                    raise UserError(f"{path}: unknown key '{k}' in [{key}]")
+                owner = sections.get(k.replace("-", "_"))
+                if owner != key:
+                    refuse_switch(k, f" in [{key}]")
+                    raise UserError(f"{path}: unknown key '{k}' in [{key}]"
+                                    + (f" (it belongs in [{owner}])" if owner else
+                                       f" (the keys of [{key}] are: "
+                                       f"{', '.join(sorted(n for n, o in sections.items() if o == key))})"))
                 put(k.replace("-", "_"), v, f" (again in [{key}])")
         elif name in sections:  # before the next test: `features` is a key and a section
             put(name, value, "")
         elif key in Config.SECTIONS:
             raise UserError(f"{path}: [{key}] must be a table of settings, got {_short(value)}")
-        elif name in SWITCHES:
-            raise UserError(f"{path}: '{key}' is a command-line switch ({flag_name(name)}), not a setting: "
-                            f"{SWITCHES[name]}. A config file holds only the settings saved with a run "
-                            f"(`indicator-transformer config --show` prints them); pass {flag_name(name)} "
-                            f"on the command line")
+        elif isinstance(value, dict):
+            raise UserError(f"{path}: unknown section [{key}] (the sections are "
+                            f"{', '.join(f'[{n}]' for n in Config.SECTIONS)}; settings may also be "
+                            f"written flat, outside any section)")
         else:
+            refuse_switch(key)
             raise UserError(f"{path}: unknown key '{key}' (expected one of: "
                             f"{', '.join(sorted(sections))})")
     # Types now, so that the error names this file even before the values are merged.

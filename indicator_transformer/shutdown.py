@@ -190,6 +190,15 @@ class SignalHandler:
         self._previous.clear()
         self._installed = False
 
+    def ignore_from_now_on(self) -> None:
+        """Replace this handler by SIG_IGN for every signal it handles (a process that has
+        finished its graceful stop and is only exiting)."""
+        for sig in self.signals:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, signal.SIG_IGN)
+        self._previous.clear()
+        self._installed = False
+
     def __enter__(self) -> SignalHandler:
         return self.install()
 

@@ -132,6 +132,21 @@ def test_a_command_line_switch_in_a_config_file_is_refused_saying_why(tmp_path: 
     assert why in str(info.value)
 
 
+@pytest.mark.parametrize(("text", "needles"), [
+    ("[train]\nno_progress = true\n", ["'no_progress' in [train]", "command-line switch"]),
+    ("[data]\nprepare_only = true\n", ["'prepare_only' in [data]", "command-line switch"]),
+    ("[runtime]\nnum_workers = 2\n", ["unknown section [runtime]", "[data], [features], [model], [train]"]),
+    ("[data]\nlr = 0.1\n", ["unknown key 'lr' in [data]", "belongs in [train]"]),
+])
+def test_a_misplaced_key_or_section_says_where_it_belongs(tmp_path: Path, text: str, needles) -> None:
+    from indicator_transformer.errors import UserError
+
+    (tmp_path / "run.toml").write_text(text)
+    with pytest.raises(UserError) as info:
+        load_toml(tmp_path / "run.toml")
+    assert all(n in str(info.value) for n in needles), str(info.value)
+
+
 # ----------------------------------------------------------------------------- features
 def test_features_lists_every_built_in_with_family_inputs_and_formula_and_the_transforms(capsys) -> None:
     assert cli_main.main(["features"]) == 0

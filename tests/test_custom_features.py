@@ -69,6 +69,11 @@ NAMES = [d["name"] for d in DECLARED]
     ({"fn": "RSI", "transform": "osc100"}, ["entry 1", "'name'"]),
     ({"name": "x", "fn": "RSI", "transform": "osc100", "timeperiod": 7}, ["unknown key", "timeperiod"]),
     ("RSI", ["expected a list of tables"]),
+    # A bar position counted from the start of the file is never a feature, whatever the transform.
+    ({"name": "x", "fn": "MAXINDEX", "params": {"timeperiod": 10}, "transform": "none"},
+     ["MAXINDEX", "bar position", "AROON"]),
+    ({"name": "x", "fn": "minmaxindex", "output": "minidx", "transform": "zscore", "window": 20},
+     ["MINMAXINDEX", "bar position"]),
 ])
 def test_a_bad_declaration_is_a_config_error_naming_the_key_the_feature_and_the_fix(declaration, needles):
     with pytest.raises(ConfigError) as info:

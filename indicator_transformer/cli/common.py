@@ -27,6 +27,8 @@ def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespa
     A :class:`UserError` prints one ``error:`` line (no traceback) and returns 2; anything
     unexpected prints its traceback and returns 1.
     """
+    global _as_program
+    _as_program = argv is None  # console scripts and the entry files pass no argv
     warnings.formatwarning = _format_warning
     args = parser.parse_args(argv)  # exits 2 with a usage message on bad flags
     try:
@@ -42,15 +44,27 @@ def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespa
         return EXIT_FAILURE
 
 
+_as_program = False  # set by run_command: this process is the command, not a Python caller
+
+
 def run_with_handler(body: Callable[[SignalHandler], int]) -> int:
     """Install the SignalHandler, run ``body(handler)``, and on a stop print ``Cleanup complete``
-    last, after everything was saved and the previous signal handlers were restored."""
+    last, after everything was saved and the previous signal handlers were restored.
+
+    One exception: when this process *is* the command and it stops on a signal, further stop
+    signals are ignored from then on instead of going back to Python's defaults, which during the
+    interpreter's exit would print a KeyboardInterrupt traceback after ``Cleanup complete`` or
+    end the process by the signal instead of exit code 130/143. Called from Python, the previous
+    handlers are always restored."""
     handler = SignalHandler()
     handler.install()
     try:
         code = body(handler)
     finally:
-        handler.restore()
+        if handler.shutdown_requested and _as_program:
+            handler.ignore_from_now_on()
+        else:
+            handler.restore()
         if handler.shutdown_requested:
             print_cleanup_complete()
     return handler.exit_code if handler.shutdown_requested else code

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import MAX_EPOCHS, Config, DataConfig, flag_name
+from ..config import MAX_EPOCHS, Config, DataConfig, flag_name, toml_value
 from ..errors import CheckpointError, UserError
 from ..run import EVALUATION_FILE, RunOptions, evaluation_belongs, run_pipeline
 from ..shutdown import SignalHandler
@@ -95,14 +95,25 @@ def list_table(models_dir: str) -> int:
 
 
 def _check_fixed(args: argparse.Namespace, saved: Config, path: Path) -> None:
+    """A fixed setting given on the command line must mean what the checkpoint holds (compared in
+    the stored, normalised form: declarations in any order, parameters spelt out or not)."""
     given = flag_values(args)
     saved_flat = {k: v for section in saved.to_dict().values() for k, v in section.items()}
     for flag in FIXED_ON_RESUME:
         key = flag[2:].replace("-", "_")
-        if key in given and given[key] != saved_flat[key]:
-            raise UserError(f"{flag} {given[key]} conflicts with the checkpoint {path} "
-                            f"({key} = {saved_flat[key]}); architecture, feature and optimisation "
-                            f"settings come from the checkpoint (omit the flag)")
+        if key not in given:
+            continue
+        changed = saved.replace(origins={key: flag}, **{key: given[key]}).to_dict()
+        wanted = next(section[key] for section in changed.values() if key in section)
+        if _canonical(key, wanted) != _canonical(key, saved_flat[key]):
+            raise UserError(f"{flag} {toml_value(given[key])} conflicts with the checkpoint {path} "
+                            f"({key} = {toml_value(saved_flat[key])}); architecture, feature and "
+                            f"optimisation settings come from the checkpoint (omit the flag)")
+
+
+def _canonical(key: str, value: Any) -> Any:
+    # Declared features are looked up by name: their order in the declaration means nothing.
+    return sorted(value, key=lambda d: str(d.get("name"))) if key == "custom_features" else value
 
 
 def run(args: argparse.Namespace) -> int:

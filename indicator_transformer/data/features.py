@@ -286,7 +286,17 @@ def _suggest(fn: Any) -> str:
         "; `indicator-transformer features --talib` lists them"
 
 
+# Functions whose output is a bar position counted from the first bar of the file: it grows without
+# bound and changes when history is prepended, so no transform makes it a feature.
+_POSITION_OUTPUTS = {"MAXINDEX": "AROON or AROONOSC", "MININDEX": "AROON or AROONOSC",
+                     "MINMAXINDEX": "AROON or AROONOSC"}
+
+
 def _function_name(fn: Any, label: str) -> str:
+    if isinstance(fn, str) and fn.upper() in _POSITION_OUTPUTS:
+        raise _bad(label, f"{fn.upper()} returns a bar position counted from the start of the data, "
+                          f"which grows without bound and shifts when history is added; use "
+                          f"{_POSITION_OUTPUTS[fn.upper()]} for where the high or low lies in a window")
     if isinstance(fn, str) and fn.upper() in talib.get_functions():
         return fn.upper()
     shown = json.dumps(fn) if isinstance(fn, str) else repr(fn)[:40]
