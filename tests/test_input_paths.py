@@ -67,12 +67,36 @@ CASES: dict[str, tuple[list[str], tuple[int | None, str | None, str] | None]] = 
     "true/false prices": (["2024-01-02,True,True,True,True,1", "2024-01-03,False,True,False,True,1"],
                           (None, "open", "true/false values")),
     "volume beyond int64": (_rows(3, "2024-01-04,11,12,10.5,11.5,99999999999999999999999"), None),
+    # Dates other than ISO: one format for the whole column, never guessed cell by cell.
+    "day-first dates": ([f"{d}/01/2024,10,11,9,10.5,1000" for d in ("09", "12", "13", "14")], None),
+    "month-first dates with a time of day": ([f"01/{13 + i}/2024 9:{30 + i} AM,10,11,9,10.5,1000"
+                                              for i in range(4)], None),
+    "dates with dots and the day first": ([f"{13 + i}.02.2024,10,11,9,10.5,1000" for i in range(4)], None),
+    "monthly dates whose day and month cannot be told apart": (
+        [f"01/0{m}/2024,10,11,9,10.5,1000" for m in range(1, 5)],
+        (None, "date", "the day/month order of the dates is ambiguous: in every date the first and second "
+                       "numbers are 12 or less, so '01/02/2024' could be day 1 of month 2 or day 2 of "
+                       "month 1 (write dates as YYYY-MM-DD (ISO 8601))")),
+    "dates switching from ISO to US format": (_rows(3, "01/04/2024,11,12,10.5,11.5,900"),
+                                              (3, "date", "unparseable date/time '01/04/2024' (expected the "
+                                                          "column's one format ISO 8601")),
+    "a month-first date in a day-first column": (
+        ["13/01/2024,10,11,9,10.5,1000", "14/01/2024,10,11,9,10.5,1000", "01/15/2024,10,11,9,10.5,1000"],
+        (3, "date", "unparseable date/time '01/15/2024' (expected the column's one format DD/MM/YYYY, "
+                    "as in '13/01/2024'")),
+    "dates switching from US to ISO format": (
+        ["01/13/2024,10,11,9,10.5,1000", "2024-01-14,10,11,9,10.5,1000"],
+        (2, "date", "format MM/DD/YYYY, as in '01/13/2024'")),
+    "a semicolon-separated file with decimal commas": (
+        ["2024-01-02;10;11;9;10,5;1000"], (None, None, "seems to use ';' as the separator")),
 }
+# These headers replace HEADER for the cases named.
+HEADERS = {"a semicolon-separated file with decimal commas": "date;open;high;low;close;volume"}
 
 
-def _load(tmp_path, rows: list[str], *, fast: bool):
+def _load(tmp_path, rows: list[str], *, fast: bool, header: str = HEADER):
     path = tmp_path / ("FAST.csv" if fast else "SLOW.csv")
-    path.write_text("\n".join([HEADER, *rows]) + "\n")
+    path.write_text("\n".join([header, *rows]) + "\n")
     try:
         return path, load_ohlcv_file(path, fast=fast)
     except DataError as e:
@@ -82,8 +106,9 @@ def _load(tmp_path, rows: list[str], *, fast: bool):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_fast_and_the_pandas_csv_paths_agree_on_every_input(tmp_path, case):
     rows, expected = CASES[case]
-    fast_path, fast = _load(tmp_path, rows, fast=True)
-    slow_path, slow = _load(tmp_path, rows, fast=False)
+    header = HEADERS.get(case, HEADER)
+    fast_path, fast = _load(tmp_path, rows, fast=True, header=header)
+    slow_path, slow = _load(tmp_path, rows, fast=False, header=header)
 
     if expected is None:
         assert not isinstance(fast, DataError), str(fast)
@@ -161,3 +186,54 @@ def test_the_two_csv_paths_agree_when_only_some_columns_are_required_and_others_
     for name in ("time", "high", "low", "close"):
         np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)
     assert np.isnan(fast.open).all() and np.isnan(fast.volume).all() and np.isnan(slow.volume).all()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_day_first_and_month_first_dates_are_read_as_the_whole_column_shows_on_both_paths(tmp_path, fast):
+    # 02/01/2024 is January 2nd in a column that also holds 13/01/2024, and February 1st in one that
+    # holds 01/13/2024: never a guess per cell.
+    day_first = ["02/01/2024,10,11,9,10.5,1000", "13/01/2024,10,11,9,10.5,1000"]
+    month_first = ["01/13/2024,10,11,9,10.5,1000", "02/01/2024,10,11,9,10.5,1000"]
+    for rows, expected in ((day_first, ["2024-01-02", "2024-01-13"]),
+                           (month_first, ["2024-01-13", "2024-02-01"])):
+        _, got = _load(tmp_path, rows, fast=fast)
+        assert list(pd.to_datetime(got.time).strftime("%Y-%m-%d")) == expected
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_monthly_day_first_file_is_refused_as_ambiguous_not_read_as_consecutive_days(tmp_path, fast):
+    rows = [f"01/{m:02d}/2015,10,11,9,10.5,1000" for m in range(1, 13)]
+    path, got = _load(tmp_path, rows, fast=fast)
+    assert isinstance(got, DataError)
+    assert (got.row, got.column) == (None, "date")
+    assert str(got).startswith(f"{path}, column 'date': the day/month order of the dates is ambiguous")
+    assert "'01/02/2015'" in str(got) and "YYYY-MM-DD (ISO 8601)" in str(got)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_iso_dates_with_zones_and_a_date_and_time_pair_still_load_on_both_paths(tmp_path, fast):
+    _, zoned = _load(tmp_path, ["2024-03-01T09:30:00-05:00,10,11,9,10.5,100",
+                                "2024-03-01 15:31:00Z,10,11,9,10.5,100",
+                                "2024-03-01T16:32:00+01:00,10,11,9,10.5,100"], fast=fast)
+    assert list(pd.to_datetime(zoned.time).strftime("%H:%M")) == ["14:30", "15:31", "15:32"]
+    path = tmp_path / "FX.csv"
+    path.write_text("Date,Time,Open,High,Low,Close,Volume\n2020.01.01,13:00,1,1,1,1,0\n"
+                    "2020.01.02,14:00,1,1,1,1,0\n")
+    fx = load_ohlcv_file(path, fast=fast)
+    assert list(pd.to_datetime(fx.time).strftime("%Y-%m-%d %H:%M")) == ["2020-01-01 13:00",
+                                                                        "2020-01-02 14:00"]
+    path.write_text("Date,Open,High,Low,Close,Volume\n02-Jan-24,1,1,1,1,0\n03-Jan-24,1,1,1,1,0\n")
+    assert list(pd.to_datetime(load_ohlcv_file(path, fast=fast).time).strftime("%Y-%m-%d")) == [
+        "2024-01-02", "2024-01-03"]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_bad_row_after_blank_lines_is_reported_with_the_files_own_row_number(tmp_path, fast):
+    rows = list(GOOD)
+    rows[3] = "2024-01-05,11.5,12,13,11.2,1100"   # high < low, on file line 7 after two blank lines
+    path = tmp_path / "BLANK.csv"
+    path.write_text("\n".join([HEADER, rows[0], "", rows[1], "  ", rows[2], rows[3]]) + "\n")
+    with pytest.raises(DataError) as info:
+        load_ohlcv_file(path, fast=fast)
+    assert (info.value.row, info.value.column) == (6, "high")  # line 7 of the file, the header is line 1
+    assert path.read_text().splitlines()[info.value.row] == rows[3]

@@ -15,7 +15,6 @@ is reported for that symbol only, when it is prepared, and only if a chosen feat
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import threading
@@ -37,6 +36,8 @@ from .sources import (
     DataNote,
     Source,
     _assemble,
+    csv_file_rows,
+    csv_header,
     index_as_column,
     map_columns,
     non_numeric,
@@ -79,14 +80,6 @@ def partition_files(folder: Path) -> list[Path]:
                   and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts))
 
 
-def _csv_header(data: bytes) -> list[str]:
-    """The column names on a CSV's first line (of the first 64 KiB)."""
-    head = data[:1 << 16]
-    end = head.find(b"\n")
-    head = head if end < 0 else head[:end]
-    return next(csv.reader([head.decode("utf-8", errors="replace").lstrip("\ufeff")]), [])
-
-
 def peek_columns(path: Path) -> list[str] | None:
     """A data file's column names, read cheaply (a CSV's first line, a Parquet file's schema);
     None when that fails (the full read then reports the problem)."""
@@ -96,7 +89,7 @@ def peek_columns(path: Path) -> list[str] | None:
                 head = fh.read(4096)  # a header line is short: one small read per file on a warm start
                 if b"\n" not in head:
                     head += fh.read((1 << 16) - len(head))
-            return _csv_header(head)
+            return csv_header(head)
         import pyarrow.parquet as pq
 
         return list(pq.read_schema(path).names)
@@ -163,6 +156,7 @@ class _Part:
     columns: list[object]
     cols: dict[str, _Column]
     symbols: np.ndarray | None   # object array of stripped strings, or None (partition: from the folder)
+    rows: np.ndarray             # each record's row as the file numbers it (blank lines counted)
 
 
 class Panel:
@@ -221,7 +215,7 @@ class Panel:
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         self._cols = {c: _concat([p.cols[c] for p in parts], offsets) for c in first.cols}
         self._file_of = np.repeat(np.arange(len(parts), dtype=np.int32), sizes)
-        self._row_of = np.concatenate([np.arange(1, n + 1, dtype=np.int64) for n in sizes])
+        self._row_of = np.concatenate([p.rows for p in parts])
         if self.fixed_symbol is not None:
             symbols = np.full(int(offsets[-1]), self.fixed_symbol, dtype=object)
         else:
@@ -230,7 +224,7 @@ class Panel:
 
     def _read_file(self, f: Path) -> _Part:
         data = read_input_bytes(f)
-        header = _csv_header(data) if f.suffix.lower() == ".csv" else []
+        header = csv_header(data) if f.suffix.lower() == ".csv" else []
         sym = symbol_column(header)
         df = read_frame(f, data, text_columns=(sym,) if sym is not None else ())
         if not hasattr(df, "iloc"):
@@ -258,10 +252,13 @@ class Panel:
                 v, b, p = numeric_values(s, text=text)
                 cols[canon] = _Column(str(mapping[canon]), v, b,
                                       (lambda i, s=s: non_numeric(s, i)) if b is not None else None, p)
-        symbols = self._symbols(f, df, mapping)
-        return _Part({k: str(v) for k, v in mapping.items()}, columns, cols, symbols)
+        # Both CSV readers skip blank lines: messages give the file's own row numbers.
+        file_rows = csv_file_rows(data, len(df)) if text else None
+        rows = file_rows if file_rows is not None else np.arange(1, len(df) + 1, dtype=np.int64)
+        symbols = self._symbols(f, df, mapping, rows)
+        return _Part({k: str(v) for k, v in mapping.items()}, columns, cols, symbols, rows)
 
-    def _symbols(self, f: Path, df, mapping: dict[str, object]) -> np.ndarray | None:
+    def _symbols(self, f: Path, df, mapping: dict[str, object], rows: np.ndarray) -> np.ndarray | None:
         if "symbol" not in mapping:
             return None
         name = mapping["symbol"]
@@ -271,14 +268,14 @@ class Panel:
         empty = np.flatnonzero(text == "")
         if empty.size:
             raise DataError(f, f"missing symbol (expected the symbol of every row in column '{name}')",
-                            row=int(empty[0]) + 1, column=str(name))
+                            row=int(rows[empty[0]]), column=str(name))
         if self.fixed_symbol is not None:
             other = np.flatnonzero(text != self.fixed_symbol)
             if other.size:
                 i = int(other[0])
                 raise DataError(f, f"symbol {text[i]!r} in the folder of symbol {self.fixed_symbol!r} "
                                    f"(expected only {self.fixed_symbol!r} in {self.path.name})",
-                                row=i + 1, column=str(name))
+                                row=int(rows[i]), column=str(name))
         return text
 
     def _group(self, symbols: np.ndarray) -> None:

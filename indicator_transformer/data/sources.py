@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -160,16 +161,20 @@ class Source:
 
 
 # --------------------------------------------------------------------------- files
+_SUBFOLDER_RULE = ("--data-dir reads the files directly inside it; symbol=X partition folders are read too")
+
+
 def discover_files(data_dir: str | Path) -> list[Source]:
     """One source per data file in ``data_dir`` (a clear error for a bad directory).
 
     A data file ends in .csv, .parquet or .pq. Other files (README.txt, notes.md) are ignored and
     named in one :class:`DataNote`; hidden files silently. A file with a symbol column holding
     several symbols is a panel: each of its symbols becomes a source (noted). A subfolder named
-    like ``symbol=AAPL`` (Parquet partitioned by symbol, as pyarrow writes it) is the symbol AAPL.
+    like ``symbol=AAPL`` (Parquet partitioned by symbol, as pyarrow writes it) is the symbol AAPL;
+    other subfolders are not read (no recursion) and are named in one :class:`DataNote`.
     A symbol found in two places is an error naming both.
     """
-    from .panel import data_dir_sources
+    from .panel import data_dir_sources, partition_symbol
 
     d = Path(data_dir)
     if not d.exists():
@@ -177,12 +182,13 @@ def discover_files(data_dir: str | Path) -> list[Source]:
     if not d.is_dir():
         raise UserError(f"{d}: is not a directory (expected a folder of one OHLCV file per symbol; for "
                         f"one file of many symbols use --data-file)")
-    files, folders, ignored = [], [], []
+    files, folders, ignored, subfolders = [], [], [], []
     for p in sorted(d.iterdir()):
         if p.name.startswith("."):
             continue
         if p.is_dir():
-            folders.append(p)
+            # Only symbol=X partitions are read: no recursion, so the layout rule stays one sentence.
+            (folders if partition_symbol(p) is not None else subfolders).append(p)
         elif p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES:
             files.append(p)
         elif p.is_file():
@@ -190,10 +196,16 @@ def discover_files(data_dir: str | Path) -> list[Source]:
     if ignored:
         warnings.warn(f"{d}: ignored {len(ignored)} non-data file(s): {', '.join(ignored)} (data files end "
                       f"in {', '.join(SUPPORTED_SUFFIXES)})", DataNote, stacklevel=2)
+    if subfolders:
+        warnings.warn(f"{d}: ignored {len(subfolders)} subfolder(s): {', '.join(p.name for p in subfolders)} "
+                      f"({_SUBFOLDER_RULE})", DataNote, stacklevel=2)
     sources = data_dir_sources(d, files, folders)
     if not sources:
+        found = ([f"found only non-data files: {', '.join(ignored)}"] if ignored else []) + \
+            ([f"ignored subfolder(s): {', '.join(p.name for p in subfolders)}: {_SUBFOLDER_RULE}"]
+             if subfolders else [])
         raise UserError(f"{d}: data directory is empty (expected files like AAPL.csv or ES.parquet"
-                        + (f"; found only non-data files: {', '.join(ignored)}" if ignored else "") + ")")
+                        + "".join(f"; {f}" for f in found) + ")")
     return sources
 
 
@@ -218,6 +230,10 @@ def _read_csv_fast(data: bytes, text_columns: tuple[str, ...] = ()):
                                   null_values=list(_PANDAS_NA_STRINGS), strings_can_be_null=True,
                                   column_types={c: pa.string() for c in text_columns}))
     except (pa.ArrowException, ValueError, OSError):
+        return None
+    if any(table.column(c).null_count for c in text_columns if c in table.column_names):
+        # pyarrow cannot exempt one column from its null strings: a symbol "NA" (National Bank of
+        # Canada) would be lost. pandas keeps such a column's text (see read_frame).
         return None
     names = table.column_names
     plain = (pa.types.is_integer, pa.types.is_floating, pa.types.is_date, pa.types.is_timestamp,
@@ -275,11 +291,12 @@ def read_frame(path: Path, data: bytes, *, fast: bool = True, text_columns: tupl
                               f"(expected one of {', '.join(SUPPORTED_SUFFIXES)})")
     if len(data) == 0:
         raise DataError(path, "file is empty (expected a header and OHLCV rows)")
+    if suffix == ".csv":
+        _check_separator(path, data)
     try:
         if suffix == ".csv":
             table = _read_csv_fast(data, text_columns) if fast else None
-            return table if table is not None else pd.read_csv(
-                io.BytesIO(data), encoding="utf-8", dtype={c: str for c in text_columns} or None)
+            return table if table is not None else _read_csv_pandas(data, text_columns)
         return pd.read_parquet(io.BytesIO(data))
     except UnicodeDecodeError as e:
         raise DataError(path, f"cannot be decoded as UTF-8 text ({e.reason} at byte {e.start})") from None
@@ -289,6 +306,46 @@ def read_frame(path: Path, data: bytes, *, fast: bool = True, text_columns: tupl
         raise DataError(path, f"is not valid CSV: {e}") from None
     except Exception as e:  # pyarrow raises several types for a corrupt parquet
         raise DataError(path, f"cannot be read as {suffix[1:]}: {e}") from None
+
+
+def _read_csv_pandas(data: bytes, text_columns: tuple[str, ...]):
+    """A CSV as a pandas DataFrame. ``text_columns`` keep their text: only an empty cell is missing
+    there (pandas' usual missing-value strings NA, NULL, None, n/a ... are real symbols: NA is
+    National Bank of Canada); every other column reads the usual missing-value strings as missing."""
+    import pandas as pd
+
+    if not text_columns:
+        return pd.read_csv(io.BytesIO(data), encoding="utf-8")
+    names = pd.read_csv(io.BytesIO(data), encoding="utf-8", nrows=0).columns
+    na = list(_PANDAS_NA_STRINGS)
+    return pd.read_csv(io.BytesIO(data), encoding="utf-8", dtype={c: str for c in text_columns},
+                       keep_default_na=False,
+                       na_values={c: ([""] if c in text_columns else na)
+                                  for c in names})
+
+
+def csv_header(data: bytes) -> list[str]:
+    """The column names on a CSV's first line (of the first 64 KiB)."""
+    import csv
+
+    head = data[:1 << 16]
+    end = head.find(b"\n")
+    head = head if end < 0 else head[:end]
+    return next(csv.reader([head.decode("utf-8", errors="replace").lstrip("\ufeff")]), [])
+
+
+def _check_separator(path: Path, data: bytes) -> None:
+    """Refuse a CSV written with ';' or tab separators (spreadsheets in many European locales, often
+    with decimal commas) in words: read with ',' it is one column, or its decimal commas split the
+    rows into misaligned fields, and the missing-column message that follows misleads."""
+    header = csv_header(data)
+    if len(header) != 1:
+        return
+    for sep, name in ((";", "';'"), ("\t", "tab")):
+        if sep in header[0]:
+            raise DataError(path, f"seems to use {name} as the separator (header: {header[0][:60]!r}); "
+                                  f"only comma-separated files with '.' decimals are read (save it as CSV "
+                                  f"with ',' between fields and '.' as the decimal point)")
 
 
 def index_as_column(df) -> tuple[object, str | None]:
@@ -430,20 +487,156 @@ SUPPORTED_TIME_RANGE = "1677-09-22 to 2262-04-11"
 _EXPECTED_TIME = "expected a date such as 2024-01-31 or 2024-01-31 09:30:00"
 
 
+# A date written A<sep>B<sep>year (01/02/2024, 1.2.2024, 01-02-24): A and B are a day and a month in
+# an order only the whole column can tell. Anything may follow after a space or a T (a time of day).
+_AB_DATE = re.compile(r"^(\d{1,2})([/.\-])(\d{1,2})\2(\d{4}|\d{2})(?=$|[ T])")
+_ISO_DATE = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}(?=$|[ T])")
+# Tried on the first value when pandas cannot infer its format (spreadsheet dates such as 02-Jan-24).
+_MORE_FORMATS = ("%d-%b-%y", "%d-%b-%Y", "%d %b %y", "%d %b %Y", "%b %d, %Y", "%b %d %Y", "%d/%b/%Y",
+                 "%d-%B-%Y", "%d %B %Y", "%B %d, %Y")
+_FORMAT_WORDS = (("%Y", "YYYY"), ("%y", "YY"), ("%m", "MM"), ("%d", "DD"), ("%H", "hh"), ("%I", "hh"),
+                 ("%M", "mm"), ("%S", "ss"), ("%f", "ffffff"), ("%z", "+hh:mm"), ("%p", "AM/PM"),
+                 ("%b", "Mon"), ("%B", "Month"), ("%a", "Day"), ("%A", "Day"))
+
+
+@dataclass(frozen=True)
+class TimeFormat:
+    """The one format of a column of date/time texts, decided from the whole column (never cell by
+    cell: a per-cell guess reads 01/02/2015 as January 2nd in one row and 13/02/2015 as February
+    13th in the next). ``fmt``: a strftime format, "ISO8601", or None when none was recognised."""
+
+    fmt: str | None
+    example: str
+
+    def describe(self) -> str:
+        """The format as a reader would write it: DD/MM/YYYY, ISO 8601 (YYYY-MM-DD ...)."""
+        if self.fmt == "ISO8601":
+            return "ISO 8601 (YYYY-MM-DD or YYYY-MM-DD hh:mm:ss)"
+        text = self.fmt or "?"
+        for code, word in _FORMAT_WORDS:
+            text = text.replace(code, word)
+        return text
+
+
+def _first_matching_format(value: str) -> str | None:
+    """A format of _MORE_FORMATS that reads ``value`` exactly, or None."""
+    from datetime import datetime
+
+    for fmt in _MORE_FORMATS:
+        try:
+            datetime.strptime(value, fmt)
+        except ValueError:
+            continue
+        return fmt
+    return None
+
+
+def time_format(texts) -> tuple[TimeFormat, str | None]:
+    """The format of a column of stripped, non-empty date/time texts (a pandas Series of str), and a
+    problem with the whole column or None.
+
+    ISO dates (YYYY-MM-DD, with or without a time and zone) are read as ISO 8601. A/B/YYYY dates
+    (separator / . or -) are day-first when some A is above 12, month-first when some B is; when
+    every A and B is 12 or less the order cannot be told and the column is refused (guessing
+    month-first silently turned monthly dd/mm/yyyy files into consecutive days). Anything else takes
+    the format pandas infers from the first value.
+    """
+    from pandas.tseries.api import guess_datetime_format
+
+    first = str(texts.iloc[0])
+    if _ISO_DATE.match(first):
+        return TimeFormat("ISO8601", first), None
+    m = _AB_DATE.match(first)
+    if m is None:
+        return TimeFormat(guess_datetime_format(first) or _first_matching_format(first), first), None
+    parts = texts.str.extract(_AB_DATE.pattern)
+    a = parts[0].astype(float).to_numpy()
+    b = parts[2].astype(float).to_numpy()
+    day_a = np.flatnonzero(a > 12)   # NaN (a row in another layout) compares False
+    day_b = np.flatnonzero(b > 12)
+    if not day_a.size and not day_b.size:
+        # Show a date whose two readings differ (01/02/2015), not one that reads the same (01/01/2015).
+        differ = np.flatnonzero(a != b)
+        shown = str(texts.iloc[int(differ[0])]) if differ.size else first
+        x, y = _AB_DATE.match(shown).group(1, 3)  # type: ignore[union-attr]
+        first = shown
+        return TimeFormat(None, first), (
+            f"the day/month order of the dates is ambiguous: in every date the first and second numbers "
+            f"are 12 or less, so {first!r} could be day {int(x)} of month {int(y)} or day {int(y)} of month "
+            f"{int(x)} (write dates as YYYY-MM-DD (ISO 8601))")
+    # The order that the first telling row shows; a row showing the other order then does not fit.
+    day_first = bool(day_a.size) and (not day_b.size or day_a[0] < day_b[0])
+    example = str(texts.iloc[int(day_a[0] if day_first else day_b[0])])
+    sep, year = m.group(2), "%Y" if len(m.group(4)) == 4 else "%y"
+    date_fmt = f"%d{sep}%m{sep}{year}" if day_first else f"%m{sep}%d{sep}{year}"
+    rest = first[m.end():]
+    if not rest:
+        return TimeFormat(date_fmt, example), None
+    # The time of day's format, read from the same text behind an ISO date.
+    tail = guess_datetime_format("2000-01-01" + rest)
+    if tail is None or not tail.startswith("%Y-%m-%d"):
+        return TimeFormat(None, first), None
+    return TimeFormat(date_fmt + tail[len("%Y-%m-%d"):], example), None
+
+
+def _parse_text_times(texts, ) -> tuple[object, TimeFormat | None, str | None]:
+    """Stripped date/time texts (a Series of str) parsed with the column's one format:
+    (datetimes in UTC, NaT where a text does not fit; the format; a problem with the column)."""
+    import pandas as pd
+
+    present = texts != ""
+    if not present.any():
+        return pd.to_datetime(texts.where(present), utc=True), None, None
+    form, problem = time_format(texts[present])
+    if problem or form.fmt is None:
+        return pd.Series(pd.NaT, index=texts.index, dtype="datetime64[us, UTC]"), form, problem
+    parsed = pd.to_datetime(texts.where(present), format=form.fmt, errors="coerce", utc=True)
+    return parsed, form, None
+
+
+def _parse_times(series) -> tuple[object, TimeFormat | None, str | None]:
+    """A non-numeric date/time column as UTC datetimes (NaT: missing or not parsed), the format its
+    texts were read with, and a problem with the whole column or None."""
+    import pandas as pd
+
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        return pd.to_datetime(series, utc=True), None, None
+    if series.dtype == object:
+        is_text = np.fromiter((isinstance(v, str) for v in series), bool, len(series))
+    else:  # a string dtype: every present value is text
+        is_text = series.notna().to_numpy()
+    others = series[~is_text & series.notna().to_numpy()]
+    if not others.size:  # the usual case: texts only (or missing cells)
+        keep = pd.Series(is_text, index=series.index)
+        texts = series.astype(object).where(keep, "").astype(str).str.strip()
+        return _parse_text_times(texts)
+    # Typed values (a Parquet object column of dates) need no format; texts among them still get one.
+    try:
+        typed = pd.to_datetime(others, errors="coerce", utc=True).astype("datetime64[us, UTC]")
+    except (ValueError, TypeError, OverflowError):
+        typed = pd.Series(pd.NaT, index=others.index, dtype="datetime64[us, UTC]")
+    texts = series[is_text].astype(str).str.strip()
+    parsed, form, problem = _parse_text_times(texts) if texts.size else (typed.iloc[:0], None, None)
+    out = pd.Series(pd.NaT, index=series.index, dtype="datetime64[us, UTC]")
+    out[typed.index] = typed
+    if texts.size:
+        out[parsed.index] = parsed.astype("datetime64[us, UTC]")
+    return out, form, problem
+
+
 def time_values(series) -> tuple[np.ndarray, np.ndarray | None, Callable[[int], str] | None, str | None]:
     """A date/time column as int64 UTC nanoseconds: (values, mask of bad cells or None, the
     message for bad cell i, a problem with the whole column or None). A bad cell is missing,
-    unparseable, or outside the nanosecond range (a plain ``astype`` would silently wrap
-    9999-12-31 around to a date in 1816)."""
+    does not fit the column's one format (see :func:`time_format`), or is outside the nanosecond
+    range (a plain ``astype`` would silently wrap 9999-12-31 around to a date in 1816)."""
     import pandas as pd
 
     if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
         return np.empty(0, np.int64), None, None, ("numeric values in the date/time column (expected "
                                                    "dates such as 2024-01-31 or 2024-01-31 09:30:00)")
-    try:
-        parsed = pd.to_datetime(series, errors="coerce", utc=True, format="mixed")
-    except (ValueError, TypeError):
-        parsed = pd.to_datetime(series, errors="coerce", utc=True)
+    parsed, form, problem = _parse_times(series)
+    if problem:
+        return np.empty(0, np.int64), None, None, problem
     missing = parsed.isna().to_numpy()
     values = parsed.dt.tz_localize(None).to_numpy()
     unit, count = np.datetime_data(values.dtype)
@@ -461,8 +654,12 @@ def time_values(series) -> tuple[np.ndarray, np.ndarray | None, Callable[[int], 
             return (f"timestamp {shown} is outside the supported range {SUPPORTED_TIME_RANGE} (times are "
                     f"stored as int64 nanoseconds)")
         value = series.iloc[i]
-        what = "missing date/time" if pd.isna(value) else f"unparseable date/time {value!r}"
-        return f"{what} ({_EXPECTED_TIME})"
+        if pd.isna(value) or (isinstance(value, str) and not value.strip()):
+            return f"missing date/time ({_EXPECTED_TIME})"
+        if form is None or form.fmt is None or not isinstance(value, str):
+            return f"unparseable date/time {value!r} ({_EXPECTED_TIME})"
+        return (f"unparseable date/time {value!r} (expected the column's one format {form.describe()}, as in "
+                f"{form.example!r}; best write dates as YYYY-MM-DD (ISO 8601))")
 
     return ns, (bad if bad.any() else None), explain, None
 
@@ -508,6 +705,22 @@ def load_ohlcv_file(path: str | Path, *, use_adj_close: bool = False, data: byte
     if data is None:
         data = read_input_bytes(path)
     df = read_frame(path, data, fast=fast)
+    records = len(df) if hasattr(df, "iloc") else df.num_rows
+    try:
+        return _parse_frame(path, df, use_adj_close, need)
+    except DataError as e:
+        # Records skip blank lines: the message gives the row as the file numbers it (found only now,
+        # when reporting, so a good file costs nothing).
+        if e.row is None or e.path != str(path) or path.suffix.lower() != ".csv":
+            raise
+        rows = csv_file_rows(data, records)
+        if rows is None or not 1 <= e.row <= len(rows):
+            raise
+        raise DataError(e.path, e.problem, row=int(rows[e.row - 1]), column=e.column) from None
+
+
+def _parse_frame(path: Path, df, use_adj_close: bool, need: tuple[str, ...]) -> OHLCV:
+    """The validated bars of a file's table (a pyarrow Table or a pandas DataFrame)."""
     if not hasattr(df, "iloc"):  # a clean pyarrow table from the CSV fast path
         bars = _from_arrow(path, df, use_adj_close, need)
         if bars is not None:
@@ -524,6 +737,43 @@ def load_ohlcv_file(path: str | Path, *, use_adj_close: bool = False, data: byte
     text = path.suffix.lower() == ".csv"
     arrays = {c: _numeric(path, df[cols[c]], str(cols[c]), text=text) for c in value_columns(cols, need)}
     return _assemble(path, t, arrays, dict(cols, time=name))
+
+
+def csv_file_rows(data: bytes, records: int) -> np.ndarray | None:
+    """The row of each of a CSV's ``records`` parsed data records as the file numbers it (its line
+    minus the header's line, so row 1 is the line below the header), or None when that is simply
+    1, 2, ... (no blank lines, no line breaks inside quoted fields: one count tells) or cannot be
+    worked out. Both CSV readers skip blank lines, so record numbers alone drift after one."""
+    lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    if lines == records + 1:
+        return None
+    if b'"' not in data and b"\n" in data:
+        # No quoting: a record is a line that is not blank (whitespace only), found with numpy.
+        ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
+        blank = [m.start() for m in re.finditer(rb"(?m)^[ \t\r]*$", data)]
+        blank_lines = np.searchsorted(ends, np.asarray(blank, np.int64)) + 1
+        keep = np.ones(lines + 1, bool)  # index = 1-based line number; index 0 unused
+        keep[0] = False
+        keep[blank_lines[blank_lines <= lines]] = False
+        kept = np.flatnonzero(keep)
+    else:
+        kept = np.asarray(_csv_record_lines(data), np.int64)
+    if len(kept) != records + 1:
+        return None  # the readers saw something else: keep their record numbers
+    return kept[1:] - kept[0]
+
+
+def _csv_record_lines(data: bytes) -> list[int]:
+    """The first line of each non-blank record (header included), with quoted line breaks."""
+    import csv
+
+    reader = csv.reader(io.StringIO(data.decode("utf-8-sig", errors="replace"), newline=""))
+    starts, last = [], 0
+    for row in reader:
+        start, last = last + 1, reader.line_num
+        if row and not (len(row) == 1 and not row[0].strip()):
+            starts.append(start)
+    return starts
 
 
 def read_input_bytes(path: Path) -> bytes:
