@@ -155,6 +155,7 @@ class _Section:
 
 
 MAX_EPOCHS = 1_000_000
+MAX_BATCH_BYTES = 2 * 2**30  # one input batch in memory
 
 
 @dataclass
@@ -315,6 +316,13 @@ class Config:
             for key_b, b in paths[i + 1:]:
                 _check(a is None or b is None or not _same_folder(a, b), key_b, b,
                        f"a folder other than {key_a} ({a})")
+        # Each bound alone is sane, but together they can ask for one batch larger than memory: the
+        # input batch is (batch, window, features) float32, evaluation batches hold 1024 windows.
+        per_batch = max(self.train.batch_size, 1024) * self.features.window * len(self.features.features) * 4
+        _check(per_batch <= MAX_BATCH_BYTES, "batch_size", self.train.batch_size,
+               f"a batch of at most {MAX_BATCH_BYTES // 2**30} GiB: max(batch_size, 1024) x window "
+               f"{self.features.window} x {len(self.features.features)} features x 4 bytes is "
+               f"{per_batch / 2**30:.1f} GiB (lower --batch-size or --window)")
 
     @staticmethod
     def section_classes() -> dict[str, type]:

@@ -198,6 +198,23 @@ HAND_EDITS = [
     ("torch_rng_short", _set("rng.torch", torch.zeros(3, dtype=torch.uint8)), "rng.torch"),
     ("unknown_config_key", _set("config.train", lambda t: dict(t, evil=1)), "evil"),
     ("scheduler_out_of_step", _set("scheduler.last_epoch", 1), "scheduler.last_epoch"),
+    # Optimisation settings that would silently change training (found by an outside attack).
+    ("base_lrs", _set("scheduler.base_lrs", [50.0]), "scheduler.base_lrs"),
+    ("maximize", lambda s: s["optimizer"]["param_groups"][0].__setitem__("maximize", True), "maximize"),
+    ("betas", lambda s: s["optimizer"]["param_groups"][0].__setitem__("betas", (0.0, 0.0)), "betas"),
+    ("eps_negative", lambda s: s["optimizer"]["param_groups"][0].__setitem__("eps", -1.0), "eps"),
+    ("weight_decay_huge", lambda s: s["optimizer"]["param_groups"][0].__setitem__("weight_decay", 1e6),
+     "weight_decay"),
+    ("group_lr_off_schedule", lambda s: s["optimizer"]["param_groups"][0].__setitem__("lr", 0.5),
+     "param_groups[0].lr"),
+    ("exp_avg_sq_negative", lambda s: s["optimizer"]["state"][0].__setitem__(
+        "exp_avg_sq", -s["optimizer"]["state"][0]["exp_avg_sq"] - 1), "exp_avg_sq"),
+    ("adam_step_count", lambda s: s["optimizer"]["state"][0].__setitem__("step", torch.tensor(3.0)),
+     "optimizer.state[0].step"),
+    # RNG states their generators refuse: a traceback at restore time before.
+    ("python_rng_version", lambda s: s["rng"]["python"].__setitem__(0, 7), "rng.python"),
+    ("python_rng_position", lambda s: s["rng"]["python"][1].__setitem__(624, 1000), "rng.python"),
+    ("torch_rng_zero", lambda s: s["rng"]["torch"].zero_(), "rng.torch"),
 ]
 
 
@@ -224,6 +241,18 @@ def test_a_checkpoint_of_the_previous_format_loads_with_a_warning(real) -> None:
     assert ckpt.lineage_of(loaded)["line"] == ckpt.LEGACY_LINE
     [info] = ckpt.list_checkpoints(path.parent)
     assert info.ok and not info.sealed
+
+
+@pytest.mark.parametrize("lineage", [{"line": 5, "ancestors": "x"}, "abc"])
+def test_a_previous_format_file_with_a_damaged_lineage_is_refused_not_a_traceback(real, lineage) -> None:
+    path = real("checkpoint_epoch_2.pth")
+    state = load(path)
+    state["format_version"], state["lineage"] = 1, lineage
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="lineage"):
+        ckpt.load_checkpoint(path)
+    [info] = ckpt.list_checkpoints(path.parent)
+    assert not info.ok and "lineage" in info.error
 
 
 def test_a_current_format_file_without_its_digest_is_refused(real) -> None:
@@ -303,7 +332,8 @@ def test_changing_the_epoch_count_on_resume_keeps_the_learning_rate_of_the_curre
     from indicator_transformer.data.prepare import prepare, resolve_sources
     from indicator_transformer.data.windows import fit_normalisation, make_splits
     from indicator_transformer.shutdown import SignalHandler
-    from indicator_transformer.training.trainer import Trainer, lr_factor
+    from indicator_transformer.training.schedule import lr_factor
+    from indicator_transformer.training.trainer import Trainer
 
     cfg = Config().replace(symbols=2, bars=600, d_model=8, heads=2, layers=1, epochs=6, warmup_steps=4,
                            batch_size=64, cache_dir=str(tmp_path / "c"), models_dir=str(tmp_path / "m"))

@@ -66,6 +66,7 @@ def test_resuming_an_older_checkpoint_forks_a_line_that_a_plain_resume_then_cont
 
     # The old line's later files were moved aside untouched; nothing of it was deleted.
     [archive] = (models / ckpt.ARCHIVE_DIR).iterdir()
+    assert archive.name.endswith(f"-line-{old_line[:8]}")  # named after the line it holds
     moved = _digests(archive)
     assert {"checkpoint_epoch_3.pth", "evaluation.json"} <= set(moved)
     assert all(before[name] == digest for name, digest in moved.items())
@@ -88,6 +89,15 @@ def test_resuming_an_older_checkpoint_forks_a_line_that_a_plain_resume_then_cont
                                              "global_step": 4 * STEPS_PER_EPOCH, "epoch": 4}
     r = _run(tmp_path, "resume_training.py")
     assert r.returncode == 0 and "Nothing to do" in r.stdout
+
+    # Going back to the archived line continues in models/ (never inside the archive): the line
+    # just finished moves aside in turn, and the archived checkpoint's report is written here.
+    r = _run(tmp_path, "resume_training.py", "--checkpoint", str(archive / "checkpoint_epoch_3.pth"))
+    assert r.returncode == 0, r.stderr
+    assert f"training continues in {models}" in r.stderr
+    assert _report(models)["checkpoint"] == {"line": old_line, "global_step": 3 * STEPS_PER_EPOCH,
+                                             "epoch": 3}
+    assert not (archive / ckpt.ARCHIVE_DIR).exists() and len(list((models / ckpt.ARCHIVE_DIR).iterdir())) == 2
 
 
 def test_kill_9_during_a_forked_resume_never_loses_the_new_line_to_retention(tmp_path: Path) -> None:

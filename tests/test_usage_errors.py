@@ -65,6 +65,8 @@ CASES: dict[str, tuple[Callable[[Path], None] | None, list[str], list[str]]] = {
                        ["run.toml", "'epochs'", "twice"]),
     "toml_section_not_a_table": (_toml("model = 3\n"), ["--prepare-only", "--config", "run.toml"],
                                  ["run.toml", "[model]"]),
+    "batch_larger_than_memory": (None, ["--prepare-only", "--window", "4096", "--batch-size", "65536"],
+                                 ["--batch-size", "GiB", "--window"]),
     "train_frac_out_of_range": (None, ["--prepare-only", "--train-frac", "1.5"],
                                 ["--train-frac", "'train_frac'"]),
     "toml_no_progress_is_a_switch": (_toml("no_progress = true\n"),

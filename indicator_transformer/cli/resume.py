@@ -150,7 +150,13 @@ def _resume(args: argparse.Namespace, models_dir: str, handler: SignalHandler) -
     # Paths that are written come from this command line or the defaults, never from the
     # checkpoint: a copied or hand-edited file must not direct writes elsewhere.
     if args.models_dir is None:
-        overrides["models_dir"] = str(path.parent)
+        # A checkpoint in models/previous_runs/<run>/ continues in models/ (as a new line there),
+        # never inside the archive it was moved to.
+        archived = path.parent.parent.name == ckpt.ARCHIVE_DIR
+        overrides["models_dir"] = str(path.parent.parent.parent if archived else path.parent)
+        if archived:
+            print(f"note: {path} was moved aside by an earlier run; training continues in "
+                  f"{overrides['models_dir']} (pass --models-dir to choose)", file=sys.stderr)
     overrides.setdefault("cache_dir", DataConfig().cache_dir)
     locate_data(state, saved, overrides, path)
     cfg = saved.replace(source=str(path), origins={k: flag_name(k) for k in flag_values(args)}, **overrides)

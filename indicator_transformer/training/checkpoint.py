@@ -199,7 +199,7 @@ def validate_state(state: Any, *, sealed: bool = True) -> None:
     # A current-format file must carry its digest; only an old-format one may lack it.
     _need((version == FORMAT_VERSION and sealed) or (version in LEGACY_FORMAT_VERSIONS and not sealed),
           "format_version", f"{FORMAT_VERSION} with an integrity digest", version)
-    if version == FORMAT_VERSION:
+    if version == FORMAT_VERSION or "lineage" in state:  # an old file may carry a (damaged) one
         _check_lineage(state.get("lineage"))
     for key in ("model", "optimizer", "scheduler", "rng", "sampler", "config", "normalisation",
                 "data_fingerprint", "loss_history"):
@@ -243,6 +243,7 @@ def validate_state(state: Any, *, sealed: bool = True) -> None:
     _need(n_features == len(names), "normalisation.mean", f"{len(names)} values (one per feature)",
           n_features)
     _check_shapes(state["model"], state["optimizer"], cfg)
+    _check_optimisation(state, cfg, spe)
     fp = state["data_fingerprint"]
     _need(isinstance(fp.get("fingerprint"), str) and re.fullmatch(r"[0-9a-f]{64}", fp["fingerprint"])
           is not None, "data_fingerprint.fingerprint", "a sha256 hex digest", fp.get("fingerprint"))
@@ -320,6 +321,43 @@ def _check_optimizer(opt: dict[str, Any]) -> None:
             _need(_finite_tensor(v), f"optimizer.state[{k}].{name}", "a tensor of finite values", v)
 
 
+def _check_optimisation(state: dict[str, Any], cfg: Any, steps_per_epoch: int) -> None:
+    """Every optimizer and scheduler setting must be the one the configuration implies: a file
+    edited to another learning rate, betas or `maximize` would otherwise train on silently."""
+    from ..model import IndicatorTransformer
+    from .schedule import lr_at
+
+    with torch.device("meta"):
+        params = list(IndicatorTransformer(len(cfg.features.features), cfg.features.window,
+                                           cfg.model).parameters())
+    ref = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay).param_groups[0]
+    step = state["global_step"]
+    lr = lr_at(cfg.train, steps_per_epoch, step)
+    for i, g in enumerate(state["optimizer"]["param_groups"]):
+        for key, expected in ref.items():
+            if key not in ("params", "lr"):
+                got = tuple(g[key]) if isinstance(g.get(key), list | tuple) else g.get(key)
+                _need(got == (tuple(expected) if isinstance(expected, tuple) else expected),
+                      f"optimizer.param_groups[{i}].{key}", f"{expected!r} (from the configuration)", got)
+        _need(g.get("initial_lr") == cfg.train.lr, f"optimizer.param_groups[{i}].initial_lr",
+              f"the configured lr {cfg.train.lr}", g.get("initial_lr"))
+        _need(math.isclose(g["lr"], lr, rel_tol=1e-9, abs_tol=0.0), f"optimizer.param_groups[{i}].lr",
+              f"{lr!r}, the schedule's learning rate after {step} steps", g["lr"])
+    sched = state["scheduler"]
+    _need(sched["base_lrs"] == [cfg.train.lr] * len(state["optimizer"]["param_groups"]),
+          "scheduler.base_lrs", f"[{cfg.train.lr}] (the configured lr)", sched["base_lrs"])
+    last = sched.get("_last_lr", [g["lr"] for g in state["optimizer"]["param_groups"]])
+    _need(last == [g["lr"] for g in state["optimizer"]["param_groups"]], "scheduler._last_lr",
+          "the optimizer's learning rates", last)
+    for k, s in state["optimizer"]["state"].items():
+        if "step" in s:
+            _need(float(s["step"]) == step, f"optimizer.state[{k}].step", f"the global step ({step})",
+                  s["step"])
+        if "exp_avg_sq" in s:
+            _need(bool((s["exp_avg_sq"] >= 0).all()), f"optimizer.state[{k}].exp_avg_sq",
+                  "values >= 0 (a running mean of squares)", "negative values")
+
+
 def _check_shapes(model: dict[str, Any], opt: dict[str, Any], cfg: Any) -> None:
     """Weights and optimizer moments must have the shapes of the model the config describes
     (built on the meta device: shapes only, no memory, no initialisation cost)."""
@@ -359,6 +397,11 @@ def _check_rng(rng: dict[str, Any]) -> None:
     _need(isinstance(t, torch.Tensor) and t.dtype == torch.uint8
           and t.shape == torch.get_rng_state().shape, "rng.torch", "torch's CPU generator state", t)
     cuda = rng.get("cuda", [])
+    from .rng import rng_state_problem
+
+    refused = rng_state_problem(rng)
+    _need(refused is None, f"rng.{(refused or '').split(' ')[0]}", "a state its generator accepts",
+          f"one it refuses: {refused}")
     _need(isinstance(cuda, list)
           and all(isinstance(c, torch.Tensor) and c.dtype == torch.uint8 for c in cuda),
           "rng.cuda", "a list of CUDA generator states", cuda)
@@ -503,6 +546,7 @@ class ResumePlan:
     lineage: dict[str, Any]                 # the line the resumed run writes
     forked: bool                            # a new line (the start was not its line's newest)
     move_aside: list[Path]                  # files not on the start's history
+    label: str = ""                         # names the lines moved aside, for their folder
 
 
 def plan_resume(models_dir: str | Path, state: dict[str, Any], start: Path,
@@ -517,11 +561,14 @@ def plan_resume(models_dir: str | Path, state: dict[str, Any], start: Path,
     step = int(state["global_step"])
     infos = list_checkpoints(models_dir)
     start_abs = start.resolve()
-    move = [i.path for i in infos if i.path.resolve() != start_abs and not on_path(i, lineage, step)]
+    moving = [i for i in infos if i.path.resolve() != start_abs and not on_path(i, lineage, step)]
     forked = any(i.ok and i.line == lineage["line"] and i.global_step > step for i in infos)
     if forked or lineage["line"] == LEGACY_LINE:
         lineage = new_lineage(lineage, step)
-    return ResumePlan(lineage, forked, move + list(extra_files))
+    lines = sorted({i.line[:8] for i in moving if i.ok and i.line})
+    label = f"line-{lines[0]}" if len(lines) == 1 else f"lines-{'-'.join(lines)}" if 1 < len(lines) <= 3 \
+        else f"{len(lines)}-lines" if lines else ""
+    return ResumePlan(lineage, forked, [i.path for i in moving] + list(extra_files), label)
 
 
 def _run_start(files: list[Path]) -> datetime:
@@ -529,12 +576,13 @@ def _run_start(files: list[Path]) -> datetime:
     earliest file time for files that record none)."""
     times = []
     for p in files:
-        try:
-            started = lineage_of(load_checkpoint(p, mmap=True)).get("started") if p.suffix == ".pth" else None
+        try:  # never through a link: its target's times say nothing about this run
+            started = lineage_of(load_checkpoint(p, mmap=True)).get("started") \
+                if p.suffix == ".pth" and not p.is_symlink() else None
             t = datetime.fromisoformat(started) if isinstance(started, str) else None
         except (CheckpointError, ValueError):
             t = None
-        times.append(t if t is not None else datetime.fromtimestamp(p.stat().st_mtime, UTC))
+        times.append(t if t is not None else datetime.fromtimestamp(p.lstat().st_mtime, UTC))
     return min(t if t.tzinfo else t.replace(tzinfo=UTC) for t in times)
 
 
@@ -542,7 +590,7 @@ def move_aside(models_dir: str | Path, files: list[Path], label: str = "") -> Pa
     """Move ``files`` (in ``models_dir``) to ``previous_runs/<run start>[-label]/``, named by when
     the run that wrote them started. Nothing is deleted. Returns the folder, or None."""
     d = Path(models_dir)
-    files = [p for p in files if p.is_file()]
+    files = [p for p in files if p.is_file() or p.is_symlink()]
     if not files:
         return None
     with warnings.catch_warnings():

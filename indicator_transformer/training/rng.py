@@ -37,6 +37,25 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def rng_state_problem(state: dict[str, Any]) -> str | None:
+    """Which part of a captured state its generator refuses ('python', 'numpy', 'torch'), tried
+    on private generators so the global ones are never touched; None when all accept it."""
+    npst = state["numpy"]
+    trials = {
+        "python": lambda: random.Random().setstate(_to_tuples(state["python"])),
+        "numpy": lambda: np.random.RandomState().set_state(
+            (npst["bit_generator"], npst["key"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+             npst["gauss"])),
+        "torch": lambda: torch.Generator().set_state(state["torch"]),
+    }
+    for part, trial in trials.items():
+        try:
+            trial()
+        except (ValueError, TypeError, OverflowError, RuntimeError, IndexError) as e:
+            return f"{part} ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    return None
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) from one integer, ``0 <= seed < 2**63``.
 

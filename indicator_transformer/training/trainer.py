@@ -46,6 +46,7 @@ from ..shutdown import SignalHandler
 from . import checkpoint as ckpt
 from .rng import capture_rng, restore_rng, seed_everything
 from .sampler import ResumableBatchSampler
+from .schedule import lr_factor, schedule
 
 EVAL_BATCH = 1024
 LOSS_FLUSH_EVERY = 50  # steps between fetching losses from the device (avoids a sync per step)
@@ -88,14 +89,6 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu "
                         f"or auto)")
     return torch.device(name)
-
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up to 1, then cosine decay to 0.1 at ``total`` steps."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
-    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -149,8 +142,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup helpers
     def _make_scheduler(self) -> None:
-        total = self.cfg.train.epochs * self.steps_per_epoch
-        warmup = min(self.cfg.train.warmup_steps, max(total // 10, 1))
+        warmup, total = schedule(self.cfg.train, self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, warmup, total))
 
