@@ -6,6 +6,8 @@ Exit codes: 0 done; 130 stopped by SIGINT after saving; 143 stopped by SIGTERM a
 
 from __future__ import annotations
 
+import re
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -24,13 +26,20 @@ class DataError(UserError):
         self.path = str(path)
         self.row = row
         self.column = column
-        self.problem = problem
+        self.problem = problem = _shorten_quoted(problem)
         where = self.path
         if row is not None:
             where += f", row {row}"
         if column is not None:
             where += f", column '{column}'"
         super().__init__(f"{where}: {problem}")
+
+
+def _shorten_quoted(text: str, keep: int = 60) -> str:
+    """Quoted values longer than ``keep`` characters are cut (a garbage line can be megabytes
+    long, and the message only has to show which value it was)."""
+    return re.sub(r"'([^']{" + str(keep) + r"})([^']{20,})'",
+                  lambda m: f"'{m.group(1)}...' ({len(m.group(1)) + len(m.group(2)):,} characters)", text)
 
 
 class DataErrors(UserError):

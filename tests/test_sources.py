@@ -342,3 +342,17 @@ def test_synthetic_returns_show_volatility_clustering():
         a = np.abs(np.diff(np.log(x.close)))
         acfs.append(np.corrcoef(a[1:], a[:-1])[0, 1])
     assert np.mean(acfs) > 0.05 and min(acfs) > 0.0, acfs
+
+
+def test_a_megabyte_garbage_line_is_refused_with_a_short_message(tmp_path) -> None:
+    from conftest import write_symbol_csv
+
+    from indicator_transformer.data.sources import load_ohlcv_file, synthetic_symbol
+    from indicator_transformer.errors import DataError
+
+    path = write_symbol_csv(tmp_path / "A.csv", synthetic_symbol(1, 3, 0, 300))
+    with open(path, "a") as f:
+        f.write("x" * 1_000_000 + "\n")
+    with pytest.raises(DataError) as info:
+        load_ohlcv_file(path)
+    assert len(str(info.value)) < 1000 and "1,000,000 characters" in str(info.value)
