@@ -242,8 +242,9 @@ def validate_state(state: Any, *, sealed: bool = True) -> None:
           f"the configuration's features {list(cfg.features.features)}", names)
     _need(n_features == len(names), "normalisation.mean", f"{len(names)} values (one per feature)",
           n_features)
-    _check_shapes(state["model"], state["optimizer"], cfg)
-    _check_optimisation(state, cfg, spe)
+    reference = _reference_model(cfg)
+    _check_shapes(state["model"], state["optimizer"], reference)
+    _check_optimisation(state, cfg, spe, reference)
     fp = state["data_fingerprint"]
     _need(isinstance(fp.get("fingerprint"), str) and re.fullmatch(r"[0-9a-f]{64}", fp["fingerprint"])
           is not None, "data_fingerprint.fingerprint", "a sha256 hex digest", fp.get("fingerprint"))
@@ -321,16 +322,22 @@ def _check_optimizer(opt: dict[str, Any]) -> None:
             _need(_finite_tensor(v), f"optimizer.state[{k}].{name}", "a tensor of finite values", v)
 
 
-def _check_optimisation(state: dict[str, Any], cfg: Any, steps_per_epoch: int) -> None:
-    """Every optimizer and scheduler setting must be the one the configuration implies: a file
-    edited to another learning rate, betas or `maximize` would otherwise train on silently."""
+def _reference_model(cfg: Any) -> torch.nn.Module:
+    """The model the config describes, on the meta device: shapes only, no memory, no init cost."""
     from ..model import IndicatorTransformer
-    from .schedule import lr_at
 
     with torch.device("meta"):
-        params = list(IndicatorTransformer(len(cfg.features.features), cfg.features.window,
-                                           cfg.model).parameters())
-    ref = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay).param_groups[0]
+        return IndicatorTransformer(len(cfg.features.features), cfg.features.window, cfg.model)
+
+
+def _check_optimisation(state: dict[str, Any], cfg: Any, steps_per_epoch: int,
+                        reference: torch.nn.Module) -> None:
+    """Every optimizer and scheduler setting must be the one the configuration implies: a file
+    edited to another learning rate, betas or `maximize` would otherwise train on silently."""
+    from .schedule import lr_at
+
+    ref = torch.optim.AdamW(list(reference.parameters()), lr=cfg.train.lr,
+                            weight_decay=cfg.train.weight_decay).param_groups[0]
     step = state["global_step"]
     lr = lr_at(cfg.train, steps_per_epoch, step)
     for i, g in enumerate(state["optimizer"]["param_groups"]):
@@ -358,13 +365,9 @@ def _check_optimisation(state: dict[str, Any], cfg: Any, steps_per_epoch: int) -
                   "values >= 0 (a running mean of squares)", "negative values")
 
 
-def _check_shapes(model: dict[str, Any], opt: dict[str, Any], cfg: Any) -> None:
+def _check_shapes(model: dict[str, Any], opt: dict[str, Any], ref: torch.nn.Module) -> None:
     """Weights and optimizer moments must have the shapes of the model the config describes
     (built on the meta device: shapes only, no memory, no initialisation cost)."""
-    from ..model import IndicatorTransformer
-
-    with torch.device("meta"):
-        ref = IndicatorTransformer(len(cfg.features.features), cfg.features.window, cfg.model)
     expected = {k: list(v.shape) for k, v in ref.state_dict().items()}
     for key in sorted(set(expected) | set(model)):
         _need(key in model and key in expected and list(model[key].shape) == expected[key],
