@@ -18,7 +18,7 @@ import numpy as np
 from .data.windows import WindowDataset
 
 RIDGE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
-MAX_FIT_SAMPLES = 100_000  # ridge is fitted on an even subsample of larger training splits
+MAX_FIT_SAMPLES = 100_000  # ridge is fitted (and alpha chosen) on even subsamples of larger splits
 BATCH = 4096
 
 
@@ -71,7 +71,9 @@ def fit_ridge(train: WindowDataset, val: WindowDataset, should_stop: Callable[[]
     n = len(train)
     idx = np.linspace(0, n - 1, min(n, MAX_FIT_SAMPLES)).astype(np.int64) if n else None
     x, y = window_matrix(train, idx)
-    xv, yv = window_matrix(val)
+    nv = len(val)
+    xv, yv = window_matrix(val, np.linspace(0, nv - 1, min(nv, MAX_FIT_SAMPLES)).astype(np.int64)
+                           if nv else None)
     if len(yv) == 0:  # no validation data to choose with: the middle of the grid
         return Ridge(RIDGE_ALPHAS[len(RIDGE_ALPHAS) // 2]).fit(x, y)
     best: tuple[float, Ridge] | None = None
@@ -98,6 +100,10 @@ def baseline_predictions(datasets: dict[str, WindowDataset], label_mean: float, 
     ridge = fit_ridge(datasets["train"], datasets["val"], should_stop)
     if ridge is None or should_stop():
         return None
-    x, _ = window_matrix(test)
-    preds["ridge"] = label_mean + label_std * ridge.predict(x) if n else np.zeros(0)
+    # In batches: a large panel's test windows need not fit in memory at once.
+    ridge_pred = np.zeros(n)
+    for a in range(0, n, BATCH):
+        x, _ = window_matrix(test, np.arange(a, min(a + BATCH, n)))
+        ridge_pred[a:a + len(x)] = label_mean + label_std * ridge.predict(x)
+    preds["ridge"] = ridge_pred
     return preds

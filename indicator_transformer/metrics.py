@@ -9,7 +9,10 @@ undefined value (too few samples, a constant series) is NaN here and ``null`` in
     by symbol          the same per symbol
     cross-section      per-date IC and rank IC over symbols, their mean, ICIR (mean / std) and t
     strategies         sign-following per symbol and a top-minus-bottom quantile long-short:
-                       annualised return, Sharpe, max drawdown, turnover, after --cost-bps
+                       annualised return, Sharpe, max drawdown, turnover, after a cost in bps
+
+The final evaluation reports the point metrics today; the per-symbol, cross-sectional and strategy
+figures are the building blocks of the run report that comes next (issue 7).
 """
 
 from __future__ import annotations

@@ -172,11 +172,11 @@ def _score_test(trainer: Trainer, handler: SignalHandler) -> dict[str, dict[str,
     out = trainer.predict("test")
     if out is None:
         return None
-    pred, target = out
+    pred_std, target_std = out  # standardised, as the model sees them
     mean, std = trainer.norm.label_mean, trainer.norm.label_std
-    target = mean + std * target.astype(np.float64)
-    model = point_metrics(mean + std * pred.astype(np.float64), target, mean)
-    model["loss"] = float(np.mean((pred - out[1]) ** 2)) if len(pred) else float("nan")
+    target = mean + std * target_std.astype(np.float64)
+    model = point_metrics(mean + std * pred_std.astype(np.float64), target, mean)
+    model["loss"] = float(np.mean((pred_std - target_std) ** 2)) if len(pred_std) else float("nan")
     base = baseline_predictions(trainer.datasets, mean, std, trainer.cfg.features.horizon,
                                 lambda: handler.should_stop)
     if base is None:

@@ -362,3 +362,12 @@ def test_a_previous_run_is_moved_to_a_folder_named_by_when_it_started(real_run: 
     archive = ckpt.archive_previous_run(models, ("evaluation.json",))
     assert archive is not None and archive.name == started.strftime("%Y%m%dT%H%M%S")
     assert not list(models.glob("*.pth")) and (archive / "evaluation.json").exists()
+
+
+def test_resuming_an_archived_checkpoint_with_later_files_beside_it_starts_a_new_line(real_run: Path,
+                                                                                      tmp_path: Path) -> None:
+    archive = tmp_path / "models" / ckpt.ARCHIVE_DIR / "run"
+    shutil.copytree(real_run / "models", archive)
+    start = archive / "checkpoint_epoch_1.pth"
+    plan = ckpt.plan_resume(tmp_path / "models", ckpt.load_checkpoint(start), start)
+    assert plan.forked and plan.lineage["line"] != load(start)["lineage"]["line"]

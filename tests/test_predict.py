@@ -61,3 +61,12 @@ def test_predict_refuses_a_damaged_or_missing_checkpoint(tmp_path: Path, damage:
         path.write_bytes(b"PK\x03\x04 not a whole archive")
     r = _predict(tmp_path, "--checkpoint", str(path))
     assert r.returncode == 2 and str(path) in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_unusable_out_path_is_refused_before_any_work(real_run: Path, tmp_path: Path) -> None:
+    (tmp_path / "folder").mkdir()
+    for out in ("folder", "missing/dir/p.csv"):
+        r = _predict(tmp_path, "--checkpoint", str(real_run / "models" / "best.pth"), "--out", out,
+                     "--cache-dir", str(tmp_path / "cache"))
+        assert r.returncode == 2 and "--out" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "Preparing" not in r.stderr and not (tmp_path / "cache").exists()

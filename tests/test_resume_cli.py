@@ -148,3 +148,19 @@ def test_resume_from_another_folder_finds_relative_data_or_says_where_the_path_c
     r = run_python([str(REPO_ROOT / "resume_training.py"), *common, "--data-dir", str(tmp_path / "moved")],
                    cwd=elsewhere)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_data_location_flag_replaces_the_other_kind_recorded_in_the_checkpoint(
+        run_python, make_data_dir, tmp_path: Path) -> None:
+    data = make_data_dir(3, 400)
+    common = ["--cache-dir", str(tmp_path / "cache"), "--models-dir", str(tmp_path / "models")]
+    r = run_python(["train_indicator_transformer.py", "--data-dir", str(data), "--epochs", "1", *TINY,
+                    *common])
+    assert r.returncode == 0, r.stderr
+    panel = tmp_path / "panel.csv"
+    frames = [pd.read_csv(f).assign(Symbol=f.stem) for f in sorted(data.glob("*.csv"))]
+    pd.concat(frames).to_csv(panel, index=False)
+    r = run_python(["resume_training.py", "--epochs", "1", "--data-file", str(panel), "--allow-data-change",
+                    "--no-progress", *common])
+    assert r.returncode == 0, r.stderr
+    assert "not both" not in r.stderr and str(panel) in r.stderr

@@ -8,7 +8,7 @@ Examples::
     indicator-transformer config --show --config run.toml --lr 3e-4 > effective.toml
 
 A subcommand is one entry of ``COMMANDS``: its help, a function adding its flags and its
-``run(args)``; adding one (evaluate, predict) touches nothing else. Errors exit 2 with one
+``run(args)``; adding one (evaluate, next) touches nothing else. Errors exit 2 with one
 ``error:`` line, like every command of the project.
 """
 
@@ -189,6 +189,8 @@ def _predict(args: argparse.Namespace, handler: SignalHandler) -> int:
     from ..training import checkpoint as ckpt
     from .common import check_folders, locate_data
 
+    if args.out is not None:  # before any work: a bad --out must not cost a whole preparation
+        _check_output_file(args.out)
     path = Path(args.checkpoint)
     state = ckpt.load_checkpoint(path)
     saved = Config.from_dict(state["config"], source=str(path))
@@ -221,12 +223,24 @@ def _predict(args: argparse.Namespace, handler: SignalHandler) -> int:
         raise UserError("no symbol has enough bars for one window: nothing to predict")
     text = P.to_csv(rows)
     if args.out:
-        atomic_write_text(args.out, text)
+        try:
+            atomic_write_text(args.out, text)
+        except OSError as e:
+            raise UserError(f"--out {args.out}: cannot write the predictions ({e.strerror or e})") from None
         print(f"Wrote {len(rows):,} prediction(s) of {len({r.symbol for r in rows})} symbol(s) to "
               f"{args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _check_output_file(out: str) -> None:
+    target = Path(out)
+    if not out.strip() or target.is_dir():
+        raise UserError(f"--out {out!r}: expected a file name" + (", found a folder" if out.strip() else ""))
+    parent = target.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {parent} is not a writable folder")
 
 
 COMMANDS: dict[str, Command] = {

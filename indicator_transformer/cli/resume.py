@@ -88,7 +88,7 @@ def list_table(models_dir: str) -> int:
     for i in infos:
         if not i.ok:
             print(f"corrupt: {i.path}: {i.error}")
-    chosen, _ = ckpt.select_for_resume(models_dir)
+    chosen, _ = ckpt.select_for_resume(models_dir, infos)
     if chosen is not None:
         print(f"A plain resume continues line {(chosen.line or '-')[:8]} from {chosen.path}")
     return 0
@@ -142,11 +142,16 @@ def _resume(args: argparse.Namespace, models_dir: str, handler: SignalHandler) -
             raise CheckpointError(f"{models_dir}: no valid checkpoint to resume from (train first with "
                                   f"train_indicator_transformer.py, or pass --checkpoint PATH)")
         path = info.path
+        del info, corrupt  # the listing mapped every file: let the maps go before training
         state = ckpt.load_checkpoint(path)  # verified and fully read: the listing only mapped it
     saved = Config.from_dict(state["config"], source=str(path))  # validated by load_checkpoint
     _check_fixed(args, saved, path)
     overrides: dict[str, Any] = {k: v for k, v in flag_values(args).items()
                                  if f"--{k.replace('_', '-')}" not in FIXED_ON_RESUME}
+    # One data location: a flag naming one replaces whichever the checkpoint recorded.
+    for key, other in (("data_dir", "data_file"), ("data_file", "data_dir")):
+        if overrides.get(key) is not None:
+            overrides[other] = None
     # Paths that are written come from this command line or the defaults, never from the
     # checkpoint: a copied or hand-edited file must not direct writes elsewhere.
     if args.models_dir is None:
@@ -167,6 +172,9 @@ def _resume(args: argparse.Namespace, models_dir: str, handler: SignalHandler) -
 
     completed = int(state["epoch"]) if state.get("epoch_complete") else int(state["epoch"]) - 1
     target = completed + args.epochs if args.epochs is not None else cfg.train.epochs
+    if target > MAX_EPOCHS:
+        raise UserError(f"--epochs {args.epochs}: {completed} completed + {args.epochs} is more than "
+                        f"{MAX_EPOCHS:_} epochs")
     if completed >= target:
         if evaluation_belongs(cfg.train.models_dir, state):
             print(f"Nothing to do: {path} has completed {completed} epoch(s) of {target} and "

@@ -10,7 +10,8 @@ Layout of ``cache/``::
     .<name>.<pid>.<rand>.tmp              in-flight writes (ignored by readers)
 
 An entry exists only once a manifest listing it has been written: data files are written first
-(each atomically), the manifest after them. The key hashes the raw input bytes (or synthetic spec),
+(each atomically), the manifest after them. The key hashes the input (a file's raw bytes, a panel
+symbol's parsed rows, or the synthetic spec),
 the symbol, every setting that changes what is computed (see ``prepare.feature_settings``),
 FEATURE_CODE_VERSION, and the versions of the libraries that parse and compute (TA-Lib, NumPy,
 pandas, pyarrow), so any change recomputes instead of silently reusing stale features.

@@ -341,11 +341,13 @@ def _check_optimisation(state: dict[str, Any], cfg: Any, steps_per_epoch: int,
     step = state["global_step"]
     lr = lr_at(cfg.train, steps_per_epoch, step)
     for i, g in enumerate(state["optimizer"]["param_groups"]):
-        for key, expected in ref.items():
-            if key not in ("params", "lr"):
-                got = tuple(g[key]) if isinstance(g.get(key), list | tuple) else g.get(key)
-                _need(got == (tuple(expected) if isinstance(expected, tuple) else expected),
-                      f"optimizer.param_groups[{i}].{key}", f"{expected!r} (from the configuration)", got)
+        # The settings that change the update; bookkeeping keys (foreach, fused, ...) that another
+        # torch version may add or drop are left to torch's own load_state_dict.
+        for key in ("betas", "eps", "weight_decay", "amsgrad", "maximize"):
+            expected = ref[key]
+            got = tuple(g[key]) if isinstance(g.get(key), list | tuple) else g.get(key)
+            _need(got == (tuple(expected) if isinstance(expected, tuple) else expected),
+                  f"optimizer.param_groups[{i}].{key}", f"{expected!r} (from the configuration)", got)
         _need(g.get("initial_lr") == cfg.train.lr, f"optimizer.param_groups[{i}].initial_lr",
               f"the configured lr {cfg.train.lr}", g.get("initial_lr"))
         _need(math.isclose(g["lr"], lr, rel_tol=1e-9, abs_tol=0.0), f"optimizer.param_groups[{i}].lr",
@@ -413,7 +415,8 @@ def _check_rng(rng: dict[str, Any]) -> None:
 def _check_sampler(s: dict[str, Any], state: dict[str, Any]) -> None:
     for key in ("seed", "epoch", "position", "n", "batch_size"):
         _need(_is_int(s.get(key)) and s[key] >= (1 if key in ("n", "batch_size", "epoch") else 0),
-              f"sampler.{key}", "a non-negative integer", s.get(key))
+              f"sampler.{key}", "an integer >= " + ("1" if key in ("n", "batch_size", "epoch") else "0"),
+              s.get(key))
     _need(isinstance(s.get("shuffle", True), bool), "sampler.shuffle", "true or false", s.get("shuffle"))
     _need(s["epoch"] == state["epoch"] and s["position"] == state["step_in_epoch"], "sampler",
           f"epoch {state['epoch']} position {state['step_in_epoch']} (as the checkpoint's counters)",
@@ -519,13 +522,14 @@ def on_path(info: CheckpointInfo, lineage: dict[str, Any], global_step: int) -> 
     return any(info.line == line and info.global_step <= step for line, step in lineage["ancestors"])
 
 
-def select_for_resume(models_dir: str | Path) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:
+def select_for_resume(models_dir: str | Path, infos: list[CheckpointInfo] | None = None
+                      ) -> tuple[CheckpointInfo | None, list[CheckpointInfo]]:
     """The checkpoint a plain resume continues, and the corrupt files it skipped.
 
     The line written to most recently wins (a line that descends from another wins a tie on time);
     within it, the checkpoint with the highest global step (a periodic or interrupted file rather
     than ``best.pth`` when they tie)."""
-    infos = list_checkpoints(models_dir)
+    infos = list_checkpoints(models_dir) if infos is None else infos
     corrupt = [i for i in infos if not i.ok]
     valid = [i for i in infos if i.ok]
     if not valid:
@@ -565,7 +569,10 @@ def plan_resume(models_dir: str | Path, state: dict[str, Any], start: Path,
     infos = list_checkpoints(models_dir)
     start_abs = start.resolve()
     moving = [i for i in infos if i.path.resolve() != start_abs and not on_path(i, lineage, step)]
-    forked = any(i.ok and i.line == lineage["line"] and i.global_step > step for i in infos)
+    # Later files of the start's line make this a new line, in models/ or beside the start (a
+    # checkpoint taken from previous_runs/<run>/ that is not that run's newest).
+    beside = list_checkpoints(start.parent) if start.parent.resolve() != Path(models_dir).resolve() else []
+    forked = any(i.ok and i.line == lineage["line"] and i.global_step > step for i in infos + beside)
     if forked or lineage["line"] == LEGACY_LINE:
         lineage = new_lineage(lineage, step)
     lines = sorted({i.line[:8] for i in moving if i.ok and i.line})

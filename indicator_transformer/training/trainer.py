@@ -193,8 +193,8 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any], path: Path | str = "checkpoint") -> None:
         """Continue from a checkpoint (validated by :func:`ckpt.load_checkpoint`): weights,
         optimizer, scheduler, counters, RNG, sampler. Anything that does not fit this run's model
-        and data is a :class:`CheckpointError` naming ``path`` and the field, before any state
-        changes."""
+        and data is a :class:`CheckpointError` naming ``path`` and the field (the shapes and the
+        sampler are checked before anything is loaded)."""
         self._check_compatible(state, path)
         try:
             self.model.load_state_dict(state["model"])
