@@ -229,7 +229,7 @@ def _start_line(trainer: Trainer, state: dict[str, Any], path: Path, models_dir:
     first move every file that is not on the start's history out of the way."""
     extra = [] if evaluation_belongs(models_dir, state) else [models_dir / EVALUATION_FILE]
     plan = ckpt.plan_resume(models_dir, state, path, extra)
-    moved = ckpt.move_aside(models_dir, plan.move_aside, plan.label)
+    moved = ckpt.move_aside(models_dir, plan.move_aside, plan.label, plan.known)
     trainer.lineage = plan.lineage
     if plan.forked:
         print(f"note: {path} is not the newest checkpoint of its line: starting line "

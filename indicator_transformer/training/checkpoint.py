@@ -31,7 +31,7 @@ import re
 import secrets
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -554,6 +554,7 @@ class ResumePlan:
     forked: bool                            # a new line (the start was not its line's newest)
     move_aside: list[Path]                  # files not on the start's history
     label: str = ""                         # names the lines moved aside, for their folder
+    known: list[CheckpointInfo] = field(default_factory=list)  # the moved files, already read
 
 
 def plan_resume(models_dir: str | Path, state: dict[str, Any], start: Path,
@@ -578,17 +579,19 @@ def plan_resume(models_dir: str | Path, state: dict[str, Any], start: Path,
     lines = sorted({i.line[:8] for i in moving if i.ok and i.line})
     label = f"line-{lines[0]}" if len(lines) == 1 else f"lines-{'-'.join(lines)}" if 1 < len(lines) <= 3 \
         else f"{len(lines)}-lines" if lines else ""
-    return ResumePlan(lineage, forked, [i.path for i in moving] + list(extra_files), label)
+    return ResumePlan(lineage, forked, [i.path for i in moving] + list(extra_files), label, moving)
 
 
-def _run_start(files: list[Path]) -> datetime:
+def _run_start(files: list[Path], known: Iterable[CheckpointInfo]) -> datetime:
     """When the run that wrote ``files`` started: the earliest ``started`` of their lines (the
-    earliest file time for files that record none)."""
+    earliest file time for files that record none). ``known`` files are not read again."""
+    states = {i.path: i.state for i in known}
     times = []
     for p in files:
         try:  # never through a link: its target's times say nothing about this run
-            started = lineage_of(load_checkpoint(p, mmap=True)).get("started") \
+            state = states[p] if p in states else load_checkpoint(p, mmap=True) \
                 if p.suffix == ".pth" and not p.is_symlink() else None
+            started = lineage_of(state).get("started") if state and not p.is_symlink() else None
             t = datetime.fromisoformat(started) if isinstance(started, str) else None
         except (CheckpointError, ValueError):
             t = None
@@ -596,16 +599,18 @@ def _run_start(files: list[Path]) -> datetime:
     return min(t if t.tzinfo else t.replace(tzinfo=UTC) for t in times)
 
 
-def move_aside(models_dir: str | Path, files: list[Path], label: str = "") -> Path | None:
+def move_aside(models_dir: str | Path, files: list[Path], label: str = "",
+               known: Iterable[CheckpointInfo] = ()) -> Path | None:
     """Move ``files`` (in ``models_dir``) to ``previous_runs/<run start>[-label]/``, named by when
-    the run that wrote them started. Nothing is deleted. Returns the folder, or None."""
+    the run that wrote them started (``known``: those already read). Nothing is deleted. Returns
+    the folder, or None."""
     d = Path(models_dir)
     files = [p for p in files if p.is_file() or p.is_symlink()]
     if not files:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CheckpointWarning)
-        stamp = _run_start(files).strftime("%Y%m%dT%H%M%S")
+        stamp = _run_start(files, known).strftime("%Y%m%dT%H%M%S")
     base = f"{stamp}-{label}" if label else stamp
     target = d / ARCHIVE_DIR / base
     n = 1
