@@ -158,6 +158,12 @@ class WindowDataset(Dataset):
         s = int(np.searchsorted(self._offsets, i, side="right") - 1)
         return s, int(self._starts[s] + (i - self._offsets[s]))
 
+    def to_returns(self, standardised: np.ndarray, start: int = 0) -> np.ndarray:
+        """Standardised values of samples ``start .. start + len(standardised)`` of this split
+        (predictions or labels, as the model sees them) -> forward returns (float64)."""
+        v = np.asarray(standardised, np.float64)
+        return float(self.label_mean) + v / float(self.label_inv_std)
+
     def _window(self, i: int) -> tuple[np.ndarray, float]:
         s, t = self.locate(i)
         sym = self.symbols[s]
