@@ -8,11 +8,15 @@ undefined value (too few samples, a constant series) is NaN here and ``null`` in
                        (Spearman with average ranks for ties), hit_rate next to always_long
     by symbol          the same per symbol
     cross-section      per-date IC and rank IC over symbols, their mean, ICIR (mean / std) and t
-    strategies         sign-following per symbol and a top-minus-bottom quantile long-short:
-                       annualised return, Sharpe, max drawdown, turnover, after a cost in bps
+    strategies         sign-following per symbol, a top-minus-bottom quantile long-short and the
+                       buy-and-hold reference: annualised return, Sharpe, max drawdown, turnover,
+                       after a cost in bps; each can also give its per-date return series
 
-The final evaluation reports the point metrics today; the per-symbol, cross-sectional and strategy
-figures are the building blocks of the run report that comes next (issue 7).
+Strategy accounting: a sample's forward return spans ``horizon`` bars, so each date opens a
+tranche of 1/horizon of the book held for ``horizon`` bars. Turnover is the traded notional per
+period as a fraction of capital (every leg; flipping a book from long 1 to short 1 trades 2), and the
+cost in bps is charged on all of it. t-statistics treat samples as independent; with overlapping
+labels use :func:`overlap_adjusted_t`. :mod:`indicator_transformer.report` assembles all of this.
 """
 
 from __future__ import annotations
@@ -186,11 +190,25 @@ def periods_per_year(times_ns: np.ndarray) -> float:
     return 252.0 * float(np.median(per_day))
 
 
+def overlap_adjusted_t(t: float, horizon: int) -> float:
+    """A t-statistic computed as if every sample were independent, corrected for labels that
+    overlap: consecutive ``horizon``-bar forward returns share ``horizon - 1`` bars of move, so n
+    of them carry about n / horizon independent observations and the t shrinks by sqrt(horizon)
+    (the leading term of a Hansen-Hodrick correction). Equal to ``t`` for a 1-bar horizon."""
+    return t / math.sqrt(max(1, int(horizon)))
+
+
+def net_returns(returns: np.ndarray, turnover: np.ndarray, cost_bps: float) -> np.ndarray:
+    """Per-period returns after a cost of ``cost_bps`` per unit of turnover (traded notional as a
+    fraction of capital)."""
+    return np.asarray(returns, np.float64) - np.asarray(turnover, np.float64) * cost_bps / 1e4
+
+
 def equity_stats(returns: np.ndarray, turnover: np.ndarray, per_year: float, cost_bps: float
                  ) -> dict[str, float]:
     """Annualised return and Sharpe, max drawdown and mean turnover of a per-period return series,
     after a cost of ``cost_bps`` per unit of turnover."""
-    r = np.asarray(returns, np.float64) - np.asarray(turnover, np.float64) * cost_bps / 1e4
+    r = net_returns(returns, turnover, cost_bps)
     n = len(r)
     if n == 0 or not math.isfinite(per_year):
         return {"periods": n, "ann_return": NAN, "sharpe": NAN, "max_drawdown": NAN, "turnover": NAN}
@@ -206,49 +224,129 @@ def equity_stats(returns: np.ndarray, turnover: np.ndarray, per_year: float, cos
     }
 
 
+def _strategy_result(times: np.ndarray, returns: np.ndarray, turnover: np.ndarray, per_year: float,
+                     cost_bps: float, series: bool) -> dict[str, Any]:
+    """:func:`equity_stats`, plus (when asked) the per-date net returns under ``"series"``, which
+    holds arrays and must be removed before the stats go to JSON."""
+    out: dict[str, Any] = equity_stats(returns, turnover, per_year, cost_bps)
+    if series:
+        out["series"] = {"time": np.asarray(times), "return": net_returns(returns, turnover, cost_bps)}
+    return out
+
+
+def _group_starts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end offsets of the runs of equal values in an already sorted array."""
+    if len(keys) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    return starts, np.r_[starts[1:], len(keys)]
+
+
+def _tranche_turnover(symbols: np.ndarray, times: np.ndarray, pos: np.ndarray, horizon: int) -> np.ndarray:
+    """Turnover of each sample when every bar opens a 1/horizon tranche held for ``horizon`` bars.
+
+    The net position of a symbol is the mean of its last ``horizon`` signs, so it changes by
+    |pos_t - pos_(t-h)| / h per bar (a tranche opens, the one opened h bars ago closes): a sign that
+    flips and then holds costs a full 2 units spread over h bars, not 2/h. Before the first sample
+    the position is flat. Each symbol's samples are taken as consecutive bars in time order."""
+    h = max(1, int(horizon))
+    codes = np.unique(np.asarray(symbols), return_inverse=True)[1].ravel()
+    order = np.lexsort((np.asarray(times), codes))          # by symbol, then time
+    p = pos[order]
+    starts, ends = _group_starts(codes[order])
+    rank = np.arange(len(p)) - np.repeat(starts, ends - starts)  # position inside its symbol
+    prev = np.zeros(len(p))
+    has_prev = rank >= h
+    prev[has_prev] = p[np.flatnonzero(has_prev) - h]
+    turn = np.empty(len(p))
+    turn[order] = np.abs(p - prev) / h
+    return turn
+
+
 def sign_strategy(symbols: np.ndarray, times: np.ndarray, pred: np.ndarray, target: np.ndarray,
-                  per_year: float, horizon: int, cost_bps: float) -> dict[str, float]:
+                  per_year: float, horizon: int, cost_bps: float, *, series: bool = False
+                  ) -> dict[str, Any]:
     """Hold sign(prediction) of each symbol for one horizon, equal weight across symbols per date.
 
     ``target`` is the forward log return over ``horizon`` bars, so one period's return is
-    position x target / horizon per bar held (overlapping horizons share the move evenly)."""
+    position x target / horizon per bar held (overlapping horizons share the move evenly), and the
+    turnover is that of overlapping tranches (see :func:`_tranche_turnover`). With ``series`` the
+    result also holds ``"series": {"time", "return"}``: each date's return after cost."""
     symbols, times = np.asarray(symbols), np.asarray(times)
     pos = np.sign(np.asarray(pred, np.float64))
-    ret = pos * np.asarray(target, np.float64) / horizon
-    turn = np.zeros(len(pos))
-    for s in set(symbols.tolist()):
-        idx = np.flatnonzero(symbols == s)
-        idx = idx[np.argsort(times[idx], kind="stable")]
-        turn[idx] = np.abs(np.diff(np.r_[0.0, pos[idx]])) / horizon
-    return equity_stats(*_per_date(times, ret, turn), per_year, cost_bps)
+    ret = pos * np.asarray(target, np.float64) / max(1, int(horizon))
+    turn = _tranche_turnover(symbols, times, pos, horizon)
+    return _strategy_result(*_per_date(times, ret, turn), per_year, cost_bps, series)
+
+
+def buy_and_hold(symbols: np.ndarray, times: np.ndarray, target: np.ndarray, per_year: float,
+                 horizon: int, cost_bps: float, *, series: bool = False) -> dict[str, Any]:
+    """The reference a strategy has to beat: long every symbol present on a date, equal weight,
+    held throughout. Accounted exactly like :func:`sign_strategy` with every prediction positive,
+    so the only turnover is each symbol's entry (1 unit spread over its first ``horizon`` bars)."""
+    return sign_strategy(symbols, times, np.ones(len(np.asarray(target))), target, per_year, horizon,
+                         cost_bps, series=series)
+
+
+def quantile_weights(sorted_pred: np.ndarray, k: int) -> np.ndarray:
+    """Weights of a top-``k`` minus bottom-``k`` book over predictions sorted ascending, +1/k long
+    and -1/k short, with ties shared: a group of equal predictions that straddles a cut gets the
+    fraction of the cut's slots it covers, split evenly. Which of two tied names is bought thus
+    never depends on input order, and a constant cross-section holds nothing."""
+    p = np.asarray(sorted_pred, np.float64)
+    n = len(p)
+    starts, ends = _group_starts(p)
+    top = np.clip(np.minimum(ends, n) - np.maximum(starts, n - k), 0, None)
+    bottom = np.clip(np.minimum(ends, k) - starts, 0, None)
+    per_name = (top - bottom) / (ends - starts) / k
+    return np.repeat(per_name, ends - starts)
 
 
 def long_short(times: np.ndarray, symbols: np.ndarray, pred: np.ndarray, target: np.ndarray,
                per_year: float, horizon: int, cost_bps: float, quantile: float = 0.2,
-               min_names: int = 5) -> dict[str, float]:
+               min_names: int = 5, *, series: bool = False) -> dict[str, Any]:
     """Per date: long the top ``quantile`` of predictions, short the bottom, equal weights
-    summing to +1 and -1. Dates with fewer than ``min_names`` symbols are skipped."""
+    summing to +1 and -1 (ties shared, see :func:`quantile_weights`). Dates with fewer than
+    ``min_names`` symbols are skipped. As in :func:`sign_strategy`, each date's book is a tranche
+    held ``horizon`` bars: return w.target / horizon, turnover sum|w_t - w_(t-h)| / horizon over
+    the traded dates (the whole traded notional, both legs, so the cost is charged on all of it).
+    With ``series`` the result also holds ``"series": {"time", "return"}``."""
     times, symbols = np.asarray(times), np.asarray(symbols)
     pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
-    rets, turns = [], []
-    prev: dict[Any, float] = {}
-    for t in np.unique(times):
-        idx = np.flatnonzero(times == t)
-        if len(idx) < min_names:
+    h = max(1, int(horizon))
+    codes = np.unique(symbols, return_inverse=True)[1].ravel()
+    order = np.lexsort((pred, times))                       # by date, then prediction
+    starts, ends = _group_starts(times[order])
+    when, rets, turns, books = [], [], [], []
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        if b - a < min_names:
             continue
-        k = max(1, int(math.floor(len(idx) * quantile)))
-        order = idx[np.argsort(pred[idx], kind="stable")]
-        w = {symbols[i]: -1.0 / k for i in order[:k]} | {symbols[i]: 1.0 / k for i in order[-k:]}
-        rets.append(sum(w[symbols[i]] * target[i] for i in order[:k].tolist() + order[-k:].tolist())
-                    / horizon)
-        names = set(w) | set(prev)
-        turns.append(sum(abs(w.get(s, 0.0) - prev.get(s, 0.0)) for s in names) / 2.0 / horizon)
-        prev = w
-    return equity_stats(np.asarray(rets), np.asarray(turns), per_year, cost_bps)
+        idx = order[a:b]
+        w = quantile_weights(pred[idx], max(1, int(math.floor((b - a) * quantile))))
+        book = (codes[idx], w)
+        old = books[-h] if len(books) >= h else (np.zeros(0, np.int64), np.zeros(0))
+        when.append(times[idx[0]])
+        rets.append(float(w @ target[idx]) / h)
+        turns.append(_book_change(book, old) / h)
+        books.append(book)
+    return _strategy_result(np.asarray(when, times.dtype), np.asarray(rets), np.asarray(turns), per_year,
+                            cost_bps, series)
 
 
-def _per_date(times: np.ndarray, ret: np.ndarray, turn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Equal-weight average of per-symbol returns and turnover on each date, in date order."""
+def _book_change(new: tuple[np.ndarray, np.ndarray], old: tuple[np.ndarray, np.ndarray]) -> float:
+    """sum |w_new - w_old| over the union of the two books' symbols."""
+    codes = np.r_[new[0], old[0]]
+    if len(codes) == 0:
+        return 0.0
+    uniq, inv = np.unique(codes, return_inverse=True)
+    return float(np.abs(np.bincount(inv.ravel(), np.r_[new[1], -old[1]], len(uniq))).sum())
+
+
+def _per_date(times: np.ndarray, ret: np.ndarray, turn: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dates, equal-weight average of per-symbol returns, and of turnover) on each date, in date order."""
     uniq, inverse = np.unique(times, return_inverse=True)
+    inverse = inverse.ravel()
     counts = np.bincount(inverse, minlength=len(uniq)).astype(np.float64)
-    return (np.bincount(inverse, ret, len(uniq)) / counts, np.bincount(inverse, turn, len(uniq)) / counts)
+    return (uniq, np.bincount(inverse, ret, len(uniq)) / counts,
+            np.bincount(inverse, turn, len(uniq)) / counts)
