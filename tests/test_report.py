@@ -1,0 +1,223 @@
+"""The run report: every predictor scored on the same samples, a plain verdict, a compact table."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from indicator_transformer import metrics as M
+from indicator_transformer.integrity import json_safe
+from indicator_transformer.report import (
+    TestPredictions,
+    best_by_metric,
+    build_report,
+    format_table,
+    model_beats,
+    report_series,
+    verdict,
+)
+
+DAY = 86_400 * 10**9
+START = 1_577_836_800 * 10**9  # 2020-01-01
+
+
+def panel(n_symbols: int = 12, n_dates: int = 250, model_skill: float = 0.15, ridge_skill: float = 0.1,
+          horizon: int = 1, seed: int = 0) -> TestPredictions:
+    """Symbols sharing weekday dates; targets rounded to 0.1% so that ties occur; the model and
+    ridge each see a noisy copy of a common signal, LightGBM a weaker one."""
+    rng = np.random.default_rng(seed)
+    days = np.array([d for d in range(n_dates * 7 // 5 + 7) if d % 7 < 5][:n_dates])
+    times = np.tile(START + days * DAY, n_symbols)
+    symbols = np.repeat([f"SYM{i:02d}" for i in range(n_symbols)], n_dates)
+    n = len(times)
+    signal = rng.normal(size=n)
+    target = np.round(0.01 * (0.2 * signal + rng.normal(size=n)) + 0.0004, 3)
+    preds = {
+        "model": 0.002 * (signal + rng.normal(size=n) / max(model_skill, 1e-9) * 0.2),
+        "zero": np.zeros(n),
+        "train_mean": np.full(n, 0.0004),
+        "momentum": np.r_[np.zeros(1), target[:-1]],
+        "ridge": 0.002 * (signal + rng.normal(size=n) / max(ridge_skill, 1e-9) * 0.2),
+        "lightgbm": 0.001 * (0.3 * signal + rng.normal(size=n)),
+    }
+    return TestPredictions(symbols, times, target, preds, train_mean=0.0004, horizon=horizon, cost_bps=1.0,
+                           per_year=252.0)
+
+
+def _strict_json(report: dict) -> str:
+    return json.dumps(json_safe(report), allow_nan=False)
+
+
+def test_the_report_of_a_panel_holds_every_section_and_dumps_to_strict_json() -> None:
+    tp = panel()
+    r = build_report(tp)
+    assert (r["samples"], r["symbols"], r["dates"], r["horizon"]) == (3000, 12, 250, 1)
+    assert r["cost_bps"] == 1.0 and r["periods_per_year"] == 252.0
+    assert list(r["predictors"]) == ["model", "zero", "train_mean", "momentum", "ridge", "lightgbm"]
+    model = r["predictors"]["model"]
+    assert set(model) == {"pooled", "by_symbol", "cross_section", "sign_strategy", "long_short"}
+    assert model["cross_section"]["dates"] == 250 and "series" not in model["cross_section"]
+    assert model["long_short"]["periods"] == 250 and "series" not in model["sign_strategy"]
+    assert set(r["beats"]) == {"ridge", "lightgbm"} and isinstance(r["verdict"], str)
+    text = _strict_json(r)
+    # Undefined values became null, not NaN: the zero predictor has no IC.
+    assert json.loads(text)["predictors"]["zero"]["pooled"]["ic"] is None
+
+
+def test_the_report_holds_only_python_types() -> None:
+    def walk(o: object) -> None:
+        assert type(o) in (dict, list, str, int, float, bool, type(None)), type(o)
+        for v in (o.values() if isinstance(o, dict) else o if isinstance(o, list) else ()):
+            walk(v)
+    walk(build_report(panel(n_symbols=6, n_dates=40)))
+
+
+def test_the_report_numbers_are_the_metrics_of_the_same_samples() -> None:
+    tp = panel(n_symbols=6, n_dates=60)
+    r = build_report(tp)
+    for name, pred in tp.preds.items():
+        pooled = r["predictors"][name]["pooled"]
+        expected = M.point_metrics(pred, tp.target, tp.train_mean)
+        assert pooled["samples"] == 360
+        for key in ("mse_ratio", "ic", "rank_ic", "hit_rate", "always_long"):
+            assert pooled[key] == pytest.approx(expected[key], nan_ok=True)
+    bh = M.buy_and_hold(tp.symbols, tp.times, tp.target, 252.0, 1, 1.0)
+    assert r["buy_and_hold"]["sharpe"] == pytest.approx(bh["sharpe"])
+
+
+def test_a_single_symbol_has_no_cross_section_and_no_long_short() -> None:
+    r = build_report(panel(n_symbols=1, n_dates=200))
+    for p in r["predictors"].values():
+        assert p["cross_section"] is None and p["long_short"] is None
+    assert r["best"]["cs_ic"] is None and r["best"]["long_short_sharpe"] is None
+    table = format_table(r, "Test split")
+    assert "CS IC" not in table and "L/S Sharpe" not in table
+    _strict_json(r)
+
+
+def test_a_model_that_loses_to_ridge_and_lightgbm_is_told_so_plainly() -> None:
+    tp = panel(model_skill=0.0, ridge_skill=0.5)
+    tp.preds["lightgbm"] = tp.preds["ridge"] * 0.9
+    r = build_report(tp)
+    assert r["beats"] == {"ridge": False, "lightgbm": False}
+    plain = "does not beat ridge, lightgbm on the test split: a simpler predictor does as well here"
+    assert plain in r["verdict"]
+    assert "does not beat ridge, lightgbm" in format_table(r, "Test split").replace("\n  ", " ")
+
+
+def test_a_model_that_beats_both_is_credited_and_its_significant_ic_is_not_called_noise() -> None:
+    r = build_report(panel(model_skill=1.0, ridge_skill=0.05))
+    assert r["beats"] == {"ridge": True, "lightgbm": True}
+    assert r["verdict"].startswith("The model beats ridge and lightgbm")
+    assert "noise" not in r["verdict"]
+    assert r["best"]["ic"] == "model" and r["best"]["mse_ratio"] == "model"
+
+
+def test_an_ic_with_a_t_below_two_is_called_noise_with_its_sample_and_date_counts() -> None:
+    r = build_report(panel(n_symbols=6, n_dates=20, model_skill=0.02, seed=3))
+    model = r["predictors"]["model"]
+    assert model["pooled"]["ic_t_adj"] < 2 and model["cross_section"]["ic_t_adj"] < 2
+    assert "not distinguishable from noise" in r["verdict"]
+    assert "over 120 samples" in r["verdict"] and "over 20 dates" in r["verdict"]
+
+
+def test_overlapping_labels_shrink_the_t_that_the_verdict_uses() -> None:
+    # The same samples read as 9-bar forward returns carry a third of the evidence.
+    one, nine = build_report(panel(horizon=1, seed=5)), build_report(panel(horizon=9, seed=5))
+    t1, t9 = one["predictors"]["model"]["pooled"], nine["predictors"]["model"]["pooled"]
+    assert t9["ic_t"] == pytest.approx(t1["ic_t"])
+    assert t9["ic_t_adj"] == pytest.approx(t1["ic_t"] / 3)
+    assert "adjusted for 9-bar overlapping labels" in verdict({**nine, "predictors": {
+        "model": {**nine["predictors"]["model"], "pooled": {**t9, "ic_t_adj": 1.0}}}})
+
+
+def test_the_model_does_not_beat_a_baseline_it_only_ties_or_cannot_be_compared_with() -> None:
+    def pred(mse: float | None, ic: float | None) -> dict:
+        return {"pooled": {"mse_ratio": mse, "ic": ic}}
+    # Identical predictions: not better.
+    assert model_beats({"model": pred(0.99, 0.05), "ridge": pred(0.99, 0.05)}) == {"ridge": False}
+    # Better MSE but worse IC (or the reverse): both are needed.
+    assert model_beats({"model": pred(0.98, 0.04), "ridge": pred(0.99, 0.05)}) == {"ridge": False}
+    assert model_beats({"model": pred(1.01, 0.06), "ridge": pred(0.99, 0.05)}) == {"ridge": False}
+    # A constant model (IC undefined) beats nothing.
+    assert model_beats({"model": pred(0.98, None), "lightgbm": pred(0.99, 0.01)}) == {"lightgbm": False}
+    # A constant baseline has no correlation: the model needs a positive IC to beat it.
+    assert model_beats({"model": pred(0.98, -0.01), "ridge": pred(0.99, None)}) == {"ridge": False}
+    assert model_beats({"model": pred(0.98, 0.01), "ridge": pred(0.99, math.nan)}) == {"ridge": True}
+    # Only ridge and LightGBM are the strong baselines.
+    assert model_beats({"model": pred(0.98, 0.01), "momentum": pred(2.0, -0.1)}) == {}
+
+
+def test_without_ridge_or_lightgbm_the_verdict_says_nothing_strong_was_compared() -> None:
+    tp = panel(n_symbols=3, n_dates=50)
+    tp.preds = {k: v for k, v in tp.preds.items() if k not in ("ridge", "lightgbm")}
+    r = build_report(tp)
+    assert r["beats"] == {} and r["verdict"].startswith("No ridge or LightGBM baseline was scored")
+
+
+def test_best_names_the_first_of_equal_values_and_none_when_no_one_has_a_value() -> None:
+    preds = {"model": {"pooled": {"ic": 0.1, "mse_ratio": 0.9}},
+             "ridge": {"pooled": {"ic": 0.1, "mse_ratio": 0.8}},
+             "zero": {"pooled": {"ic": None, "mse_ratio": 1.0}}}
+    best = best_by_metric(preds)
+    assert best["ic"] == "model" and best["mse_ratio"] == "ridge" and best["hit_rate"] is None
+
+
+def test_the_table_marks_the_best_lists_symbols_sorted_and_truncated_and_ends_with_the_verdict() -> None:
+    r = build_report(panel(n_symbols=13, n_dates=60, model_skill=1.0, ridge_skill=0.05))
+    table = format_table(r, "Test split (best checkpoint, epoch 7)")
+    lines = table.splitlines()
+    assert all(len(line) < 110 for line in lines)
+    assert lines[0] == "Test split (best checkpoint, epoch 7):"
+    assert lines[1].startswith("  780 samples, 13 symbols, 60 dates; always long hits 0.")
+    assert lines[1].endswith("; cost 1.0 bps; * = best")
+    model_row = next(line for line in lines if line.startswith("  model "))
+    assert model_row.count("*") >= 4                      # best IC, rank IC, MSE ratio, CS IC
+    zero_row = next(line for line in lines if line.startswith("  zero "))
+    assert "*" not in zero_row and zero_row.split()[1] == "-"  # undefined IC prints as '-'
+    symbol_rows = [line.split()[0] for line in lines if line.startswith("  SYM")]
+    assert symbol_rows == [f"SYM{i:02d}" for i in range(10)]
+    assert "  ... 3 more" in lines
+    assert lines[-1].startswith("  ") or lines[-1].startswith("Verdict:")
+    assert any(line.startswith("Verdict: The model beats ridge and lightgbm") for line in lines)
+    assert any(line.startswith("  buy and hold") for line in lines)
+
+
+def test_the_table_of_a_report_read_back_from_json_is_the_same_table() -> None:
+    r = build_report(panel(n_symbols=5, n_dates=30))
+    assert format_table(json.loads(_strict_json(r)), "T") == format_table(r, "T")
+    assert verdict(json.loads(_strict_json(r))) == r["verdict"]
+
+
+def test_an_empty_test_split_gives_an_undefined_report_not_an_error() -> None:
+    tp = TestPredictions(np.array([], str), np.array([], np.int64), np.array([]),
+                         {"model": np.array([]), "ridge": np.array([])}, 0.0, 1, 0.0, math.nan)
+    r = build_report(tp)
+    assert r["samples"] == 0 and r["beats"] == {"ridge": False}
+    assert "IC is undefined" in r["verdict"]
+    _strict_json(r)
+    format_table(r, "Test split")
+    s = report_series(tp)
+    assert s["long_short"] is None and s["ic_over_time"] is None and len(s["sign_strategy"]["return"]) == 0
+
+
+def test_series_for_the_plots_are_the_models_per_date_returns_and_ic() -> None:
+    tp = panel(n_symbols=6, n_dates=40)
+    s = report_series(tp)
+    np.testing.assert_array_equal(s["pred"], tp.preds["model"])
+    assert len(s["sign_strategy"]["time"]) == len(s["buy_and_hold"]["time"]) == 40
+    assert len(s["long_short"]["return"]) == 40 and len(s["ic_over_time"]["ic"]) == 40
+    stats = M.sign_strategy(tp.symbols, tp.times, tp.preds["model"], tp.target, 252.0, 1, 1.0)
+    assert np.mean(s["sign_strategy"]["return"]) * 252 == pytest.approx(stats["ann_return"])
+
+
+def test_mismatched_arrays_or_a_missing_model_are_refused() -> None:
+    with pytest.raises(ValueError, match="'model'"):
+        TestPredictions(np.array(["A"]), np.array([1]), np.array([0.1]), {"ridge": np.array([0.0])},
+                        0.0, 1, 0.0, 252.0)
+    with pytest.raises(ValueError, match=r"preds\['ridge'\] has shape \(2,\)"):
+        TestPredictions(np.array(["A"]), np.array([1]), np.array([0.1]),
+                        {"model": np.array([0.0]), "ridge": np.zeros(2)}, 0.0, 1, 0.0, 252.0)
