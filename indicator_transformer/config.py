@@ -22,6 +22,7 @@ out-of-memory kill, never a setting someone could mean:
     symbols 1..100_000, bars 1..10_000_000 (synthetic market: symbols x bars <= 10**9)
     data_seed, seed 0 <= s < 2**63           prep_workers 1..256, num_workers 0..256
     horizon 1..100_000, window 2..8192       train_frac, val_frac in (0, 1), sum < 1
+    split auto, global or per-symbol          normalise per-symbol or global
     d_model 1..8192, heads 1..256 (divides d_model), layers 1..256, ff_mult 1..64,
     dropout in [0, 1), model parameters <= 10**9
     custom_features: see data/features.py (zscore window 2..5000)
@@ -55,6 +56,8 @@ DEFAULT_FEATURES: tuple[str, ...] = (
     "volume_z",
 )
 
+SPLIT_POLICIES = ("auto", "global", "per-symbol")
+NORMALISATIONS = ("per-symbol", "global")
 SEED_LIMIT = 2**63  # seeds are 0 <= s < 2**63: what torch.manual_seed and NumPy's SeedSequence take
 MAX_PARAMETERS = 10**9  # beyond this the weights and AdamW state alone need more than 16 GB
 MAX_SYNTHETIC_BARS = 10**9  # symbols x bars of the built-in market
@@ -197,6 +200,8 @@ class FeatureConfig(_Section):
     window: int = 32
     train_frac: float = 0.70
     val_frac: float = 0.15
+    split: str = "auto"              # auto | global | per-symbol (data/windows.py)
+    normalise: str = "per-symbol"    # per-symbol | global statistics, fitted on training rows
 
     def validate(self) -> None:
         """See the module docstring for the bounds."""
@@ -216,6 +221,8 @@ class FeatureConfig(_Section):
         _check(0 < self.train_frac < 1, "train_frac", self.train_frac, "a fraction in (0, 1)")
         _check(0 < self.val_frac < 1 and self.train_frac + self.val_frac < 1, "val_frac",
                self.val_frac, "a fraction in (0, 1) with train_frac + val_frac < 1")
+        _check(self.split in SPLIT_POLICIES, "split", self.split, " or ".join(SPLIT_POLICIES))
+        _check(self.normalise in NORMALISATIONS, "normalise", self.normalise, " or ".join(NORMALISATIONS))
 
 
 @dataclass

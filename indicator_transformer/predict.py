@@ -57,7 +57,7 @@ def predict(model: IndicatorTransformer, data: PreparedData, norm: Normalisation
                 return None
             x, _ = ds.__getitems__(list(range(a, min(a + BATCH, len(ds)))))
             out[a:a + len(x)] = model(x).double().numpy()
-    preds = norm.label_mean + norm.label_std * out
+    preds = ds.to_returns(out)  # each symbol's own label scale
     rows = []
     for i in range(len(ds)):
         s, t = ds.locate(i)

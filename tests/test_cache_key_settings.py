@@ -62,6 +62,10 @@ SETTINGS: dict[tuple[type, str], Setting] = {
                                            {}, {"train_frac": 0.6}),
     (FeatureConfig, "val_frac"): Setting(False, "the split is made from the cached arrays",
                                          {}, {"val_frac": 0.2}),
+    (FeatureConfig, "split"): Setting(False, "the split is made from the cached arrays",
+                                      {}, {"split": "per-symbol"}),
+    (FeatureConfig, "normalise"): Setting(False, "statistics are fitted on the cached arrays after the split",
+                                          {}, {"normalise": "global"}),
 }
 
 

@@ -49,8 +49,8 @@ def _staggered(symbols: list[SymbolData]) -> list[SymbolData]:
 
 
 @pytest.mark.parametrize("horizon", [1, 5])
-def test_splits_are_in_time_order_with_a_gap_of_the_horizon(prepared, horizon):
-    cfg = FeatureConfig(window=16, horizon=horizon)
+def test_global_splits_are_in_time_order_with_a_gap_of_the_horizon(prepared, horizon):
+    cfg = FeatureConfig(window=16, horizon=horizon, split="global")
     symbols = _staggered(prepared)
     splits = make_splits(symbols, cfg)
     L = cfg.window

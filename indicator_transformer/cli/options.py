@@ -68,9 +68,17 @@ FEATURE_FLAGS = [
      "= N), none (default: none declared)"),
     ("--window", int, "bars per input window, L, at most 8192"),
     ("--horizon", int, "label horizon in bars: predict the return from t to t+h"),
-    ("--train-frac", float, "fraction of each symbol's bars, oldest first, used for training"),
+    ("--train-frac", float, "fraction of the sample end times, oldest first, used for training "
+                            "(per symbol under --split per-symbol)"),
     ("--val-frac", float, "the next fraction, for validation (the rest is the test split); "
                           "train_frac + val_frac < 1"),
+    ("--split", str, "how train/val/test are cut in time: global (one pair of cut-offs for every "
+                     "symbol: a panel sharing one calendar), per-symbol (each symbol's own history: "
+                     "files covering different years), auto (global unless it leaves a symbol without "
+                     "enough windows in a split; the choice and its reason are printed)"),
+    ("--normalise", str, "feature and label statistics, fitted on training rows only: per-symbol "
+                         "(assets of different price, volatility and bar frequency train together) "
+                         "or global (pooled over all symbols)"),
 ]
 MODEL_FLAGS = [
     ("--d-model", int, "transformer width"),

@@ -6,15 +6,22 @@ each split stores, per symbol, one contiguous range of end bars, and a flat samp
 into (s, t) with a binary search over the cumulative range lengths. Memory is O(symbols), and the
 feature arrays stay memory-mapped from the cache.
 
-Splits use global time cut-offs (the 70% / 85% quantiles of all sample end times by default), so
-every symbol's validation data lies after every symbol's training data. The last h training samples
-before a cut are dropped, so no training label reaches into the validation period (a gap of h
-bars); the same between validation and test.
+Split policy (``--split``): ``global`` time cut-offs (the 70% / 85% quantiles of all sample end
+times by default), so every symbol's validation data lies after every symbol's training data, right
+for a panel sharing one calendar; ``per-symbol``, each symbol's own time-ordered cut, for files
+covering different years; ``auto`` (default) keeps global cut-offs unless they starve a symbol of a
+split. The last h samples before a cut are dropped, so no training label reaches into the
+validation period (a gap of h bars); the same between validation and test.
+
+Normalisation (``--normalise``) is fitted on training rows only: per symbol by default (each
+symbol's own feature and label mean/std), or pooled over all symbols.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,84 +53,278 @@ class SplitIndex:
         return int(self.counts.sum())
 
 
-def make_splits(symbols: list[SymbolData], cfg: FeatureConfig) -> dict[str, SplitIndex]:
-    """Train/val/test end-bar ranges per symbol, in time order, gap >= horizon between them."""
-    L, h = cfg.window, cfg.horizon
-    # Valid end bars: a full window behind, a known label ahead.
-    firsts = [L - 1 for _ in symbols]
-    lasts = [len(s.label) - h for s in symbols]                       # exclusive
+# Under ``auto``, global cut-offs are kept when every symbol gets at least this share of the
+# windows its split fractions would give it on its own (and at least one): a panel sharing one
+# calendar passes easily; files covering different years do not.
+AUTO_MIN_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class SplitChoice:
+    """The splits, the policy that made them and, for ``auto``, why."""
+
+    splits: dict[str, SplitIndex]
+    policy: str          # "global" or "per-symbol"
+    reason: str
+
+
+def _valid_ranges(symbols: list[SymbolData], cfg: FeatureConfig) -> tuple[list[int], list[int]]:
+    """Per symbol, [first, last) end bars with a full window behind and a known label ahead."""
+    return [cfg.window - 1 for _ in symbols], [len(s.label) - cfg.horizon for s in symbols]
+
+
+def _cut(f: int, a1: int, a2: int, la: int, h: int) -> dict[str, tuple[int, int]]:
+    """Train/val/test end-bar ranges given the first bars after the two cuts; the last h end bars
+    before a cut are dropped, so no label reaches into the next split (the gap rule)."""
+    a1 = max(a1, f)
+    a2 = max(a2, a1)
+    return {"train": (f, min(a1 - h, la)), "val": (a1, min(a2 - h, la)), "test": (a2, la)}
+
+
+def _assemble(per_symbol: list[dict[str, tuple[int, int]]]) -> dict[str, SplitIndex]:
+    return {k: SplitIndex(np.asarray([r[k][0] for r in per_symbol], np.int64),
+                          np.asarray([max(r[k][1], r[k][0]) for r in per_symbol], np.int64))
+            for k in SPLITS}
+
+
+def global_splits(symbols: list[SymbolData], cfg: FeatureConfig) -> dict[str, SplitIndex]:
+    """One pair of time cut-offs for every symbol (quantiles of all valid end times), so every
+    symbol's validation data lies after every symbol's training data."""
+    firsts, lasts = _valid_ranges(symbols, cfg)
     pieces = [np.asarray(s.time[f:la]) for s, f, la in zip(symbols, firsts, lasts, strict=True) if la > f]
-    all_times = np.concatenate(pieces) if pieces else np.empty(0, np.int64)
-    if all_times.size == 0:  # no symbol is long enough for one window and its label
-        return {k: SplitIndex(np.zeros(len(symbols), np.int64), np.zeros(len(symbols), np.int64))
-                for k in SPLITS}
+    if not pieces:  # no symbol is long enough for one window and its label
+        return _assemble([_cut(0, 0, 0, 0, cfg.horizon) for _ in symbols])
+    all_times = np.concatenate(pieces)
     cut1 = np.quantile(all_times, cfg.train_frac, method="lower")
     cut2 = np.quantile(all_times, cfg.train_frac + cfg.val_frac, method="lower")
-    out = {k: ([], []) for k in SPLITS}
+    ranges = []
     for s, f, la in zip(symbols, firsts, lasts, strict=True):
         t = np.asarray(s.time)
-        a1 = max(int(np.searchsorted(t, cut1, side="right")), f)    # first bar after cut 1
-        a2 = max(int(np.searchsorted(t, cut2, side="right")), a1)   # first bar after cut 2
-        ranges = {
-            "train": (f, min(a1 - h, la)),  # labels of train end bars stay before a1
-            "val": (a1, min(a2 - h, la)),
-            "test": (a2, la),
-        }
-        for k, (lo, hi) in ranges.items():
-            out[k][0].append(lo)
-            out[k][1].append(max(hi, lo))
-    return {k: SplitIndex(np.asarray(v[0], np.int64), np.asarray(v[1], np.int64)) for k, v in out.items()}
+        ranges.append(_cut(f, int(np.searchsorted(t, cut1, side="right")),
+                           int(np.searchsorted(t, cut2, side="right")), la, cfg.horizon))
+    return _assemble(ranges)
+
+
+def per_symbol_splits(symbols: list[SymbolData], cfg: FeatureConfig) -> dict[str, SplitIndex]:
+    """Each symbol's own time-ordered train/val/test over its valid end bars, with the same
+    fractions and gap rule."""
+    firsts, lasts = _valid_ranges(symbols, cfg)
+    ranges = []
+    for f, la in zip(firsts, lasts, strict=True):
+        n = max(la - f, 0)
+        ranges.append(_cut(f, f + int(n * cfg.train_frac), f + int(n * (cfg.train_frac + cfg.val_frac)),
+                           max(la, f), cfg.horizon))
+    return _assemble(ranges)
+
+
+def make_splits(symbols: list[SymbolData], cfg: FeatureConfig) -> dict[str, SplitIndex]:
+    """Train/val/test end-bar ranges per symbol under ``cfg.split`` (see :func:`choose_splits`)."""
+    return choose_splits(symbols, cfg).splits
+
+
+def choose_splits(symbols: list[SymbolData], cfg: FeatureConfig) -> SplitChoice:
+    """Apply the split policy. ``auto`` keeps global cut-offs when every symbol has enough windows
+    in each split under them, and otherwise splits each symbol on its own, saying which symbol
+    decided it."""
+    policy = getattr(cfg, "split", "global")
+    if policy == "global":
+        return SplitChoice(global_splits(symbols, cfg), "global", "--split global")
+    if policy == "per-symbol":
+        return SplitChoice(per_symbol_splits(symbols, cfg), "per-symbol", "--split per-symbol")
+    glob = global_splits(symbols, cfg)
+    short = _short_under_global(symbols, glob, cfg)
+    if short is None:
+        return SplitChoice(glob, "global", "auto: every symbol has enough windows in each split under "
+                                           "global time cut-offs")
+    return SplitChoice(per_symbol_splits(symbols, cfg), "per-symbol",
+                       f"auto: global time cut-offs would leave {short}, so each symbol is split on "
+                       f"its own")
+
+
+def _short_under_global(symbols: list[SymbolData], glob: dict[str, SplitIndex], cfg: FeatureConfig
+                        ) -> str | None:
+    """The first symbol (with what it lacks) that global cut-offs starve, or None."""
+    firsts, lasts = _valid_ranges(symbols, cfg)
+    fracs = {"train": cfg.train_frac, "val": cfg.val_frac, "test": 1.0 - cfg.train_frac - cfg.val_frac}
+    for i, (s, f, la) in enumerate(zip(symbols, firsts, lasts, strict=True)):
+        n = la - f
+        if n <= 0:
+            continue  # too short for any window: no policy helps it
+        for k in SPLITS:
+            got = int(glob[k].counts[i])
+            expected = n * fracs[k]
+            if expected >= 2 and got < max(1.0, AUTO_MIN_SHARE * expected):
+                return f"{s.symbol} with {got:,} {k} windows (about {int(expected):,} of its own)"
+    return None
+
+
+def split_table(symbols: list[SymbolData], splits: dict[str, SplitIndex]) -> tuple[list[str], list[str]]:
+    """Lines of a table (per split: symbols, first and last end-bar date, windows) and warnings
+    (symbols without training windows; splits holding different symbols)."""
+    lines = [f"  {'split':<6} {'symbols':>7}  {'from':<10}  {'to':<10}  {'windows':>10}"]
+    holders = {}
+    for k in SPLITS:
+        sp = splits[k]
+        have = [i for i in range(len(symbols)) if sp.counts[i] > 0]
+        holders[k] = {symbols[i].symbol for i in have}
+        if have:
+            first = min(int(symbols[i].time[sp.starts[i]]) for i in have)
+            last = max(int(symbols[i].time[sp.stops[i] - 1]) for i in have)
+            span = (_day(first), _day(last))
+        else:
+            span = ("-", "-")
+        lines.append(f"  {k:<6} {len(have):>7}  {span[0]:<10}  {span[1]:<10}  {len(sp):>10,}")
+    warnings = []
+    no_train = [s.symbol for s in symbols if s.symbol not in holders["train"]]
+    if no_train:
+        warnings.append(f"{len(no_train)} symbol(s) have no training windows: {_names(no_train)}")
+    for k in ("val", "test"):
+        only = sorted(holders[k] - holders["train"])
+        if only:
+            warnings.append(f"the {k} split holds symbol(s) the model never trains on: {_names(only)}")
+        absent = sorted(holders["train"] - holders[k])
+        if absent:
+            warnings.append(f"the {k} split holds {len(holders[k])} of the {len(holders['train'])} "
+                            f"training symbols; it says nothing about {_names(absent)}")
+    return lines, warnings
+
+
+def _day(ns: int) -> str:
+    return str(np.datetime64(ns, "ns").astype("datetime64[D]"))
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f" ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+# A symbol needs this many training labels for statistics of its own; fewer get the pooled ones.
+MIN_OWN_ROWS = 50
 
 
 @dataclass(frozen=True)
 class Normalisation:
-    """Per-feature mean and std, and the label's mean and std, fitted on the training rows only.
+    """Feature and label statistics fitted on training rows only.
+
+    The pooled fields (``mean``, ``std``, ``label_mean``, ``label_std``) cover all training rows.
+    With per-symbol statistics (``symbols`` not empty), symbol ``symbols[i]`` uses row i of the
+    ``sym_*`` arrays: assets whose prices, volatility and bar frequency differ 10-20x then train
+    together on comparable inputs and targets. A symbol without statistics of its own (too few
+    training rows, or new data) uses the pooled ones.
 
     The model is trained on the standardised label; predictions are turned back into returns with
-    ``label_mean + label_std * prediction``.
+    ``label_mean + label_std * prediction`` of the sample's symbol.
     """
 
     mean: np.ndarray  # (F,) float32
     std: np.ndarray   # (F,) float32
     label_mean: float = 0.0
     label_std: float = 1.0
+    symbols: tuple[str, ...] = ()
+    sym_mean: np.ndarray | None = None        # (S, F) float32
+    sym_std: np.ndarray | None = None         # (S, F) float32
+    sym_label_mean: np.ndarray | None = None  # (S,) float64
+    sym_label_std: np.ndarray | None = None   # (S,) float64
 
-    def to_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors only, so that a checkpoint holding it loads with ``weights_only=True``."""
-        return {"mean": torch.from_numpy(self.mean.copy()), "std": torch.from_numpy(self.std.copy()),
-                "label_mean": torch.tensor(self.label_mean, dtype=torch.float64),
-                "label_std": torch.tensor(self.label_std, dtype=torch.float64)}
+    @property
+    def per_symbol(self) -> bool:
+        return bool(self.symbols)
+
+    def scales(self, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(mean (S, F), std (S, F), label_mean (S,), label_std (S,)) for the symbols ``names``,
+        the pooled statistics for any symbol without its own."""
+        n = len(names)
+        mean = np.tile(self.mean, (n, 1))
+        std = np.tile(self.std, (n, 1))
+        lm = np.full(n, self.label_mean, np.float64)
+        ls = np.full(n, self.label_std, np.float64)
+        if self.per_symbol:
+            row = {s: i for i, s in enumerate(self.symbols)}
+            for j, name in enumerate(names):
+                i = row.get(name)
+                if i is not None:
+                    mean[j], std[j] = self.sym_mean[i], self.sym_std[i]
+                    lm[j], ls[j] = self.sym_label_mean[i], self.sym_label_std[i]
+        return mean.astype(np.float32), std.astype(np.float32), lm, ls
+
+    def to_dict(self) -> dict[str, Any]:
+        """Tensors, and a list of symbol names, so that a checkpoint holding it loads with
+        ``weights_only=True``."""
+        d: dict[str, Any] = {
+            "mean": torch.from_numpy(self.mean.copy()), "std": torch.from_numpy(self.std.copy()),
+            "label_mean": torch.tensor(self.label_mean, dtype=torch.float64),
+            "label_std": torch.tensor(self.label_std, dtype=torch.float64)}
+        if self.per_symbol:
+            d.update(symbols=list(self.symbols),
+                     sym_mean=torch.from_numpy(np.ascontiguousarray(self.sym_mean, np.float32)),
+                     sym_std=torch.from_numpy(np.ascontiguousarray(self.sym_std, np.float32)),
+                     sym_label_mean=torch.from_numpy(np.asarray(self.sym_label_mean, np.float64)),
+                     sym_label_std=torch.from_numpy(np.asarray(self.sym_label_std, np.float64)))
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, torch.Tensor]) -> Normalisation:
-        return cls(d["mean"].numpy().astype(np.float32), d["std"].numpy().astype(np.float32),
-                   float(d["label_mean"]), float(d["label_std"]))
+    def from_dict(cls, d: dict[str, Any]) -> Normalisation:
+        """The inverse of :meth:`to_dict` (a checkpoint's dict was validated on load)."""
+        base = (d["mean"].numpy().astype(np.float32), d["std"].numpy().astype(np.float32),
+                float(d["label_mean"]), float(d["label_std"]))
+        if not d.get("symbols"):
+            return cls(*base)
+        return cls(*base, tuple(str(s) for s in d["symbols"]),
+                   d["sym_mean"].numpy().astype(np.float32), d["sym_std"].numpy().astype(np.float32),
+                   d["sym_label_mean"].numpy().astype(np.float64),
+                   d["sym_label_std"].numpy().astype(np.float64))
 
 
-def fit_normalisation(symbols: list[SymbolData], train: SplitIndex, window: int) -> Normalisation:
-    """Mean/std over every feature row that any training window reads (and nothing later),
-    and of the training labels."""
+def _moments(rows: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    rows = np.asarray(rows, dtype=np.float64)
+    return rows.shape[0], rows.sum(0), (rows * rows).sum(0)
+
+
+def _mean_std(n: int, s1: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
+    std = np.where(std < 1e-8, 1.0, std)  # a constant feature: leave it centred, do not blow it up
+    return mean, std
+
+
+def _label_stats(y: np.ndarray) -> tuple[float, float]:
+    sd = float(y.std()) if y.size > 1 else 0.0
+    return float(y.mean()), (sd if sd > 1e-12 else 1.0)
+
+
+def fit_normalisation(symbols: list[SymbolData], train: SplitIndex, window: int,
+                      per_symbol: bool = False) -> Normalisation:
+    """Mean/std over every feature row that any training window reads (and nothing later), and
+    of the training labels: pooled, and with ``per_symbol`` also for each symbol with at least
+    ``MIN_OWN_ROWS`` training labels."""
     F = symbols[0].features.shape[1]
     n = 0
     s1 = np.zeros(F, np.float64)
     s2 = np.zeros(F, np.float64)
     labels = []
+    own: dict[str, tuple[np.ndarray, np.ndarray, float, float]] = {}
     for s, lo, hi in zip(symbols, train.starts, train.stops, strict=True):
         if hi <= lo:
             continue
-        rows = np.asarray(s.features[max(lo - window + 1, 0):hi], dtype=np.float64)
-        n += rows.shape[0]
-        s1 += rows.sum(0)
-        s2 += (rows * rows).sum(0)
-        labels.append(np.asarray(s.label[lo:hi], dtype=np.float64))
+        k, a, b = _moments(s.features[max(lo - window + 1, 0):hi])
+        n, s1, s2 = n + k, s1 + a, s2 + b
+        y = np.asarray(s.label[lo:hi], dtype=np.float64)
+        labels.append(y)
+        if per_symbol and len(y) >= MIN_OWN_ROWS:
+            own[s.symbol] = (*_mean_std(k, a, b), *_label_stats(y))
     if n == 0:
         return Normalisation(np.zeros(F, np.float32), np.ones(F, np.float32))
-    mean = s1 / n
-    std = np.sqrt(np.maximum(s2 / n - mean * mean, 0.0))
-    std[std < 1e-8] = 1.0  # a constant feature: leave it centred, do not blow it up
-    y = np.concatenate(labels)
-    y_std = float(y.std()) if y.size > 1 and y.std() > 1e-12 else 1.0
-    return Normalisation(mean.astype(np.float32), std.astype(np.float32), float(y.mean()), y_std)
+    mean, std = _mean_std(n, s1, s2)
+    lm, ls = _label_stats(np.concatenate(labels))
+    pooled = Normalisation(mean.astype(np.float32), std.astype(np.float32), lm, ls)
+    if not own:
+        return pooled
+    names = tuple(own)
+    return dataclasses.replace(
+        pooled, symbols=names,
+        sym_mean=np.stack([own[x][0] for x in names]).astype(np.float32),
+        sym_std=np.stack([own[x][1] for x in names]).astype(np.float32),
+        sym_label_mean=np.asarray([own[x][2] for x in names], np.float64),
+        sym_label_std=np.asarray([own[x][3] for x in names], np.float64))
 
 
 class WindowDataset(Dataset):
@@ -141,10 +342,13 @@ class WindowDataset(Dataset):
         self.symbols = symbols
         self.split = split
         self.window = window
-        self.mean = norm.mean
-        self.inv_std = (1.0 / norm.std).astype(np.float32)
-        self.label_mean = np.float32(norm.label_mean)
-        self.label_inv_std = np.float32(1.0 / norm.label_std)
+        self.norm = norm
+        mean, std, lm, ls = norm.scales([s.symbol for s in symbols])
+        self.mean = mean                                   # (S, F): row s for symbol s
+        self.inv_std = (1.0 / std).astype(np.float32)
+        self.label_mean = lm.astype(np.float32)            # (S,)
+        self.label_inv_std = (1.0 / ls).astype(np.float32)
+        self._label_mean64, self._label_std64 = lm, ls
         self._offsets = split.offsets
         self._starts = split.starts
 
@@ -158,31 +362,37 @@ class WindowDataset(Dataset):
         s = int(np.searchsorted(self._offsets, i, side="right") - 1)
         return s, int(self._starts[s] + (i - self._offsets[s]))
 
+    def symbol_index(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The symbol index of samples ``start .. stop`` (vectorised :meth:`locate`)."""
+        idx = np.arange(start, len(self) if stop is None else stop)
+        return (np.searchsorted(self._offsets, idx, side="right") - 1).astype(np.int64)
+
     def to_returns(self, standardised: np.ndarray, start: int = 0) -> np.ndarray:
         """Standardised values of samples ``start .. start + len(standardised)`` of this split
-        (predictions or labels, as the model sees them) -> forward returns (float64)."""
+        (predictions or labels, as the model sees them) -> forward returns (float64), each with the
+        statistics of its own symbol."""
         v = np.asarray(standardised, np.float64)
-        return float(self.label_mean) + v / float(self.label_inv_std)
-
-    def _window(self, i: int) -> tuple[np.ndarray, float]:
-        s, t = self.locate(i)
-        sym = self.symbols[s]
-        return sym.features[t - self.window + 1: t + 1], float(sym.label[t])
+        s = self.symbol_index(start, start + len(v))
+        return self._label_mean64[s] + self._label_std64[s] * v
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = self.__getitems__([i])
         return xs[0], ys[0]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        xs = np.empty((len(indices), self.window, len(self.mean)), np.float32)  # (B, L, F)
+        xs = np.empty((len(indices), self.window, self.mean.shape[1]), np.float32)  # (B, L, F)
         ys = np.empty(len(indices), np.float32)
+        sym = np.empty(len(indices), np.int64)
         for j, i in enumerate(indices):
-            xs[j], ys[j] = self._window(int(i))
-        xs -= self.mean
-        xs *= self.inv_std
+            s, t = self.locate(int(i))
+            sym[j] = s
+            xs[j] = self.symbols[s].features[t - self.window + 1: t + 1]
+            ys[j] = self.symbols[s].label[t]
+        xs -= self.mean[sym][:, None, :]
+        xs *= self.inv_std[sym][:, None, :]
         np.clip(xs, -self.CLIP, self.CLIP, out=xs)
-        ys -= self.label_mean
-        ys *= self.label_inv_std
+        ys -= self.label_mean[sym]
+        ys *= self.label_inv_std[sym]
         return torch.from_numpy(xs), torch.from_numpy(ys)
 
 

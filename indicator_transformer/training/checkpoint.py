@@ -100,6 +100,19 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], data: bytes | None 
 
 
 # ----------------------------------------------------------------------------- reading
+# Settings added after checkpoints were first written, with the value that reproduces how those
+# checkpoints were trained (not today's default): a resume must cut and scale the data as before.
+OLD_SETTING_VALUES = {"features": {"split": "global", "normalise": "global"}}
+
+
+def _fill_old_settings(state: Any) -> None:
+    cfg = state.get("config") if isinstance(state, dict) else None
+    for section, values in OLD_SETTING_VALUES.items():
+        if isinstance(cfg, dict) and isinstance(cfg.get(section), dict):
+            for key, value in values.items():
+                cfg[section].setdefault(key, value)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
                     mmap: bool = False) -> dict[str, Any]:
     """Verify, load (``weights_only=True``) and validate a checkpoint.
@@ -148,6 +161,7 @@ def _read(path: Path, map_location: str | torch.device, use_mmap: bool) -> tuple
         first = str(e).splitlines()[0] if str(e) else "no detail"
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: "
                               f"{first})") from None
+    _fill_old_settings(state)
     try:
         validate_state(state, sealed=sealed)
     except _Invalid as e:
@@ -446,7 +460,25 @@ def _check_normalisation(norm: dict[str, Any]) -> int:
         _need(isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point()
               and math.isfinite(float(v)) and (not positive or float(v) > 0),
               f"normalisation.{key}", "a finite number" + (" > 0" if positive else ""), v)
+    if "symbols" in norm:
+        _check_symbol_statistics(norm, int(mean.shape[0]))
     return int(mean.shape[0])
+
+
+def _check_symbol_statistics(norm: dict[str, Any], n_features: int) -> None:
+    """Per-symbol statistics: one row per named symbol, finite, positive scales."""
+    names = norm["symbols"]
+    _need(isinstance(names, list) and len(names) >= 1 and all(isinstance(n, str) and n for n in names)
+          and len(set(names)) == len(names), "normalisation.symbols", "a list of distinct symbol names",
+          names)
+    shapes = {"sym_mean": (len(names), n_features), "sym_std": (len(names), n_features),
+              "sym_label_mean": (len(names),), "sym_label_std": (len(names),)}
+    for key, shape in shapes.items():
+        v = norm.get(key)
+        _need(isinstance(v, torch.Tensor) and tuple(v.shape) == shape and v.is_floating_point()
+              and _finite_tensor(v) and (not key.endswith("std") or bool((v > 0).all())),
+              f"normalisation.{key}", f"a tensor of shape {list(shape)} of finite values"
+              + (" > 0" if key.endswith("std") else ""), v)
 
 
 # ----------------------------------------------------------------------------- listing

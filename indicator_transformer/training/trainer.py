@@ -399,8 +399,8 @@ class Trainer:
             return None
         pred, target = out
         loss = float(np.mean((pred - target) ** 2)) if len(pred) else float("nan")
-        m = self.norm.label_mean, self.norm.label_std
-        metrics = point_metrics(m[0] + m[1] * pred, m[0] + m[1] * target, train_mean=m[0])
+        ds = self.datasets[split]
+        metrics = point_metrics(ds.to_returns(pred), ds.to_returns(target), train_mean=self.norm.label_mean)
         metrics["loss"] = loss
         return metrics
 
