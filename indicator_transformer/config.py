@@ -27,9 +27,9 @@ out-of-memory kill, never a setting someone could mean:
     dropout in [0, 1), model parameters <= 10**9
     custom_features: see data/features.py (zscore window 2..5000)
     epochs 1..1_000_000, batch_size 1..65_536, lr in (0, 1], weight_decay in [0, 1],
-    grad_clip > 0, warmup_steps and checkpoint_every 0..10**9, keep 2..1_000_000
+    grad_clip > 0, warmup_steps and checkpoint_every 0..10**9, keep 2..1_000_000, cost_bps 0..10_000
     every float finite; paths (data_dir, cache_dir, models_dir) non-blank, without NUL characters,
-    at most 4096 characters (PATH_MAX) and three different folders; device auto, cpu, cuda or cuda:N
+    at most 4096 characters (PATH_MAX) and four different folders (runs_dir too); device auto, cpu, cuda or cuda:N
 """
 
 from __future__ import annotations
@@ -276,6 +276,8 @@ class TrainConfig(_Section):
     models_dir: str = "models"
     checkpoint_every: int = 0
     keep: int = 3
+    runs_dir: str | None = None      # None: "runs" beside models_dir (runlog.py)
+    cost_bps: float = 0.0            # trading cost in the report's strategy figures
 
     def validate(self) -> None:
         """See the module docstring for the bounds."""
@@ -293,6 +295,8 @@ class TrainConfig(_Section):
         _check_int(self, "checkpoint_every", 0, 10**9,
                    "an integer from 0 (only at epoch end) to 1_000_000_000")
         _check_int(self, "keep", 2, 1_000_000)
+        _check_path(self, "runs_dir", optional=True)
+        _check(0 <= self.cost_bps <= 10_000, "cost_bps", self.cost_bps, "a number of basis points in [0, 10000]")
 
 
 def _same_folder(a: str, b: str) -> bool:
@@ -315,10 +319,10 @@ class Config:
             part = getattr(self, name)
             if not isinstance(part, klass):
                 raise ConfigError(f"section [{name}] must be a {klass.__name__}, got {_short(part)}")
-        # Three roles, three folders: the cache would litter a data folder with .npy files that the
+        # Four roles, four folders: the cache would litter a data folder with .npy files that the
         # next run reads as input, and checkpoints inside the cache make it look foreign.
         paths = [("data_dir", self.data.data_dir), ("cache_dir", self.data.cache_dir),
-                 ("models_dir", self.train.models_dir)]
+                 ("models_dir", self.train.models_dir), ("runs_dir", self.train.runs_dir)]
         for i, (key_a, a) in enumerate(paths):
             for key_b, b in paths[i + 1:]:
                 _check(a is None or b is None or not _same_folder(a, b), key_b, b,

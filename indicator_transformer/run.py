@@ -7,22 +7,35 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+import torch
 
+from . import metrics
 from .atomic import atomic_write_json
 from .baselines import baseline_predictions
 from .config import Config
+from .data import frequency
 from .data.cache import FeatureCache
 from .data.prepare import PreparedData, prepare, resolve_sources
-from .data.windows import Normalisation, fit_normalisation, make_splits
+from .data.windows import (
+    Normalisation,
+    SplitChoice,
+    choose_splits,
+    fit_normalisation,
+    split_summary,
+    split_table,
+)
 from .errors import CheckpointError, UserError
 from .integrity import IntegrityError, check_json, json_safe, seal_json
-from .metrics import point_metrics
 from .model import count_parameters
+from .plots import plot_losses, write_plots
+from .report import TestPredictions, build_report, format_table, report_series
+from .runlog import LOG_NAME, RunFolder, attach_console_log, runs_dir_for
 from .shutdown import SignalHandler
 from .training import checkpoint as ckpt
 from .training.trainer import Trainer, resolve_device
@@ -90,9 +103,25 @@ def check_fingerprint(state: dict[str, Any], data: PreparedData, path: Path, all
     print(f"warning: {msg}; continuing because of --allow-data-change", file=stream, flush=True)
 
 
+def print_layout(data: PreparedData, choice: SplitChoice, horizon: int, stream: TextIO) -> None:
+    """Bar frequencies and the split table, with warnings for what makes a result meaningless:
+    mixed frequencies, symbols without training windows, splits holding different symbols."""
+    groups = frequency.frequencies(data.symbols)
+    print(f"Bar frequency: {frequency.describe(groups)}", file=stream, flush=True)
+    mixed = frequency.mixed_warning(groups, horizon)
+    if mixed:
+        print(f"warning: {mixed}", file=stream, flush=True)
+    lines, warnings = split_table(data.symbols, choice.splits)
+    print(f"Splits: {choice.policy} ({choice.reason})", file=stream, flush=True)
+    print("\n".join(lines), file=stream, flush=True)
+    for w in warnings:
+        print(f"warning: {w}", file=stream, flush=True)
+
+
 def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: TextIO | None = None) -> int:
     """Prepare, train (or resume) and evaluate. Returns the exit code."""
     stream = stream or sys.stderr
+    started = time.perf_counter()
     resolve_device(cfg.train.device)  # a bad --device is a usage error before any work is done
     cache = FeatureCache(cfg.data.cache_dir).open()
     data = prepare_data(cfg, handler, cache, stream, opts.show_progress)
@@ -106,7 +135,9 @@ def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: 
     if not data.symbols:
         raise UserError("no usable symbols to train on")
 
-    splits = make_splits(data.symbols, cfg.features)
+    choice = choose_splits(data.symbols, cfg.features)
+    splits = choice.splits
+    print_layout(data, choice, cfg.features.horizon, stream)
     state = opts.resume_state
     if state is not None:
         check_fingerprint(state, data, opts.resume_path or Path("?"), opts.allow_data_change, stream)
@@ -116,7 +147,8 @@ def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: 
                                   f"{data.feature_names}")
         norm = Normalisation.from_dict(state["normalisation"])
     else:
-        norm = fit_normalisation(data.symbols, splits["train"], cfg.features.window)
+        norm = fit_normalisation(data.symbols, splits["train"], cfg.features.window,
+                                 per_symbol=cfg.features.normalise == "per-symbol")
 
     trainer = Trainer(cfg, data, splits, norm, handler=handler, stream=stream,
                       show_progress=opts.show_progress)
@@ -140,87 +172,172 @@ def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: 
           f"train {sizes['train']:,} / val {sizes['val']:,} / test {sizes['test']:,}, "
           f"{trainer.steps_per_epoch} steps per epoch, {trainer.cfg.train.epochs} epochs",
           file=stream, flush=True)
+    run = open_run_folder(trainer, state, models_dir, stream)
+    summary = RunSummary(run, trainer, data, choice, prepared_s=time.perf_counter() - started)
 
     result = trainer.fit()
+    summary.mark("training")
     if not result.completed:
+        _report_interrupted(summary, result.stopped_in, result.checkpoint, stream)
         return handler.exit_code
 
     which = _load_best(trainer, data, models_dir / ckpt.BEST_NAME, stream)
-    scores = _score_test(trainer, handler)
-    if scores is None:
+    scored = score_test(trainer, data, handler)
+    summary.mark("evaluation")
+    if scored is None:
         print("Evaluation stopped: no report written; training is saved and resume_training.py "
               "runs the evaluation", file=stream, flush=True)
+        _report_interrupted(summary, "evaluation", None, stream)
         return handler.exit_code
-    test = scores.pop("model")
-    verdict = _verdict(test, scores)
-    report = {"evaluated": which, "test": test, "baselines": scores, "verdict": verdict,
-              "history": trainer.epoch_history,
-              "global_step": trainer.global_step, "data_fingerprint": data.fingerprint,
-              # The checkpoint this report belongs to: resume trusts it only for that one.
-              "checkpoint": {"line": trainer.lineage["line"], "global_step": trainer.global_step,
-                             "epoch": trainer.epoch - 1}}
-    out = atomic_write_json(models_dir / EVALUATION_FILE, seal_json(json_safe(report)))
-    _print_table(which, test, scores, verdict, stream)
-    print(f"Test ({which}): IC {test['ic']:+.4f} (t {test['ic_t']:+.1f}), rank IC {test['rank_ic']:+.4f}, "
-          f"hit rate {test['hit_rate']:.3f} (always long {test['always_long']:.3f}), MSE/baseline "
-          f"{test['mse_ratio']:.4f} over {test['samples']:,} windows -> {out}", file=stream, flush=True)
+    tp, details = scored
+    rep = build_report(tp)
+    pooled = {name: p["pooled"] for name, p in rep["predictors"].items()}
+    evaluation = {"evaluated": which, "test": pooled.pop("model"), "baselines": pooled,
+                  "verdict": rep["verdict"], "report": rep, "baseline_settings": details,
+                  "history": trainer.epoch_history,
+                  "global_step": trainer.global_step, "data_fingerprint": data.fingerprint,
+                  "run": run.name,
+                  # The checkpoint this report belongs to: resume trusts it only for that one.
+                  "checkpoint": {"line": trainer.lineage["line"], "global_step": trainer.global_step,
+                                 "epoch": trainer.epoch - 1}}
+    out = atomic_write_json(models_dir / EVALUATION_FILE, seal_json(json_safe(evaluation)))
+    print(format_table(rep, f"Test split ({which})"), file=stream, flush=True)
+    plots = write_plots(run.root, report_series(tp), trainer.epoch_history, trainer.step_losses,
+                        trainer.steps_per_epoch, run.resume_steps())
+    summary.finish(evaluated=which, report=rep, baseline_settings=details, plots=plots, evaluation=out)
+    print(f"Report: {out}; run folder {run.root} (train.log, metrics.csv, summary.json, "
+          f"{len(plots)} plots)", file=stream, flush=True)
     return 0
 
 
-def _score_test(trainer: Trainer, handler: SignalHandler) -> dict[str, dict[str, Any]] | None:
-    """The model and every baseline scored on the same test samples; None if stopped."""
+def open_run_folder(trainer: Trainer, state: dict[str, Any] | None, models_dir: Path,
+                    stream: TextIO) -> RunFolder:
+    """The run folder: the checkpoint's (a resume appends to it) or a new one; from here on the
+    console is also logged to its train.log."""
+    runs = runs_dir_for(trainer.cfg.train.runs_dir, models_dir)
+    record = state.get("run") if state is not None else None
+    run = RunFolder.start(runs, record, trainer.global_step)
+    trainer.run = run
+    attach_console_log(run.root / LOG_NAME)
+    what = "new run" if run.segment == 0 else f"resume {run.segment} of this run"
+    print(f"Run folder: {run.root} ({what})", file=stream, flush=True)
+    return run
+
+
+class RunSummary:
+    """summary.json of the run folder, written at the end of every segment (also a stopped one)."""
+
+    def __init__(self, run: RunFolder, trainer: Trainer, data: PreparedData, choice: SplitChoice,
+                 prepared_s: float) -> None:
+        self.run, self.trainer, self.data, self.choice = run, trainer, data, choice
+        self.durations = {"preparation_s": round(prepared_s, 3)}
+        self._tick = time.perf_counter()
+        self._start = self._tick - prepared_s
+
+    def mark(self, phase: str) -> None:
+        """Record the seconds spent in ``phase`` since the previous mark."""
+        now = time.perf_counter()
+        self.durations[f"{phase}_s"] = round(now - self._tick, 3)
+        self._tick = now
+
+    def write(self, status: str, **extra: Any) -> Path:
+        t = self.trainer
+        models = Path(t.cfg.train.models_dir)
+        best = models / ckpt.BEST_NAME
+        self.durations["total_s"] = round(time.perf_counter() - self._start, 3)
+        groups = frequency.frequencies(self.data.symbols)
+        doc = {
+            "run": self.run.name, "status": status, "segment": self.run.segment,
+            "segments": [{"global_step": s[0], "started": s[1]} for s in self.run.segments],
+            "config": t.cfg.to_dict(),
+            "data": {"fingerprint": self.data.fingerprint, "symbols": len(self.data.symbols),
+                     "bars": self.data.bars, "features": list(self.data.feature_names),
+                     "bar_frequency": groups, "mixed_frequency": len(groups) > 1},
+            "splits": {"policy": self.choice.policy, "reason": self.choice.reason,
+                       **split_summary(self.data.symbols, self.choice.splits)},
+            "normalise": t.cfg.features.normalise,
+            "model": {"parameters": count_parameters(t.model)},
+            "progress": {"epoch": t.epoch, "step_in_epoch": t.step_in_epoch, "global_step": t.global_step,
+                         "steps_per_epoch": t.steps_per_epoch, "epochs": t.cfg.train.epochs,
+                         "best_val": t.best_val},
+            "history": t.epoch_history,
+            "checkpoints": {"models_dir": str(models.absolute()),
+                            "best": str(best.absolute()) if best.exists() else None,
+                            "newest": _newest_checkpoint(models)},
+            "durations": dict(self.durations),
+            **extra,
+        }
+        return self.run.write_summary(doc)
+
+    def finish(self, **extra: Any) -> Path:
+        extra["plots"] = [p.name for p in extra.get("plots", [])]
+        extra["evaluation"] = str(extra["evaluation"])
+        return self.write("completed", interrupted=None, **extra)
+
+
+def _newest_checkpoint(models: Path) -> str | None:
+    files = ckpt.checkpoint_files(models)
+    return str(max(files, key=lambda p: p.stat().st_mtime_ns).absolute()) if files else None
+
+
+def _report_interrupted(summary: RunSummary, during: str, checkpoint: Path | None, stream: TextIO) -> None:
+    """What a stopped run has, where its checkpoint is and how to continue; summary.json and the
+    loss plot say the same."""
+    t = summary.trainer
+    lines = [f"Stopped during {during} at epoch {t.epoch}, step {t.step_in_epoch}/{t.steps_per_epoch} "
+             f"(global step {t.global_step})."]
+    if checkpoint is not None:
+        lines.append(f"  checkpoint: {checkpoint}")
+    done = t.epoch_history
+    if done:
+        best = min(done, key=lambda e: e["val_loss"] if e["val_loss"] == e["val_loss"] else float("inf"))
+        last = done[-1]
+        lines.append(f"  completed epochs: {len(done)}; last: train_loss {last['train_loss']:.4f}, "
+                     f"val_loss {last['val_loss']:.4f}, val IC {last['val_ic']:+.4f}; best val_loss "
+                     f"{best['val_loss']:.4f} at epoch {best['epoch']} ({ckpt.BEST_NAME})")
+    else:
+        lines.append("  no epoch completed yet: no validation figures, no test report")
+    lines.append("  no test report yet: resume_training.py continues the training and writes it")
+    lines.append(f"  run folder: {summary.run.root}")
+    print("\n".join(lines), file=stream, flush=True)
+    # The loss plot of what exists, and the summary; never let a report error hide the stop.
+    try:
+        if t.step_losses:
+            plot_losses(t.epoch_history, t.step_losses, t.steps_per_epoch, summary.run.resume_steps(),
+                        summary.run.root / "loss_curves.png")
+        summary.write("interrupted", interrupted={
+            "during": during, "checkpoint": str(checkpoint) if checkpoint else None,
+            "epoch": t.epoch, "step_in_epoch": t.step_in_epoch, "global_step": t.global_step})
+    except OSError as e:
+        print(f"warning: could not write the run summary: {e}", file=stream, flush=True)
+
+
+def score_test(trainer: Trainer, data: PreparedData, handler: SignalHandler
+               ) -> tuple[TestPredictions, dict[str, Any]] | None:
+    """The model's and every baseline's predictions on the same test samples, in return space,
+    with the baselines' fitted settings; None if stopped."""
     out = trainer.predict("test")
     if out is None:
         return None
     pred_std, target_std = out  # standardised, as the model sees them
-    mean, std = trainer.norm.label_mean, trainer.norm.label_std
-    target = mean + std * target_std.astype(np.float64)
-    model = point_metrics(mean + std * pred_std.astype(np.float64), target, mean)
-    model["loss"] = float(np.mean((pred_std - target_std) ** 2)) if len(pred_std) else float("nan")
-    base = baseline_predictions(trainer.datasets, mean, std, trainer.cfg.features.horizon,
-                                lambda: handler.should_stop)
+    test = trainer.datasets["test"]
+    base = baseline_predictions(trainer.datasets, trainer.norm.label_mean, trainer.cfg.features.horizon,
+                                lambda: handler.should_stop, threads=torch.get_num_threads())
     if base is None:
         return None
-    return {"model": model, **{k: point_metrics(v, target, mean) for k, v in base.items()}}
-
-
-def _verdict(model: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> str:
-    """One plain sentence: does the model beat the strongest baseline on the test split?"""
-    rivals = {k: v for k, v in baselines.items() if k in ("ridge", "momentum")}
-    beaten = [k for k, v in rivals.items()
-              if not (model["mse_ratio"] < v["mse_ratio"] and _gt(model["ic"], v["ic"]))]
-    if not beaten:
-        return "the model beats every baseline on MSE and IC"
-    return (f"the model does not beat {', '.join(beaten)} on the test split (lower MSE and higher IC "
-            f"both needed): a simpler predictor does as well here")
-
-
-def _gt(a: float, b: float) -> bool:
-    return a > b if np.isfinite(a) and np.isfinite(b) else np.isfinite(a)
-
-
-def _print_table(which: str, model: dict[str, Any], baselines: dict[str, dict[str, Any]], verdict: str,
-                 stream: TextIO) -> None:
-    """The model and every baseline side by side; * marks the best of each column."""
-    rows = {"model": model, **baselines}
-    cols = [("IC", "ic", max), ("rank IC", "rank_ic", max), ("hit rate", "hit_rate", max),
-            ("MSE/mean", "mse_ratio", min)]
-    best = {key: pick([r[key] for r in rows.values() if np.isfinite(r[key])], default=None)
-            for _, key, pick in cols}
-    width = max(len(n) for n in rows)
-    lines = [f"Test split ({which}): {model['samples']:,} windows, the same samples for every row "
-             f"(always long hits {model['always_long']:.3f}; * = best)",
-             f"  {'predictor'.ljust(width)}  " + "  ".join(f"{c:>9}" for c, _, _ in cols)]
-    for name, r in rows.items():
-        cells = []
-        for _, key, _ in cols:
-            v = r[key]
-            text = "-" if not np.isfinite(v) else f"{v:+.4f}" if key != "mse_ratio" and key != "hit_rate" \
-                else f"{v:.4f}"
-            cells.append(f"{text + ('*' if v == best[key] else ' '):>9}")
-        lines.append(f"  {name.ljust(width)}  " + "  ".join(cells))
-    lines.append(f"Verdict: {verdict}")
-    print("\n".join(lines), file=stream, flush=True)
+    sym = test.symbol_index()
+    names = np.asarray([s.symbol for s in data.symbols])
+    starts = test.split.starts
+    local = np.arange(len(test)) - test.split.offsets[sym] + starts[sym]  # end bar of each sample
+    times = np.asarray([int(data.symbols[s].time[t]) for s, t in zip(sym.tolist(), local.tolist(),
+                                                                     strict=True)], np.int64)
+    per_year = [metrics.periods_per_year(np.asarray(s.time)) for s in data.symbols]
+    tp = TestPredictions(symbols=names[sym], times=times, target=test.to_returns(target_std),
+                         preds={"model": test.to_returns(pred_std), **base.predictions},
+                         train_mean=trainer.norm.label_mean, horizon=trainer.cfg.features.horizon,
+                         cost_bps=trainer.cfg.train.cost_bps,
+                         per_year=float(np.nanmedian(per_year)) if per_year else float("nan"))
+    return tp, base.details
 
 
 def _start_line(trainer: Trainer, state: dict[str, Any], path: Path, models_dir: Path,

@@ -67,10 +67,23 @@ def exit_code_for(signum: int | None) -> int:
         return 128 + int(signum)
 
 
+_console_messages: list[str] = []  # what the handler wrote, for the run's train.log (runlog.py)
+
+
 def _write_stderr(msg: str) -> None:
     # os.write, not print: print inside a handler can hit "reentrant call" on sys.stderr's buffer.
     with contextlib.suppress(OSError):
         os.write(2, msg.encode("utf-8", "replace"))
+    # Not logged here: logging from a signal handler could re-enter a log write in progress.
+    # list.append is atomic; the console log takes the messages at its next line.
+    _console_messages.append(msg)
+
+
+def take_console_messages() -> list[str]:
+    """The messages written by signal handlers since the last call, oldest first."""
+    out = _console_messages[:]
+    del _console_messages[:len(out)]
+    return out
 
 
 _critical_lock = threading.Lock()

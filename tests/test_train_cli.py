@@ -40,7 +40,7 @@ def test_default_job_trains_checkpoints_and_evaluates(run_python, tmp_path: Path
     assert len(state["loss_history"]["steps"]) == 2 * STEPS_PER_EPOCH == state["global_step"]
     report = json.loads((tmp_path / "m" / "evaluation.json").read_text())
     assert report["test"]["samples"] > 0 and -1 <= report["test"]["ic"] <= 1
-    assert "Test (" in r.stderr and "Cleanup complete" not in r.stderr
+    assert "Test split (" in r.stderr and "Verdict:" in r.stderr and "Cleanup complete" not in r.stderr
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

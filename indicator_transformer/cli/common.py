@@ -13,6 +13,7 @@ from typing import Any
 
 from ..config import Config, flag_name
 from ..errors import EXIT_FAILURE, UserError
+from ..runlog import console_log
 from ..shutdown import SignalHandler, print_cleanup_complete
 
 
@@ -31,17 +32,20 @@ def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespa
     _as_program = argv is None  # console scripts and the entry files pass no argv
     warnings.formatwarning = _format_warning
     args = parser.parse_args(argv)  # exits 2 with a usage message on bad flags
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
-    except KeyboardInterrupt:  # only reachable when no SignalHandler is installed
-        print("Interrupted", file=sys.stderr, flush=True)
-        return 130
-    except Exception:
-        traceback.print_exc()
-        return EXIT_FAILURE
+    # Every console line of the command (errors and Cleanup complete included) also goes to the
+    # run's train.log once the pipeline names its run folder; nothing is written before that.
+    with console_log():
+        try:
+            return run(args)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return e.exit_code
+        except KeyboardInterrupt:  # only reachable when no SignalHandler is installed
+            print("Interrupted", file=sys.stderr, flush=True)
+            return 130
+        except Exception:
+            traceback.print_exc()
+            return EXIT_FAILURE
 
 
 _as_program = False  # set by run_command: this process is the command, not a Python caller
@@ -58,15 +62,16 @@ def run_with_handler(body: Callable[[SignalHandler], int]) -> int:
     handlers are always restored."""
     handler = SignalHandler()
     handler.install()
-    try:
-        code = body(handler)
-    finally:
-        if handler.shutdown_requested and _as_program:
-            handler.ignore_from_now_on()
-        else:
-            handler.restore()
-        if handler.shutdown_requested:
-            print_cleanup_complete()
+    with console_log():  # shared with run_command's: Cleanup complete is logged too
+        try:
+            code = body(handler)
+        finally:
+            if handler.shutdown_requested and _as_program:
+                handler.ignore_from_now_on()
+            else:
+                handler.restore()
+            if handler.shutdown_requested:
+                print_cleanup_complete()
     return handler.exit_code if handler.shutdown_requested else code
 
 

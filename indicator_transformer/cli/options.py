@@ -105,6 +105,10 @@ RUNTIME_FLAGS = [
     ("--keep", int, "how many periodic checkpoints to keep, at least 2; interrupted ones and "
                     "best.pth are never deleted"),
     ("--skip-bad-files", bool, "skip invalid OHLCV files with a warning instead of stopping"),
+    ("--runs-dir", str, "where run folders (train.log, metrics.csv, summary.json, plots) go (default: "
+                        "runs, beside --models-dir)"),
+    ("--cost-bps", float, "trading cost in basis points per unit traded, charged in the report's "
+                          "strategy figures (printed with them)"),
 ]
 # train's --epochs (resume has its own, which counts more epochs from the checkpoint).
 EPOCHS_FLAG = ("--epochs", int, "training epochs")

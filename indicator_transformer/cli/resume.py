@@ -163,6 +163,7 @@ def _resume(args: argparse.Namespace, models_dir: str, handler: SignalHandler) -
             print(f"note: {path} was moved aside by an earlier run; training continues in "
                   f"{overrides['models_dir']} (pass --models-dir to choose)", file=sys.stderr)
     overrides.setdefault("cache_dir", DataConfig().cache_dir)
+    overrides.setdefault("runs_dir", None)  # beside the models folder, unless given again
     locate_data(state, saved, overrides, path)
     cfg = saved.replace(source=str(path), origins={k: flag_name(k) for k in flag_values(args)}, **overrides)
     check_folders(cfg)

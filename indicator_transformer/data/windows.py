@@ -158,22 +158,19 @@ def _short_under_global(symbols: list[SymbolData], glob: dict[str, SplitIndex], 
     return None
 
 
-def split_table(symbols: list[SymbolData], splits: dict[str, SplitIndex]) -> tuple[list[str], list[str]]:
-    """Lines of a table (per split: symbols, first and last end-bar date, windows) and warnings
-    (symbols without training windows; splits holding different symbols)."""
-    lines = [f"  {'split':<6} {'symbols':>7}  {'from':<10}  {'to':<10}  {'windows':>10}"]
+def split_summary(symbols: list[SymbolData], splits: dict[str, SplitIndex]) -> dict[str, Any]:
+    """Per split: how many symbols, first and last end-bar date, windows; and the warnings
+    (symbols without training windows, splits holding different symbols). JSON-able."""
+    out: dict[str, Any] = {}
     holders = {}
     for k in SPLITS:
         sp = splits[k]
         have = [i for i in range(len(symbols)) if sp.counts[i] > 0]
         holders[k] = {symbols[i].symbol for i in have}
-        if have:
-            first = min(int(symbols[i].time[sp.starts[i]]) for i in have)
-            last = max(int(symbols[i].time[sp.stops[i] - 1]) for i in have)
-            span = (_day(first), _day(last))
-        else:
-            span = ("-", "-")
-        lines.append(f"  {k:<6} {len(have):>7}  {span[0]:<10}  {span[1]:<10}  {len(sp):>10,}")
+        first = min((int(symbols[i].time[sp.starts[i]]) for i in have), default=None)
+        last = max((int(symbols[i].time[sp.stops[i] - 1]) for i in have), default=None)
+        out[k] = {"symbols": len(have), "from": _day(first) if first is not None else None,
+                  "to": _day(last) if last is not None else None, "windows": len(sp)}
     warnings = []
     no_train = [s.symbol for s in symbols if s.symbol not in holders["train"]]
     if no_train:
@@ -186,7 +183,20 @@ def split_table(symbols: list[SymbolData], splits: dict[str, SplitIndex]) -> tup
         if absent:
             warnings.append(f"the {k} split holds {len(holders[k])} of the {len(holders['train'])} "
                             f"training symbols; it says nothing about {_names(absent)}")
-    return lines, warnings
+    out["warnings"] = warnings
+    return out
+
+
+def split_table(symbols: list[SymbolData], splits: dict[str, SplitIndex]) -> tuple[list[str], list[str]]:
+    """Lines of a table (per split: symbols, first and last end-bar date, windows) and the
+    warnings of :func:`split_summary`."""
+    summary = split_summary(symbols, splits)
+    lines = [f"  {'split':<6} {'symbols':>7}  {'from':<10}  {'to':<10}  {'windows':>10}"]
+    for k in SPLITS:
+        r = summary[k]
+        lines.append(f"  {k:<6} {r['symbols']:>7}  {r['from'] or '-':<10}  {r['to'] or '-':<10}  "
+                     f"{r['windows']:>10,}")
+    return lines, summary["warnings"]
 
 
 def _day(ns: int) -> str:

@@ -259,6 +259,11 @@ def validate_state(state: Any, *, sealed: bool = True) -> None:
     reference = _reference_model(cfg)
     _check_shapes(state["model"], state["optimizer"], reference)
     _check_optimisation(state, cfg, spe, reference)
+    if "run" in state:
+        from ..runlog import check_run_record
+
+        problem = check_run_record(state["run"])
+        _need(problem is None, "run", problem or "", state["run"])
     fp = state["data_fingerprint"]
     _need(isinstance(fp.get("fingerprint"), str) and re.fullmatch(r"[0-9a-f]{64}", fp["fingerprint"])
           is not None, "data_fingerprint.fingerprint", "a sha256 hex digest", fp.get("fingerprint"))

@@ -42,6 +42,7 @@ from ..errors import CheckpointError, TrainingDiverged, UserError
 from ..metrics import point_metrics
 from ..model import IndicatorTransformer
 from ..progress import Progress
+from ..runlog import RunFolder
 from ..shutdown import SignalHandler
 from . import checkpoint as ckpt
 from .rng import capture_rng, restore_rng, seed_everything
@@ -139,6 +140,9 @@ class Trainer:
         self.best_val = float("inf")
         self._pending_losses: list[torch.Tensor] = []
         self.lineage = ckpt.new_lineage()  # resume replaces it (same line, or a fork)
+        self.run: RunFolder | None = None  # the run folder (run.py sets it); its record is saved
+        self._train_samples = 0
+        self._train_seconds = 0.0
 
     # ------------------------------------------------------------------ setup helpers
     def _make_scheduler(self) -> None:
@@ -166,6 +170,7 @@ class Trainer:
             "format_version": ckpt.FORMAT_VERSION,
             "timestamp": now_iso(precise=True),  # orders two lines written in the same second
             "lineage": self.lineage,
+            **({"run": self.run.record()} if self.run is not None else {}),
             "interrupted": interrupted,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -312,6 +317,7 @@ class Trainer:
                             stream=self.stream, enabled=self.show_progress, initial=self.step_in_epoch)
         it = iter(loader)
         samples, tick = 0, time.perf_counter()
+        self._train_samples, self._train_seconds = 0, 0.0
         try:
             for x, y in it:
                 x = x.to(self.device, non_blocking=True)      # (B, L, F)
@@ -340,6 +346,7 @@ class Trainer:
                 if self.handler.should_stop:
                     return False
         finally:
+            self._train_samples, self._train_seconds = samples, time.perf_counter() - tick
             progress.close()
             _shutdown_loader(it)
         self._flush_losses()
@@ -353,15 +360,23 @@ class Trainer:
     def _end_epoch(self, val: dict[str, float], seconds: float) -> None:
         first = (self.epoch - 1) * self.steps_per_epoch
         train_loss = float(np.mean(self.step_losses[first:first + self.steps_per_epoch]))
+        rate = self._train_samples / self._train_seconds if self._train_seconds > 0 else float("nan")
         self.epoch_history.append({"epoch": self.epoch, "train_loss": train_loss,
                                    "val_loss": val["loss"], "val_ic": val["ic"],
-                                   "seconds": round(seconds, 3)})
+                                   "seconds": round(seconds, 3),
+                                   # For the run folder's metrics.csv (not needed to resume):
+                                   "lr": float(self.optimizer.param_groups[0]["lr"]),
+                                   "samples_per_s": round(rate, 1) if math.isfinite(rate) else None,
+                                   "segment": self.run.segment if self.run is not None else 0,
+                                   "finished": now_iso()})
         improved = val["loss"] < self.best_val
         if improved:
             self.best_val = val["loss"]
         self.epoch_complete = True
         path = self._save(ckpt.epoch_checkpoint_name(self.epoch), interrupted=False, also_best=improved)
         ckpt.apply_retention(self.models_dir, self.cfg.train.keep, newest=path)
+        if self.run is not None:
+            self.run.write_metrics(self.epoch_history)  # after the checkpoint: never ahead of it
         print(f"epoch {self.epoch}/{self.cfg.train.epochs}: train_loss={train_loss:.4f} "
               f"val_loss={val['loss']:.4f} val_ic={val['ic']:+.4f}"
               f"{' (best)' if improved else ''} [{seconds:.1f}s]", file=self.stream, flush=True)

@@ -1,0 +1,274 @@
+"""The run folder: ``runs/<UTC time>/`` with train.log, metrics.csv, summary.json and plots.
+
+One folder per line of training, named when the run starts and recorded in every checkpoint
+(``run`` field), so a resume writes into the same folder and its history reads as one run:
+
+    train.log       every console line (stdout and stderr, the shutdown messages too), through
+                    Python ``logging`` with a UTC time stamp; appended across resumes
+    metrics.csv     one row per completed epoch, rewritten from the checkpoint's history at each
+                    epoch end, so it always matches the newest checkpoint (a resume from an older
+                    one rewrites it to that line's history)
+    summary.json    configuration, data, splits, final metrics, checkpoints, interruptions,
+                    durations (written at the end of every segment, also an interrupted one)
+    *.png           plots (plots.py)
+
+The folder lives beside the models folder (``--runs-dir``, default ``runs`` next to
+``--models-dir``); a checkpoint only records the folder's *name*, checked to be a plain time stamp,
+so a copied or edited checkpoint can never direct writes anywhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import re
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from .atomic import atomic_write_json, atomic_write_text
+from .integrity import json_safe, seal_json
+
+LOG_NAME = "train.log"
+METRICS_NAME = "metrics.csv"
+SUMMARY_NAME = "summary.json"
+RUN_NAME = re.compile(r"^\d{8}T\d{6}Z(-\d{1,4})?$")
+METRICS_COLUMNS = ("epoch", "segment", "train_loss", "val_loss", "val_ic", "lr", "samples_per_s", "seconds",
+                   "finished")
+
+_logger = logging.getLogger("indicator_transformer.console")
+_logger.propagate = False  # the console already shows these lines: only the file handler gets them
+_logger.setLevel(logging.INFO)
+
+
+def runs_dir_for(runs_dir: str | None, models_dir: str | Path) -> Path:
+    """``--runs-dir``, or ``runs`` beside the models folder."""
+    return Path(runs_dir) if runs_dir else Path(models_dir).absolute().parent / "runs"
+
+
+def new_run_name(runs_dir: Path, now: datetime | None = None) -> str:
+    """``YYYYmmddTHHMMSSZ`` of now (UTC), with ``-2``, ``-3``... when that folder exists."""
+    base = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    name, k = base, 1
+    while (runs_dir / name).exists():
+        k += 1
+        name = f"{base}-{k}"
+    return name
+
+
+def check_run_record(run: Any) -> str | None:
+    """What is wrong with a checkpoint's ``run`` record, or None (used by checkpoint validation)."""
+    if not isinstance(run, dict):
+        return "a dict {name, segments}"
+    if not isinstance(run.get("name"), str) or not RUN_NAME.match(run["name"]):
+        return "a run folder name like 20261129T142925Z"
+    segs = run.get("segments")
+    if not isinstance(segs, list) or not segs or not all(
+            isinstance(s, list) and len(s) == 2 and isinstance(s[0], int) and not isinstance(s[0], bool)
+            and s[0] >= 0 and isinstance(s[1], str) for s in segs):
+        return "segments: a list of [global step, start time] pairs"
+    steps = [s[0] for s in segs]
+    if steps != sorted(steps):
+        return "segments in order of their global step"
+    return None
+
+
+class RunFolder:
+    """One run folder, and the record of it that goes into checkpoints."""
+
+    def __init__(self, root: Path, name: str, segments: list[list[Any]]) -> None:
+        self.root = root / name
+        self.name = name
+        self.segments = segments  # [[global step where the segment began, UTC start time], ...]
+
+    @classmethod
+    def start(cls, runs_dir: Path, record: dict[str, Any] | None, global_step: int) -> RunFolder:
+        """A new folder (``record`` None: a fresh run, or a checkpoint from before run folders), or
+        the recorded one with a new segment beginning at ``global_step``."""
+        now = datetime.now(UTC)
+        stamp = now.isoformat(timespec="seconds")
+        if record is None:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+            folder = cls(runs_dir, new_run_name(runs_dir, now), [[global_step, stamp]])
+        else:
+            # Segments after the resume point belong to a later history this resume replaces.
+            kept = [list(s) for s in record["segments"] if s[0] <= global_step]
+            folder = cls(runs_dir, record["name"], kept + [[global_step, stamp]])
+        folder.root.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    @property
+    def segment(self) -> int:
+        """0 for the first run, 1 for the first resume, ..."""
+        return len(self.segments) - 1
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint stores."""
+        return {"name": self.name, "segments": [list(s) for s in self.segments]}
+
+    def resume_steps(self) -> list[int]:
+        """Global steps at which a resumed segment began (for the loss plot's markers)."""
+        return [s[0] for s in self.segments[1:]]
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> Path:
+        """metrics.csv from the whole epoch history (atomic: never a half-written table)."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(METRICS_COLUMNS)
+        for e in history:
+            w.writerow(["" if e.get(c) is None else _cell(e.get(c)) for c in METRICS_COLUMNS])
+        return atomic_write_text(self.root / METRICS_NAME, buf.getvalue())
+
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        """summary.json (sealed like every JSON this tool writes; undefined numbers are null)."""
+        return atomic_write_json(self.root / SUMMARY_NAME, seal_json(json_safe(summary)))
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+# ----------------------------------------------------------------------------- the console log
+class _Tee(io.TextIOBase):
+    """A text stream that writes through to the console and hands each complete line to logging.
+
+    Progress bars redraw a line with carriage returns; only the last state of such a line is
+    logged. Everything else (isatty, fileno, encoding) is the console stream's."""
+
+    def __init__(self, console: TextIO, log: ConsoleLog) -> None:
+        self._console = console
+        self._log = log
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        n = self._console.write(text)
+        self._log.feed(self, text)
+        return n
+
+    def flush(self) -> None:
+        self._console.flush()
+
+    def isatty(self) -> bool:
+        return self._console.isatty()
+
+    def fileno(self) -> int:
+        return self._console.fileno()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._console, name)
+
+
+class ConsoleLog:
+    """Copies every console line into the run folder's train.log, from the command's start.
+
+    Lines written before the run folder is known (preparation) are kept and written when it is
+    attached. Messages the signal handler writes with ``os.write`` are queued by
+    :mod:`shutdown` and logged at the next line, so train.log holds the shutdown messages in
+    order. Used as a context manager around a whole command."""
+
+    def __init__(self) -> None:
+        self._early: list[logging.LogRecord] = []
+        self._handler: logging.Handler | None = None
+        self._saved: tuple[Any, Any] | None = None
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> ConsoleLog:
+        from .shutdown import take_console_messages
+
+        take_console_messages()  # left over from an earlier command in this process
+        self._saved = (sys.stdout, sys.stderr)
+        sys.stdout = _Tee(sys.stdout, self)  # type: ignore[assignment]
+        sys.stderr = _Tee(sys.stderr, self)  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._drain_signal_messages()
+        for tee in (sys.stdout, sys.stderr):
+            if isinstance(tee, _Tee) and tee._partial:
+                self._emit(tee._partial)
+                tee._partial = ""
+        if self._saved is not None:
+            sys.stdout, sys.stderr = self._saved
+        if self._handler is not None:
+            _logger.removeHandler(self._handler)
+            self._handler.close()
+            self._handler = None
+
+    def attach(self, path: Path) -> None:
+        """Start writing to ``path`` (appending), beginning with the lines kept so far."""
+        with self._lock:
+            if self._handler is not None:
+                _logger.removeHandler(self._handler)
+                self._handler.close()
+            handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+            fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+            fmt.converter = _utc_struct_time
+            handler.setFormatter(fmt)
+            for record in self._early:
+                handler.handle(record)
+            self._early.clear()
+            self._handler = handler
+            _logger.addHandler(handler)
+
+    def feed(self, tee: _Tee, text: str) -> None:
+        """Split what a stream wrote into lines and log the complete ones."""
+        with self._lock:
+            self._drain_signal_messages()
+            data = tee._partial + text
+            *lines, tee._partial = data.split("\n")
+            for line in lines:
+                self._emit(line)
+
+    def _emit(self, line: str) -> None:
+        line = line.rsplit("\r", 1)[-1].rstrip()  # a redrawn progress bar: its last state
+        if not line:
+            return
+        if self._handler is None:
+            self._early.append(_logger.makeRecord(_logger.name, logging.INFO, "", 0, line, None, None))
+        else:
+            _logger.info(line)
+
+    def _drain_signal_messages(self) -> None:
+        from .shutdown import take_console_messages
+
+        for msg in take_console_messages():
+            for line in msg.split("\n"):
+                self._emit(line)
+
+
+def _utc_struct_time(seconds: float | None):  # noqa: ANN202 - logging's converter signature
+    import time
+
+    return time.gmtime(seconds)
+
+
+_current: ConsoleLog | None = None
+
+
+@contextlib.contextmanager
+def console_log() -> Iterator[ConsoleLog]:
+    """Install a :class:`ConsoleLog` for the duration of a command (nested calls share it)."""
+    global _current
+    if _current is not None:
+        yield _current
+        return
+    log = ConsoleLog()
+    _current = log
+    try:
+        with log:
+            yield log
+    finally:
+        _current = None
+
+
+def attach_console_log(path: Path) -> None:
+    """Send the console lines of the current command to ``path`` (no-op outside a command)."""
+    if _current is not None:
+        _current.attach(path)
