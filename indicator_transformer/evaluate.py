@@ -1,0 +1,357 @@
+"""The run report for any checkpoint, on its own data or on new files.
+
+    indicator-transformer evaluate --checkpoint models/best.pth                    # its own data
+    indicator-transformer evaluate --checkpoint models/best.pth --data-dir ~/new   # new files
+
+The data is prepared through the cache with the checkpoint's feature settings and split with its
+split policy. The model sees its inputs, and its outputs become returns, through the checkpoint's
+stored normalisation (a symbol it has no statistics for uses the pooled ones, and a note says so).
+The baselines are fitted on the train/validation splits of the data being evaluated and every
+predictor is scored on exactly the same test samples, as at the end of training, so on the
+checkpoint's own data the figures are those of its ``evaluation.json``.
+
+Nothing is written until the report is complete: then ``<out>/`` receives the plots, a sealed
+``summary.json`` and ``evaluate.log`` (every console line of the command). By default ``<out>`` is
+``runs/<UTC time>-evaluate/`` beside the checkpoint's models folder; the models folder itself is
+never written to, and ``evaluation.json`` (which belongs to training) is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+
+from . import faults, metrics
+from .atomic import atomic_write_json
+from .baselines import baseline_predictions
+from .config import Config
+from .data import frequency
+from .data.cache import FeatureCache
+from .data.prepare import PreparedData
+from .data.windows import (
+    Normalisation,
+    SplitChoice,
+    WindowDataset,
+    choose_splits,
+    fit_normalisation,
+    split_summary,
+)
+from .errors import CheckpointError, UserError
+from .integrity import IntegrityError, check_json, json_safe, seal_json
+from .plots import write_plots
+from .predict import load_model
+from .report import TestPredictions, build_report, format_table, report_series
+from .run import prepare_data, print_layout
+from .runlog import SUMMARY_NAME, attach_console_log, new_run_name, runs_dir_for
+from .shutdown import SignalHandler
+from .training import checkpoint as ckpt
+from .training.trainer import EVAL_BATCH
+
+LOG_NAME = "evaluate.log"
+COMMAND = "evaluate"  # summary.json's "command": marks a folder an evaluation may write into again
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Everything the report is built from."""
+
+    tp: TestPredictions
+    baseline_settings: dict[str, Any]
+    pooled_symbols: list[str]   # symbols the checkpoint has no statistics of its own for
+    baseline_norm: str          # where the baselines' normalisation came from
+
+
+# ----------------------------------------------------------------------------- the output folder
+def default_out(checkpoint: Path, started: datetime) -> Path:
+    """``runs/<UTC time>-evaluate`` beside the checkpoint's models folder (not yet created).
+
+    The folder is derived from where the checkpoint file is, never from paths recorded inside it
+    (a checkpoint must not direct writes)."""
+    runs = runs_dir_for(None, checkpoint.absolute().parent)
+    return runs / f"{new_run_name(runs, started)}-{COMMAND}"
+
+
+def check_out(out: Path, checkpoint: Path, flag: str) -> None:
+    """Refuse, before any work, an output folder that cannot hold the report or must not: a file,
+    the checkpoint's own models folder, a folder holding something other than an earlier
+    evaluation, or a place that cannot be written."""
+    models = checkpoint.absolute().parent
+    where = f"{flag} {out}" if flag else f"the report folder {out}"
+    if not str(out).strip():
+        raise UserError(f"{flag}: expected a folder name, got an empty string")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{where}: is a file; expected a folder for the report")
+    if _same(out, models):
+        raise UserError(f"{where}: is the checkpoint's models folder, which evaluate never writes to; "
+                        f"choose another folder")
+    try:
+        foreign = out.is_dir() and any(out.iterdir()) and not _holds_evaluation(out)
+    except OSError as e:  # an unreadable folder
+        raise UserError(f"{where}: cannot be read ({e.strerror or e})") from None
+    if foreign:  # a training run's folder, say: its summary.json must not be replaced
+        raise UserError(f"{where}: exists and holds files that are not an earlier evaluation report; "
+                        f"choose a new or empty folder")
+    existing = out
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{where}: {existing} is not a folder, so it cannot hold one")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{where}: {existing} is not writable"
+                        + ("" if flag else "; pass --out DIR to write the report elsewhere"))
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _holds_evaluation(folder: Path) -> bool:
+    """Whether ``folder`` is an earlier evaluation's report (its summary.json says so)."""
+    try:
+        doc = check_json(json.loads((folder / SUMMARY_NAME).read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, IntegrityError):
+        return False
+    return doc.get("command") == COMMAND
+
+
+# ----------------------------------------------------------------------------- data and model
+def data_relation(state: dict[str, Any], data: PreparedData) -> tuple[bool, str]:
+    """(own data?, one line saying which data this is): the checkpoint's own when the fingerprint
+    (every symbol's cache key: input bytes and feature settings) is equal, otherwise what differs."""
+    saved = state["data_fingerprint"]
+    if saved.get("fingerprint") == data.fingerprint:
+        return True, f"the checkpoint's own data (fingerprint {data.fingerprint[:12]})"
+    old = dict(saved.get("keys", {}))
+    new = {s.symbol: s.key for s in data.symbols}
+    shared = set(new) & set(old)
+    same = sum(old[s] == new[s] for s in shared)
+    counts = ((len(set(new) - set(old)), "new"), (len(shared) - same, "changed"), (same, "unchanged"),
+              (len(set(old) - set(new)), "of the checkpoint's missing"))
+    parts = [f"{n} symbol(s) {label}" for n, label in counts if n]
+    return False, (f"other data than the checkpoint was trained on (fingerprint {data.fingerprint[:12]}, "
+                   f"checkpoint's {str(saved.get('fingerprint'))[:12]}): {', '.join(parts)}")
+
+
+def pooled_symbols(norm: Normalisation, data: PreparedData) -> list[str]:
+    """Symbols of ``data`` that the checkpoint's per-symbol normalisation has no row for (they use
+    the pooled statistics); empty when the checkpoint normalises every symbol with pooled ones."""
+    if not norm.per_symbol:
+        return []
+    known = set(norm.symbols)
+    return [s.symbol for s in data.symbols if s.symbol not in known]
+
+
+@torch.no_grad()
+def model_predictions(model: torch.nn.Module, ds: WindowDataset, should_stop: Any
+                      ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Standardised predictions and targets of every sample of ``ds``, in order, in batches of the
+    training's evaluation size (the same batches give the same floats); None when stopped."""
+    preds, targets = [], []
+    for n, a in enumerate(range(0, len(ds), EVAL_BATCH), start=1):
+        x, y = ds.__getitems__(list(range(a, min(a + EVAL_BATCH, len(ds)))))
+        preds.append(model(x).float().numpy())
+        targets.append(y.numpy())
+        faults.point("test_batch", n)
+        if should_stop():
+            return None
+    if not preds:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return np.concatenate(preds), np.concatenate(targets)
+
+
+def score(state: dict[str, Any], cfg: Config, data: PreparedData, choice: SplitChoice, own: bool,
+          handler: SignalHandler) -> Scored | None:
+    """The model's and every baseline's predictions on the same test samples, in return space;
+    None when a stop was requested.
+
+    The model's windows and its predictions' scale use the checkpoint's normalisation. The
+    baselines are fitted on this data: with the checkpoint's normalisation on its own data (exactly
+    what training's report used), otherwise with one fitted on this data's training split, so that
+    ``train_mean`` and the MSE ratio's constant are this data's training mean."""
+    f = cfg.features
+    splits = choice.splits
+    norm = Normalisation.from_dict(state["normalisation"])
+    test = WindowDataset(data.symbols, splits["test"], f.window, norm)
+    if len(test) == 0:
+        raise UserError(f"no test windows: the data has too few bars for window {f.window} and horizon "
+                        f"{f.horizon} after the train/validation splits")
+    model = load_model(state, cfg, len(data.feature_names))
+    out = model_predictions(model, test, lambda: handler.should_stop)
+    if out is None:
+        return None
+    pred_std, target_std = out
+    if own:
+        base_norm, how = norm, "the checkpoint's normalisation (its own data)"
+    else:
+        base_norm = fit_normalisation(data.symbols, splits["train"], f.window,
+                                      per_symbol=f.normalise == "per-symbol")
+        how = f"fitted on this data's training split ({f.normalise})"
+    datasets = {k: WindowDataset(data.symbols, splits[k], f.window, base_norm) for k in splits}
+    base = baseline_predictions(datasets, base_norm.label_mean, f.horizon, lambda: handler.should_stop,
+                                threads=torch.get_num_threads())
+    if base is None:
+        return None
+    sym = test.symbol_index()
+    local = np.arange(len(test)) - test.split.offsets[sym] + test.split.starts[sym]  # end bar of each
+    times = np.asarray([int(data.symbols[s].time[t]) for s, t in zip(sym.tolist(), local.tolist(),
+                                                                     strict=True)], np.int64)
+    per_year = [metrics.periods_per_year(np.asarray(s.time)) for s in data.symbols]
+    names = np.asarray([s.symbol for s in data.symbols])
+    tp = TestPredictions(symbols=names[sym], times=times, target=test.to_returns(target_std),
+                         preds={"model": test.to_returns(pred_std), **base.predictions},
+                         train_mean=base_norm.label_mean, horizon=f.horizon, cost_bps=cfg.train.cost_bps,
+                         per_year=float(np.nanmedian(per_year)) if per_year else float("nan"))
+    return Scored(tp, base.details, pooled_symbols(norm, data), how)
+
+
+# ----------------------------------------------------------------------------- the whole command
+@dataclass
+class EvaluateOptions:
+    checkpoint: Path
+    out: Path | None            # None: runs/<UTC>-evaluate beside the models folder
+    show_progress: bool = True
+
+
+def describe_checkpoint(path: Path, state: dict[str, Any]) -> str:
+    """``best.pth (line 1a2b3c4d, epoch 2, global step 36)``."""
+    return (f"{path.name} (line {ckpt.lineage_of(state)['line'][:8]}, epoch {state['epoch']}"
+            + ("" if state.get("epoch_complete") else f" step {state['step_in_epoch']}")
+            + f", global step {state['global_step']})")
+
+
+def evaluate(state: dict[str, Any], cfg: Config, opts: EvaluateOptions, handler: SignalHandler,
+             stream: TextIO | None = None) -> int:
+    """Prepare the data, score the checkpoint and every baseline on its test split, print the
+    table and write the report folder. Returns the exit code (130/143 when stopped: then nothing
+    but what preparation committed to the cache is written)."""
+    stream = stream or sys.stderr
+    started, tick = datetime.now(UTC), time.perf_counter()
+    out = opts.out or default_out(opts.checkpoint, started)
+    check_out(out, opts.checkpoint, "--out" if opts.out is not None else "")
+    print(f"Evaluating {opts.checkpoint} ({describe_checkpoint(opts.checkpoint, state)})", file=stream,
+          flush=True)
+    data = prepare_data(cfg, handler, FeatureCache(cfg.data.cache_dir).open(), stream, opts.show_progress)
+    print(data.summary(), file=stream, flush=True)
+    if data.interrupted or handler.should_stop:
+        return _stopped("preparation", stream, handler)
+    if not data.symbols:
+        raise UserError("no usable symbols to evaluate on")
+    if data.feature_names != list(state["feature_names"]):
+        raise CheckpointError(f"{opts.checkpoint}: trained on features {state['feature_names']}, the data "
+                              f"gives {data.feature_names}")
+    own, relation = data_relation(state, data)
+    print(f"Data: {relation}", file=stream, flush=True)
+    choice = choose_splits(data.symbols, cfg.features)
+    print_layout(data, choice, cfg.features.horizon, stream)
+    prepared_s = time.perf_counter() - tick
+    scored = score(state, cfg, data, choice, own, handler)
+    if scored is None or handler.should_stop:
+        return _stopped("scoring", stream, handler)
+    if scored.pooled_symbols:
+        names = scored.pooled_symbols
+        print(f"note: the checkpoint has no normalisation statistics for {len(names)} symbol(s), which use "
+              f"the pooled ones: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}", file=stream,
+              flush=True)
+    rep = build_report(scored.tp)
+    which = "own data" if own else "other data"
+    # The table is the command's result: on standard output, so `> report.txt` keeps it.
+    print(format_table(rep, f"Test split ({opts.checkpoint.name}, {which})"), flush=True)
+    if handler.should_stop:  # once writing starts it finishes: every file is complete or absent
+        return _stopped("the report", stream, handler)
+    doc = _summary(state, cfg, opts, data, choice, own, relation, scored, rep,
+                   {"preparation_s": round(prepared_s, 3),
+                    "scoring_s": round(time.perf_counter() - tick - prepared_s, 3)}, started)
+    folder, plots = write_report(out, opts.out is None, state, scored.tp, doc)
+    print(f"Report: {folder} ({SUMMARY_NAME}, {LOG_NAME}, {len(plots)} plots)", file=stream, flush=True)
+    return 0
+
+
+def _stopped(during: str, stream: TextIO, handler: SignalHandler) -> int:
+    print(f"Evaluation stopped during {during}: no report written", file=stream, flush=True)
+    return handler.exit_code
+
+
+def _summary(state: dict[str, Any], cfg: Config, opts: EvaluateOptions, data: PreparedData,
+             choice: SplitChoice, own: bool, relation: str, scored: Scored, rep: dict[str, Any],
+             durations: dict[str, float], started: datetime) -> dict[str, Any]:
+    """summary.json's content (json_safe and sealed when written)."""
+    groups = frequency.frequencies(data.symbols)
+    norm = state["normalisation"]
+    return {
+        "command": COMMAND, "status": "completed", "started": started.isoformat(timespec="seconds"),
+        "checkpoint": {"path": str(opts.checkpoint.absolute()), "line": ckpt.lineage_of(state)["line"],
+                       "global_step": state["global_step"], "epoch": state["epoch"],
+                       "step_in_epoch": state["step_in_epoch"],
+                       "epoch_complete": bool(state.get("epoch_complete")),
+                       "interrupted": bool(state.get("interrupted")), "timestamp": state["timestamp"],
+                       "best_val": state["best_val"]},
+        "data": {"own": own, "relation": "own" if own else "other", "description": relation,
+                 "fingerprint": data.fingerprint,
+                 "checkpoint_fingerprint": state["data_fingerprint"].get("fingerprint"),
+                 "location": cfg.data.data_file or cfg.data.data_dir or "synthetic market",
+                 "symbols": len(data.symbols), "bars": data.bars, "features": list(data.feature_names),
+                 "bar_frequency": groups, "mixed_frequency": len(groups) > 1},
+        "splits": {"policy": choice.policy, "reason": choice.reason,
+                   **split_summary(data.symbols, choice.splits)},
+        "normalisation": {"model": "the checkpoint's, per symbol" if norm.get("symbols")
+                          else "the checkpoint's, pooled",
+                          "pooled_symbols": scored.pooled_symbols, "baselines": scored.baseline_norm},
+        "config": cfg.to_dict(),
+        "test": rep["predictors"]["model"]["pooled"],
+        "verdict": rep["verdict"], "report": rep, "baseline_settings": scored.baseline_settings,
+        "durations": durations,
+    }
+
+
+def write_report(out: Path, fresh: bool, state: dict[str, Any], tp: TestPredictions,
+                 doc: dict[str, Any]) -> tuple[Path, list[Path]]:
+    """The plots, summary.json (last of the report files: a folder whose summary.json is there is
+    complete) and evaluate.log. Each file is written atomically; a folder this call created is
+    removed again if writing fails, so a failure leaves no half report. Returns (the folder, the
+    plots)."""
+    if fresh:
+        out = _create_unique(out)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+    try:
+        hist = state["loss_history"]
+        segments = (state.get("run") or {}).get("segments") or []
+        plots = write_plots(out, report_series(tp), hist["epochs"], hist["steps"], state["steps_per_epoch"],
+                            [s[0] for s in segments[1:]])
+        doc["plots"] = [p.name for p in plots]
+        atomic_write_json(out / SUMMARY_NAME, seal_json(json_safe(doc)))
+    except OSError as e:
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise UserError(f"{out}: cannot write the report ({e.strerror or e})") from None
+    # Every console line of this command, from its start (kept in memory until now).
+    with contextlib.suppress(OSError):
+        attach_console_log(out / LOG_NAME)
+    return out, plots
+
+
+def _create_unique(out: Path) -> Path:
+    """Create ``out`` (or ``out-2``, ``out-3``... when another evaluation took the name first)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    candidate, k = out, 1
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            k += 1
+            candidate = out.with_name(f"{out.name}-{k}")
