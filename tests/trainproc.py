@@ -91,9 +91,10 @@ def assert_same_training_state(a: dict, b: dict) -> None:
             assert torch.equal(sa[i][k], sb[i][k]), f"optimizer state {i}.{k} differs"
     assert a["scheduler"] == b["scheduler"]
     assert a["loss_history"]["steps"] == b["loss_history"]["steps"]
-    assert a["loss_history"]["epochs"] == [
-        dict(e, seconds=a["loss_history"]["epochs"][j]["seconds"])
-        for j, e in enumerate(b["loss_history"]["epochs"])]
+    # Wall-clock fields (and the resume segment) legitimately differ; every learned figure may not.
+    learned = ("epoch", "train_loss", "val_loss", "val_ic", "lr")
+    assert [{k: e.get(k) for k in learned} for e in a["loss_history"]["epochs"]] == \
+        [{k: e.get(k) for k in learned} for e in b["loss_history"]["epochs"]]
     assert a["global_step"] == b["global_step"]
 
 
