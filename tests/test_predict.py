@@ -70,3 +70,26 @@ def test_an_unusable_out_path_is_refused_before_any_work(real_run: Path, tmp_pat
                      "--cache-dir", str(tmp_path / "cache"))
         assert r.returncode == 2 and "--out" in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert "Preparing" not in r.stderr and not (tmp_path / "cache").exists()
+
+
+def test_predictions_use_each_symbols_own_scale_and_name_the_symbols_on_the_pooled_one(
+        real_run: Path, tmp_path: Path) -> None:
+    from conftest import write_symbol_csv
+
+    from indicator_transformer.data.sources import synthetic_symbol
+
+    # SYN000 as a file (the very bars it was trained on) beside a symbol the checkpoint never saw.
+    data = tmp_path / "data"
+    write_symbol_csv(data / "SYN000.csv", synthetic_symbol(1, 7, 0, 600))
+    write_symbol_csv(data / "NEWCO.csv", synthetic_symbol(1, 7, 0, 600))  # same bars, unknown name
+    best = real_run / "models" / "best.pth"
+    r = _predict(tmp_path, "--checkpoint", str(best), "--data-dir", str(data), "--cache-dir",
+                 str(tmp_path / "cache"), "--out", "p.csv")
+    assert r.returncode == 0, r.stderr
+    assert "no normalisation statistics for 1 symbol(s)" in r.stderr and "NEWCO" in r.stderr
+    assert "SYN000" not in r.stderr.split("no normalisation statistics")[1].splitlines()[0]
+    p = pd.read_csv(tmp_path / "p.csv").set_index("symbol")["predicted_return"]
+    # Identical bars, different statistics: the per-symbol and pooled scales give other numbers.
+    assert p["SYN000"] != p["NEWCO"]
+    norm = ckpt.load_checkpoint(best)["normalisation"]
+    assert "SYN000" in norm["symbols"] and "NEWCO" not in norm["symbols"]

@@ -231,8 +231,16 @@ def _predict(args: argparse.Namespace, handler: SignalHandler) -> int:
     if short:
         print(f"note: no prediction for {len(short)} symbol(s) with fewer than {cfg.features.window} "
               f"bars after the indicator warm-up: {', '.join(short[:10])}", file=sys.stderr)
+    from ..evaluate import pooled_symbols
+
+    norm = Normalisation.from_dict(state["normalisation"])
+    unseen = pooled_symbols(norm, data)
+    if unseen:
+        print(f"note: the checkpoint has no normalisation statistics for {len(unseen)} symbol(s), which "
+              f"use the pooled ones (their predicted returns are on the pooled scale): "
+              f"{', '.join(unseen[:10])}{' ...' if len(unseen) > 10 else ''}", file=sys.stderr)
     model = P.load_model(state, cfg, len(data.feature_names))
-    rows = P.predict(model, data, Normalisation.from_dict(state["normalisation"]), cfg.features.window,
+    rows = P.predict(model, data, norm, cfg.features.window,
                      every_bar=args.all, should_stop=lambda: handler.should_stop)
     if rows is None:
         print("Prediction stopped: nothing written", file=sys.stderr)
