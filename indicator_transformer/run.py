@@ -1,13 +1,23 @@
 """The pipeline both commands run: prepare -> (resume) -> train -> evaluate, under one SignalHandler.
 
 It returns an exit code; the caller prints ``Cleanup complete`` last on a stop.
+
+Under torchrun (:mod:`.training.distributed`) every rank runs it: rank 0 prepares the cache while
+the others wait, then all read the same memory-mapped cache; all train; only rank 0 writes
+(checkpoints, best.pth, the run folder, evaluation.json, plots) and runs the final test evaluation
+and the baselines while the others wait. The other ranks print only errors and their shutdown
+lines. A rank that loses the others (:class:`~.training.distributed.PeerLost`) writes nothing more
+and exits 1 (or the code of the signal it was stopped by).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,6 +48,7 @@ from .report import TestPredictions, build_report, format_table, report_series
 from .runlog import LOG_NAME, RunFolder, attach_console_log, runs_dir_for
 from .shutdown import SignalHandler
 from .training import checkpoint as ckpt
+from .training import distributed
 from .training.trainer import Trainer, resolve_device
 
 EVALUATION_FILE = "evaluation.json"  # test metrics of the finished run, in the models folder
@@ -118,17 +129,46 @@ def print_layout(data: PreparedData, choice: SplitChoice, horizon: int, stream: 
         print(f"warning: {w}", file=stream, flush=True)
 
 
+_job_depth = 0
+
+
+def in_job(device: str, handler: SignalHandler, body: Callable[[], int]) -> int:
+    """Run ``body`` inside this process's part of a torchrun job (in one process: just call it).
+
+    Joins the process group on entry (nested calls share it) and leaves it on the way out; a lost
+    peer ends this rank with one ``error:`` line and exit code 1, or the code of the signal that
+    stopped it (the launcher's teardown), without writing anything more."""
+    global _job_depth
+    resolve_device(device)  # a bad --device is a usage error before any work is done
+    d = distributed.init(device)
+    _job_depth += 1
+    try:
+        return body()
+    except distributed.PeerLost as e:
+        print(f"error: rank {d.rank} of {d.world_size}: {e}; this rank wrote nothing more (the "
+              f"checkpoints already written are intact)", file=sys.stderr, flush=True)
+        return handler.exit_code if handler.shutdown_requested else 1
+    finally:
+        _job_depth -= 1
+        if _job_depth == 0:
+            distributed.destroy()
+
+
 def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: TextIO | None = None) -> int:
     """Prepare, train (or resume) and evaluate. Returns the exit code."""
-    stream = stream or sys.stderr
+    return in_job(cfg.train.device, handler, lambda: _pipeline(cfg, handler, opts, stream))
+
+
+def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: TextIO | None) -> int:
+    d = distributed.current()
+    if d.is_main:
+        stream = stream or sys.stderr
+    else:  # one console for the job: the other ranks print errors and shutdown lines only
+        stream = _quiet()
+        opts = dataclasses.replace(opts, show_progress=False)
     started = time.perf_counter()
-    resolve_device(cfg.train.device)  # a bad --device is a usage error before any work is done
-    cache = FeatureCache(cfg.data.cache_dir).open()
-    data = prepare_data(cfg, handler, cache, stream, opts.show_progress)
-    print(data.summary(), file=stream, flush=True)
-    if data.interrupted:
-        print(f"Preparation stopped: {len(data.symbols)} completed symbol(s) committed to "
-              f"{Path(cfg.data.cache_dir) / 'manifest.json'}", file=stream, flush=True)
+    data = _prepare_once(cfg, handler, stream, opts)
+    if data is None:
         return handler.exit_code
     if opts.prepare_only:
         return 0
@@ -151,18 +191,22 @@ def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: 
                                  per_symbol=cfg.features.normalise == "per-symbol")
 
     trainer = Trainer(cfg, data, splits, norm, handler=handler, stream=stream,
-                      show_progress=opts.show_progress)
+                      show_progress=opts.show_progress, dist=d)
     models_dir = Path(trainer.cfg.train.models_dir)
     if state is not None:
         path = opts.resume_path or Path("checkpoint")
         trainer.load_state_dict(state, path)
         if opts.target_epochs is not None:
             trainer.set_total_epochs(opts.target_epochs)
-        _start_line(trainer, state, path, models_dir, stream)
+        if d.is_main:
+            _start_line(trainer, state, path, models_dir, stream)
+        saved_world = int(state.get("world_size", 1))
         print(f"Resuming from {path}: epoch {trainer.epoch}, step "
-              f"{trainer.step_in_epoch}/{trainer.steps_per_epoch}, global step {trainer.global_step}",
-              file=stream, flush=True)
-    else:
+              f"{trainer.step_in_epoch}/{trainer.steps_per_epoch}, global step {trainer.global_step}"
+              + (f" (written by {saved_world} process(es), continuing with {d.world_size}: the same "
+                 f"global batches; results equal up to floating-point reduction order)"
+                 if saved_world != d.world_size else ""), file=stream, flush=True)
+    elif d.is_main:
         archived = ckpt.archive_previous_run(models_dir, (EVALUATION_FILE,))
         if archived is not None:
             print(f"note: moved the previous run's checkpoints to {archived} (resume one with "
@@ -170,15 +214,32 @@ def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: 
     sizes = {k: len(v) for k, v in trainer.datasets.items()}
     print(f"Training {count_parameters(trainer.model):,} parameters on {trainer.device}: windows "
           f"train {sizes['train']:,} / val {sizes['val']:,} / test {sizes['test']:,}, "
-          f"{trainer.steps_per_epoch} steps per epoch, {trainer.cfg.train.epochs} epochs",
-          file=stream, flush=True)
+          f"{trainer.steps_per_epoch} steps per epoch, {trainer.cfg.train.epochs} epochs"
+          + (f", {d.world_size} processes ({d.backend}), global batch {trainer.cfg.train.batch_size}"
+             if d.enabled else ""), file=stream, flush=True)
+    if not d.is_main:
+        return _follow(trainer, handler)
     run = open_run_folder(trainer, state, models_dir, stream)
     summary = RunSummary(run, trainer, data, choice, prepared_s=time.perf_counter() - started)
+    ok = False
+    try:
+        code = _train_and_report(trainer, data, summary, handler, models_dir, stream)
+        ok = True
+    finally:
+        distributed.main_done("evaluation", ok)
+    if d.enabled and trainer.epoch > trainer.cfg.train.epochs:  # trained to the end, as the others
+        handler.agree(distributed.agree_stop(handler.pending_signal))  # one exit code for all ranks
+    return handler.exit_code if handler.shutdown_requested else code
 
+
+def _train_and_report(trainer: Trainer, data: PreparedData, summary: RunSummary, handler: SignalHandler,
+                      models_dir: Path, stream: TextIO) -> int:
+    """Rank 0 (or the only process): train, then the final evaluation and every report file."""
+    run = summary.run
     result = trainer.fit()
     summary.mark("training")
     if not result.completed:
-        _report_interrupted(summary, result.stopped_in, result.checkpoint, stream)
+        _report_interrupted(summary, result.stopped_in, result.checkpoint, stream, handler.exit_code)
         return handler.exit_code
 
     which = _load_best(trainer, data, models_dir / ckpt.BEST_NAME, stream)
@@ -187,7 +248,7 @@ def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: 
     if scored is None:
         print("Evaluation stopped: no report written; training is saved and resume_training.py "
               "runs the evaluation", file=stream, flush=True)
-        _report_interrupted(summary, "evaluation", None, stream)
+        _report_interrupted(summary, "evaluation", None, stream, handler.exit_code)
         return handler.exit_code
     tp, details = scored
     rep = build_report(tp)
@@ -208,6 +269,48 @@ def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: 
     print(f"Report: {out}; run folder {run.root} (train.log, metrics.csv, summary.json, "
           f"{len(plots)} plots)", file=stream, flush=True)
     return 0
+
+
+def _follow(trainer: Trainer, handler: SignalHandler) -> int:
+    """A rank other than 0: train with the others, then wait while rank 0 evaluates and writes
+    the report; then agree once more, so that every rank exits with the same code."""
+    result = trainer.fit()
+    if not result.completed:
+        print(f"rank {trainer.dist.rank}: stopped with the other ranks after global step "
+              f"{trainer.global_step} (rank 0 saved the checkpoint); exit code {handler.exit_code}",
+              file=sys.stderr, flush=True)
+        return handler.exit_code
+    distributed.wait_for_main("evaluation", lambda: handler.should_stop)
+    handler.agree(distributed.agree_stop(handler.pending_signal))
+    return handler.exit_code if handler.shutdown_requested else 0
+
+
+def _prepare_once(cfg: Config, handler: SignalHandler, stream: TextIO, opts: RunOptions
+                  ) -> PreparedData | None:
+    """Prepare the data through the cache: rank 0 first (it computes and commits what is
+    missing) while the other ranks wait, then the others read the same cache. None when a stop
+    was requested (on any rank: the ranks agree)."""
+    d = distributed.current()
+    if not d.is_main:
+        distributed.wait_for_main("prepared", lambda: handler.should_stop)
+    ok = False
+    try:
+        cache = FeatureCache(cfg.data.cache_dir).open()
+        data = prepare_data(cfg, handler, cache, stream, opts.show_progress)
+        print(data.summary(), file=stream, flush=True)
+        ok = True
+    finally:
+        distributed.main_done("prepared", ok)  # also on an error: the others must not wait for ever
+    stop = handler.agree(distributed.agree_stop(handler.pending_signal))
+    if data.interrupted:
+        print(f"Preparation stopped: {len(data.symbols)} completed symbol(s) committed to "
+              f"{Path(cfg.data.cache_dir) / 'manifest.json'}", file=stream, flush=True)
+    return None if stop else data
+
+
+def _quiet() -> TextIO:
+    """A sink for the console output of ranks other than 0."""
+    return open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
 
 
 def open_run_folder(trainer: Trainer, state: dict[str, Any] | None, models_dir: Path,
@@ -280,7 +383,8 @@ def _newest_checkpoint(models: Path) -> str | None:
     return str(max(files, key=lambda p: p.stat().st_mtime_ns).absolute()) if files else None
 
 
-def _report_interrupted(summary: RunSummary, during: str, checkpoint: Path | None, stream: TextIO) -> None:
+def _report_interrupted(summary: RunSummary, during: str, checkpoint: Path | None, stream: TextIO,
+                        code: int = 0) -> None:
     """What a stopped run has, where its checkpoint is and how to continue; summary.json and the
     loss plot say the same."""
     t = summary.trainer
@@ -299,6 +403,10 @@ def _report_interrupted(summary: RunSummary, during: str, checkpoint: Path | Non
         lines.append("  no epoch completed yet: no validation figures, no test report")
     lines.append("  no test report yet: resume_training.py continues the training and writes it")
     lines.append(f"  run folder: {summary.run.root}")
+    d = t.dist
+    if d.enabled:  # torchrun does not report the exit codes of ranks it stopped: say it here
+        lines.append(f"rank 0 of {d.world_size}: every rank stopped after global step {t.global_step}; "
+                     f"exit code {code}")
     print("\n".join(lines), file=stream, flush=True)
     # The loss plot of what exists, and the summary; never let a report error hide the stop.
     try:

@@ -1,4 +1,16 @@
-"""SignalHandler: turn SIGINT / SIGTERM / SIGHUP into a request that the main loop acts on.
+"""SignalHandler: turn SIGINT / SIGTERM / SIGHUP / SIGUSR1 into a request that the main loop acts on.
+
+Exit codes after a graceful stop (128 + the signal number): SIGINT 130, SIGTERM 143, SIGHUP 129,
+SIGUSR1 138. SIGUSR1 is SLURM's warning signal (``sbatch --signal=B:USR1@120`` sends it 120 s
+before the time limit or a pre-emption): it saves and stops exactly like SIGTERM, so a requeued job
+continues with ``--resume auto``.
+
+Under torchrun each rank has its own handler. The launcher forwards SIGINT/SIGTERM/SIGHUP (and
+SIGUSR1 with ``--signals-to-handle``) to every rank; a Ctrl-C in a terminal reaches each rank twice,
+once from the terminal and once forwarded, so there a repeat of the same signal within
+``DUPLICATE_WINDOW_S`` of the first is the same request, not the escalation a second Ctrl-C is
+elsewhere. The ranks then agree on the stop (:meth:`SignalHandler.agree`, called by the trainer
+after an all-reduce, never from the handler itself).
 
 The handler itself only records which signal came (invariant 1): a Python signal handler runs in
 the main thread between two bytecodes, possibly while that thread holds a lock of the executor or
@@ -23,12 +35,15 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129, "SIGUSR1": 138}
+STOP_SIGNALS = ("SIGTERM", "SIGHUP", "SIGUSR1")  # besides SIGINT, where the platform has them
+DUPLICATE_WINDOW_S = 2.0  # under torchrun: a repeat of the first signal this soon is a duplicate
 
 # Module-level because a second signal must be able to see whether *any* file commit is under
 # way, wherever it happens (atomic.py calls critical_section without knowing about a handler).
@@ -51,14 +66,15 @@ def signal_seen_count() -> int:
 def default_signals() -> list[int]:
     """The signals we handle on this platform."""
     sigs = [signal.SIGINT]
-    for name in ("SIGTERM", "SIGHUP"):
+    for name in STOP_SIGNALS:
         if hasattr(signal, name):
             sigs.append(getattr(signal, name))
     return sigs
 
 
 def exit_code_for(signum: int | None) -> int:
-    """128 + signal number convention: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP."""
+    """128 + signal number convention: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP, 138 for
+    SIGUSR1 (on Linux; the number is the platform's)."""
     if signum is None:
         return 130
     try:
@@ -166,9 +182,14 @@ class SignalHandler:
         active_futures: registered futures not yet done; pending ones are cancelled on request.
     """
 
-    def __init__(self, signals: list[int] | None = None, *, hard_exit_on_second: bool = True) -> None:
+    def __init__(self, signals: list[int] | None = None, *, hard_exit_on_second: bool = True,
+                 duplicate_window_s: float | None = None) -> None:
         self.signals = list(signals) if signals is not None else default_signals()
         self.hard_exit_on_second = hard_exit_on_second
+        # How soon a repeat of the first signal counts as the same request (see the module doc).
+        self.duplicate_window_s = (DUPLICATE_WINDOW_S if launched_by_torchrun() else 0.0) \
+            if duplicate_window_s is None else duplicate_window_s
+        self._first_at = 0.0
         self.shutdown_requested = False
         self.signal_received: int | None = None
         self.signal_count = 0
@@ -225,9 +246,15 @@ class SignalHandler:
         _signals_seen += 1
         self.signal_count += 1
         name = signal.Signals(signum).name
+        now = time.monotonic()
+        if self.signal_count > 1 and signum == self.signal_received \
+                and now - self._first_at < self.duplicate_window_s:
+            self.signal_count -= 1  # the launcher's copy of a signal this rank already has
+            return
         if self.signal_count == 1:
             self.signal_received = signum
             self.shutdown_requested = True
+            self._first_at = now
             _write_stderr(f"\nReceived {name}: stopping at the next safe point and saving "
                           f"(send it again to exit immediately)...\n")
             return
@@ -248,6 +275,21 @@ class SignalHandler:
                       f"Files under final names are intact; unsaved progress since the last "
                       f"checkpoint is lost.\n")
         os._exit(code)
+
+    @property
+    def pending_signal(self) -> int:
+        """The signal number of the stop request (SIGINT for one made by code), 0 for none: what
+        a rank contributes to the agreement of :meth:`agree`."""
+        return int(self.signal_received or signal.SIGINT) if self.shutdown_requested else 0
+
+    def agree(self, signum: int) -> bool:
+        """Adopt the stop the ranks agreed on (the MAX of their :attr:`pending_signal`; 0 = go
+        on) and return :attr:`should_stop`. A rank that saw no signal stops too, and every rank
+        exits with the agreed signal's code."""
+        if signum:
+            self.signal_received = signum
+            self.shutdown_requested = True
+        return self.should_stop
 
     def request_shutdown(self, signum: int | None = None) -> None:
         """Ask for a graceful stop from code (tests, or a stop agreed between ranks)."""
@@ -289,7 +331,8 @@ class SignalHandler:
 
     @property
     def exit_code(self) -> int:
-        """130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP, 0 when no stop was requested."""
+        """130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP, 138 for SIGUSR1, 0 when no stop was
+        requested."""
         return exit_code_for(self.signal_received) if self.shutdown_requested else 0
 
     @property
@@ -310,6 +353,11 @@ class SignalHandler:
             f.cancel()
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+def launched_by_torchrun() -> bool:
+    """Whether torchrun started this process (its environment names a rank and a master)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"))
 
 
 def print_cleanup_complete(stream: Any = None) -> None:

@@ -8,19 +8,32 @@ Examples::
 
 Press Ctrl-C (or send SIGTERM) at any moment: the current optimizer step finishes, the checkpoint
 ``models/checkpoint_epoch_<E>_interrupted.pth`` is saved, workers are shut down, and the process
-exits 130 (143 for SIGTERM) after printing ``Cleanup complete``. ``python resume_training.py``
-continues exactly where it stopped.
+exits 130 (143 for SIGTERM, 129 for SIGHUP, 138 for SIGUSR1) after printing ``Cleanup complete``.
+``python resume_training.py`` continues exactly where it stopped.
+
+The same command runs under torchrun (DistributedDataParallel, gloo on CPU and nccl on CUDA):
+
+    torchrun --standalone --nproc_per_node=2 train_indicator_transformer.py --epochs 20
+
+``--resume auto`` continues from the newest valid checkpoint of the line in the models folder
+instead of moving it aside and starting from zero (and starts fresh when there is none): the flag
+for a job that a scheduler may start again (SLURM ``--requeue``). A torchrun restart
+(``TORCHELASTIC_RESTART_COUNT`` > 0, with ``--max-restarts``) does the same by itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from pathlib import Path
+from typing import Any
 
-from ..config import build_config, load_toml
-from ..errors import UserError
+from ..config import Config, build_config, load_toml, toml_value
+from ..errors import CheckpointError, UserError
+from ..shutdown import SignalHandler
 from .common import check_folders, run_command, run_with_handler
-from .options import add_common_switches, add_setting_flags, flag_values
+from .options import FIXED_ON_RESUME, add_common_switches, add_setting_flags, flag_values
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,8 +45,12 @@ def parser() -> argparse.ArgumentParser:
                     "models/checkpoint_epoch_<E>_interrupted.pth and exits 130/143; resume with "
                     "resume_training.py.",
         epilog="Exit codes: 0 done, 130 stopped by SIGINT after saving, 143 stopped by SIGTERM after "
-               "saving, 2 bad input or usage, 1 anything else. Every setting has a flag and a TOML "
-               "key of the same name (--train-frac / train_frac); flags override the --config file. "
+               "saving (129 SIGHUP, 138 SIGUSR1: SLURM's warning signal), 2 bad input or usage, 1 "
+               "anything else. Under torchrun (`torchrun --standalone --nproc_per_node=2 "
+               "train_indicator_transformer.py ...`) --batch-size is the global batch, rank 0 "
+               "writes every file, and a stop is agreed by all ranks at one step. Every setting has "
+               "a flag and a TOML key of the same name (--train-frac / train_frac); flags override "
+               "the --config file. "
                "`indicator-transformer config --show [--config F] [flags]` prints the effective "
                "configuration as a reusable TOML file; `indicator-transformer features` lists the "
                "built-in features, the transforms and the TA-Lib functions you can declare.")
@@ -41,6 +58,12 @@ def parser() -> argparse.ArgumentParser:
     add_common_switches(p)
     p.add_argument("--prepare-only", action="store_true",
                    help="only prepare the feature cache, then print a summary and exit")
+    p.add_argument("--resume", choices=["auto"], default=None,
+                   help="auto: continue from the newest valid checkpoint of the line in the models "
+                        "folder (the settings must be the checkpoint's), or start fresh when there is "
+                        "none, instead of moving earlier checkpoints aside. For jobs a scheduler may "
+                        "start again; torchrun restarts (TORCHELASTIC_RESTART_COUNT > 0) do it by "
+                        "themselves. A switch, not a saved setting")
     return p
 
 
@@ -52,10 +75,74 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(load_toml(args.config) if args.config is not None else {}, flag_values(args),
                        args.config)
     check_folders(cfg, models=not args.prepare_only)
-    from ..run import RunOptions, run_pipeline  # torch loads here, after the cheap checks: a typo fails fast
+    from ..run import RunOptions, in_job, run_pipeline  # torch loads here, after the cheap checks
+    from ..training import distributed
 
     opts = RunOptions(prepare_only=args.prepare_only, show_progress=not args.no_progress)
-    return run_with_handler(lambda handler: run_pipeline(cfg, handler, opts))
+    auto = not args.prepare_only and (args.resume == "auto" or distributed.restart_count() > 0)
+    if not auto:
+        return run_with_handler(lambda handler: run_pipeline(cfg, handler, opts))
+
+    def body(handler: SignalHandler) -> int:
+        return in_job(cfg.train.device, handler, lambda: _resume_auto(cfg, handler, opts))
+
+    return run_with_handler(body)
+
+
+def _resume_auto(cfg: Config, handler: SignalHandler, opts: Any) -> int:
+    """``--resume auto`` (or a torchrun restart): continue the newest valid checkpoint of the line
+    in the models folder, or start fresh when there is none. Rank 0 chooses; every rank loads the
+    file it chose."""
+    from ..run import EVALUATION_FILE, evaluation_belongs, run_pipeline
+    from ..training import checkpoint as ckpt
+    from ..training import distributed
+
+    chosen = None
+    if distributed.current().is_main:
+        info, corrupt = ckpt.select_for_resume(cfg.train.models_dir)
+        for c in corrupt:
+            print(f"warning: skipping corrupt checkpoint {c.path}: {c.error}", file=sys.stderr)
+        chosen = str(info.path) if info is not None else None
+        del info, corrupt  # the listing mapped every file: let the maps go before training
+    chosen = distributed.broadcast_text(chosen)
+    if chosen is None:
+        if distributed.current().is_main:
+            print(f"--resume auto: no checkpoint in {cfg.train.models_dir}; starting a new run",
+                  file=sys.stderr, flush=True)
+        return run_pipeline(cfg, handler, opts)
+    path = Path(chosen)
+    state = ckpt.load_checkpoint(path)
+    _check_same_settings(cfg, Config.from_dict(state["config"], source=str(path)), path)
+    completed = int(state["epoch"]) if state.get("epoch_complete") else int(state["epoch"]) - 1
+    if completed >= cfg.train.epochs and evaluation_belongs(cfg.train.models_dir, state):
+        if distributed.current().is_main:
+            print(f"Nothing to do: {path} has completed {completed} epoch(s) of {cfg.train.epochs} and "
+                  f"{Path(cfg.train.models_dir) / EVALUATION_FILE} is its report", file=sys.stderr)
+        return 0
+    if distributed.current().is_main:
+        print(f"--resume auto: continuing from {path}", file=sys.stderr, flush=True)
+    opts = dataclasses.replace(opts, resume_state=state, resume_path=path,
+                               target_epochs=max(cfg.train.epochs, completed))
+    return run_pipeline(cfg, handler, opts)
+
+
+def _check_same_settings(cfg: Config, saved: Config, path: Path) -> None:
+    """The command's architecture, feature and optimisation settings must be the checkpoint's
+    (they cannot change in the middle of a line); name every one that differs."""
+    mine = {k: v for section in cfg.to_dict().values() for k, v in section.items()}
+    theirs = {k: v for section in saved.to_dict().values() for k, v in section.items()}
+    differ = []
+    for flag in FIXED_ON_RESUME:
+        key = flag[2:].replace("-", "_")
+        a, b = mine.get(key), theirs.get(key)
+        if key == "custom_features":  # declarations are looked up by name: order means nothing
+            a, b = (sorted(v or [], key=lambda d: str(d.get("name"))) for v in (a, b))
+        if a != b:
+            differ.append(f"{flag} {toml_value(a)} (checkpoint: {toml_value(b)})")
+    if differ:
+        raise CheckpointError(f"{path}: --resume auto: this command's settings differ from the "
+                              f"checkpoint's: {'; '.join(differ)}. Use the command that started the "
+                              f"run, or start a new run without --resume auto")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -248,6 +248,7 @@ def validate_state(state: Any, *, sealed: bool = True) -> None:
                                                           for v in sched["base_lrs"]),
           "scheduler.base_lrs", "a list of positive numbers", sched.get("base_lrs"))
     _check_rng(state["rng"])
+    _check_rank_rngs(state)
     _check_sampler(state["sampler"], state)
     cfg = _check_config(state["config"])
     n_features = _check_normalisation(state["normalisation"])
@@ -429,6 +430,28 @@ def _check_rng(rng: dict[str, Any]) -> None:
     _need(isinstance(cuda, list)
           and all(isinstance(c, torch.Tensor) and c.dtype == torch.uint8 for c in cuda),
           "rng.cuda", "a list of CUDA generator states", cuda)
+
+
+def _check_rank_rngs(state: dict[str, Any]) -> None:
+    """``rng_ranks`` (written by a training under torchrun with W > 1 processes): every rank's RNG
+    state, rank 0's first and equal to ``rng``; ``world_size`` says W. A one-process checkpoint
+    has neither field."""
+    world = state.get("world_size", 1)
+    _need(_is_int(world) and world >= 1, "world_size", "an integer >= 1", world)
+    ranks = state.get("rng_ranks")
+    if ranks is None:
+        _need(world == 1, "rng_ranks", f"the RNG states of the {world} ranks", "none")
+        return
+    _need(isinstance(ranks, list) and len(ranks) == world and world > 1
+          and all(isinstance(r, dict) for r in ranks), "rng_ranks",
+          f"a list of {world} RNG states (one per rank, world_size {world})", ranks)
+    for i, r in enumerate(ranks):
+        try:
+            _check_rng(r)
+        except _Invalid as e:
+            raise _Invalid(f"rng_ranks[{i}]: {e}") from None
+    _need(torch.equal(ranks[0]["torch"], state["rng"]["torch"]), "rng_ranks[0]",
+          "rank 0's state, the same as field 'rng'", "a different one")
 
 
 def _check_sampler(s: dict[str, Any], state: dict[str, Any]) -> None:

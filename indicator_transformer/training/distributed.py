@@ -120,6 +120,9 @@ def init(device: str = "auto") -> Dist:
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "False") == "True"
     _store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                            is_master=rank == 0 and not agent_store, timeout=timeout)
+    # The launcher's store outlives a restart (its keys too): each attempt gets its own prefix, or
+    # a restarted rank would connect to the addresses the dead attempt's ranks published.
+    _store = dist.PrefixStore(f"indicator_transformer/attempt_{restart_count()}", _store)
     dist.init_process_group(backend, store=dist.PrefixStore("default_pg", _store), rank=rank,
                             world_size=world, timeout=timeout)
     _current = Dist(rank, world, local, backend)
@@ -261,6 +264,25 @@ def main_done(name: str, ok: bool = True) -> None:
     if _current.enabled and _current.is_main:
         with collective():
             _store.set(f"indicator_transformer/{name}", "ok" if ok else "failed")
+
+
+PAUSE_RANKS_ENV = "INDICATOR_TRANSFORMER_PAUSE_RANKS"
+
+
+def pauses_here() -> bool:
+    """Whether this rank honours the test pause points of :mod:`..faults`. Tests set
+    ``INDICATOR_TRANSFORMER_PAUSE_RANKS`` to ``"1"`` (only rank 1) or ``"1@0"`` (only rank 1, and
+    only before torchrun's first restart) to put one rank at a chosen step while the others run
+    on; unset, every rank pauses."""
+    spec = os.environ.get(PAUSE_RANKS_ENV, "").strip()
+    if not spec:
+        return True
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        rank, _, attempt = part.partition("@")
+        if rank.isdigit() and int(rank) == _current.rank \
+                and (not attempt.isdigit() or int(attempt) == restart_count()):
+            return True
+    return False
 
 
 def rank_seed(seed: int, rank: int) -> int:

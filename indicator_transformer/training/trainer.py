@@ -13,6 +13,14 @@ Exactness: model, optimizer, scheduler, every RNG and the sampler position are i
 the data order depends only on (seed, epoch), and the DataLoader gets its own generator so creating
 an iterator never draws from the global RNG that dropout uses. Resuming after step k therefore
 replays steps k+1.. exactly as the uninterrupted run did, bit for bit.
+
+Under torchrun (:mod:`.distributed`) the same loop runs on every rank with the model wrapped in
+DistributedDataParallel: each rank trains on its slice of the same global batch (the sampler's
+docstring has the global batch and the learning-rate rule), losses are weighted so the averaged
+gradient is the global batch mean's, the stop check is an all-reduce agreed by every rank after
+each step and each validation batch, validation is sharded and gathered in the single-process
+order, and only rank 0 writes (every checkpoint holds every rank's RNG state, ``rng_ranks``). In
+one process none of this runs: the loss, the order and the files are exactly as before.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -45,6 +54,8 @@ from ..progress import Progress
 from ..runlog import RunFolder
 from ..shutdown import SignalHandler
 from . import checkpoint as ckpt
+from . import distributed
+from .distributed import Dist
 from .rng import capture_rng, restore_rng, seed_everything
 from .sampler import ResumableBatchSampler
 from .schedule import lr_factor, schedule
@@ -57,7 +68,7 @@ def worker_init(parent_pid: int, _worker_id: int) -> None:
     """DataLoader workers: the parent decides about stopping (invariant 3), and one thread each.
 
     Used as ``functools.partial(worker_init, os.getpid())``."""
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
     _die_with_parent(parent_pid)
@@ -106,8 +117,9 @@ class Trainer:
 
     def __init__(self, cfg: Config, data: PreparedData, splits: dict[str, SplitIndex],
                  norm: Normalisation, *, handler: SignalHandler, stream: TextIO | None = None,
-                 show_progress: bool = True) -> None:
+                 show_progress: bool = True, dist: Dist | None = None) -> None:
         self.cfg = cfg
+        self.dist = dist or distributed.current()
         self.data = data
         self.norm = norm
         self.handler = handler
@@ -124,8 +136,21 @@ class Trainer:
 
         seed_everything(t.seed)
         self.model = IndicatorTransformer(len(data.feature_names), f.window, cfg.model).to(self.device)
+        # The module the training step calls: DDP averages the ranks' gradients in backward. Rank
+        # 0's weights are broadcast at construction (they are equal anyway: same seed).
+        self.forward_model: nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            with warnings.catch_warnings():  # torch 2.13 renames it; the meaning we want is this one
+                warnings.filterwarnings("ignore", message=".*broadcast_buffers.*")
+                self.forward_model = DistributedDataParallel(
+                    self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    broadcast_buffers=False)  # the buffers are equal on every rank: no sync per step
+            seed_everything(distributed.rank_seed(t.seed, self.dist.rank))  # own dropout masks
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-        self.sampler = ResumableBatchSampler(len(self.datasets["train"]), t.batch_size, t.seed)
+        self.sampler = ResumableBatchSampler(len(self.datasets["train"]), t.batch_size, t.seed,
+                                             rank=self.dist.rank, world_size=self.dist.world_size)
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self._make_scheduler()
         self.loss_fn = nn.MSELoss()
@@ -143,6 +168,7 @@ class Trainer:
         self.run: RunFolder | None = None  # the run folder (run.py sets it); its record is saved
         self._train_samples = 0
         self._train_seconds = 0.0
+        self._pauses = distributed.pauses_here()  # test pause points (faults.py) on this rank?
 
     # ------------------------------------------------------------------ setup helpers
     def _make_scheduler(self) -> None:
@@ -164,6 +190,8 @@ class Trainer:
     def state_dict(self, *, interrupted: bool) -> dict[str, Any]:
         """The checkpoint dict (schema owned by :mod:`training.checkpoint`)."""
         self._flush_losses()
+        rng = capture_rng(include_cuda=self.device.type == "cuda")
+        per_rank = distributed.gather_states(rng) if self.dist.enabled else None
         sampler_state = self.sampler.state_dict()
         sampler_state.update(epoch=self.epoch, position=self.step_in_epoch)
         return {
@@ -183,7 +211,9 @@ class Trainer:
             "best_val": self.best_val,
             "loss_history": {"epochs": [dict(e) for e in self.epoch_history],
                              "steps": list(self.step_losses)},
-            "rng": capture_rng(include_cuda=self.device.type == "cuda"),
+            "rng": rng,
+            # Under torchrun: every rank's RNG state, so each rank resumes with its own.
+            **({"rng_ranks": per_rank, "world_size": self.dist.world_size} if per_rank else {}),
             "sampler": sampler_state,
             "config": self.cfg.to_dict(),
             "normalisation": self.norm.to_dict(),
@@ -220,7 +250,17 @@ class Trainer:
             self.step_in_epoch = 0
             self.epoch_complete = False
         self.step_in_epoch = min(self.step_in_epoch, self.steps_per_epoch)
-        restore_rng(state["rng"])
+        self._restore_rank_rng(state)
+
+    def _restore_rank_rng(self, state: dict[str, Any]) -> None:
+        """Each rank continues with its own saved RNG state. A rank the checkpoint has no state for
+        (resumed with more processes than it was written with) starts from a seed of (seed, rank,
+        global step): the run is then deterministic, though not equal to the original one."""
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        if self.dist.rank < len(ranks):
+            restore_rng(ranks[self.dist.rank])
+        else:
+            seed_everything(distributed.rank_seed(self.cfg.train.seed + self.global_step, self.dist.rank))
 
     def _check_model_shapes(self, weights: dict[str, torch.Tensor], path: Path | str) -> None:
         expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
@@ -263,7 +303,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ saving
     def _save(self, name: str, *, interrupted: bool, also_best: bool = False) -> Path:
-        data = ckpt.serialize(self.state_dict(interrupted=interrupted))
+        """Every rank takes part (the RNG states are gathered); only rank 0 writes."""
+        state = self.state_dict(interrupted=interrupted)
+        if not self.dist.is_main:
+            return self.models_dir / name
+        data = ckpt.serialize(state)
         if also_best:
             # best.pth first: a checkpoint may only claim a best_val whose model is already on
             # disk. Dying between the two writes leaves best.pth one epoch ahead, holding that
@@ -274,12 +318,15 @@ class Trainer:
     def save_interrupted(self) -> Path:
         """Save ``checkpoint_epoch_<E>_interrupted.pth`` and say so."""
         path = self._save(ckpt.interrupted_checkpoint_name(self.epoch), interrupted=True)
-        print(f"Checkpoint saved: {path}", file=self.stream, flush=True)
+        if self.dist.is_main:
+            print(f"Checkpoint saved: {path}", file=self.stream, flush=True)
         return path
 
     def _flush_losses(self) -> None:
+        # Under torchrun every rank calls this at the same steps (a fixed interval, saves, epoch
+        # ends): the pending per-rank parts of each step's global-batch mean are summed over ranks.
         if self._pending_losses:
-            values = torch.stack(self._pending_losses).cpu().tolist()
+            values = distributed.all_reduce_sum(torch.stack(self._pending_losses)).cpu().tolist()
             self._pending_losses.clear()
             bad = [v for v in values if not math.isfinite(v)]
             self.step_losses.extend(values)
@@ -292,10 +339,11 @@ class Trainer:
     def fit(self) -> FitResult:
         """Train until the configured epoch count, or until a stop is requested."""
         t = self.cfg.train
-        self.models_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(self.models_dir)  # checkpoints abandoned by an earlier hard exit
+        if self.dist.is_main:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(self.models_dir)  # checkpoints abandoned by an earlier hard exit
         while self.epoch <= t.epochs:
-            if self.handler.should_stop:
+            if self.stop_agreed():
                 return FitResult(False, self.save_interrupted(), "train")
             epoch_start = time.perf_counter()
             if self.step_in_epoch < self.steps_per_epoch:
@@ -322,7 +370,7 @@ class Trainer:
             for x, y in it:
                 x = x.to(self.device, non_blocking=True)      # (B, L, F)
                 y = y.to(self.device, non_blocking=True)      # (B,)
-                loss = self.loss_fn(self.model(x), y)
+                loss, recorded = self._loss(self.forward_model(x), y)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -330,9 +378,10 @@ class Trainer:
                 self.scheduler.step()
                 self.step_in_epoch += 1
                 self.global_step += 1
-                self._pending_losses.append(loss.detach())
+                self._pending_losses.append(recorded)
                 samples += len(y)
-                faults.point("train_step", self.global_step)
+                if self._pauses:
+                    faults.point("train_step", self.global_step)
                 if len(self._pending_losses) >= LOSS_FLUSH_EVERY:
                     self._flush_losses()
                 if self.show_progress:
@@ -342,8 +391,9 @@ class Trainer:
                         and self.step_in_epoch < self.steps_per_epoch:
                     path = self._save(ckpt.step_checkpoint_name(self.epoch, self.global_step),
                                       interrupted=False)
-                    ckpt.apply_retention(self.models_dir, t.keep, newest=path)
-                if self.handler.should_stop:
+                    if self.dist.is_main:
+                        ckpt.apply_retention(self.models_dir, t.keep, newest=path)
+                if self.stop_agreed():
                     return False
         finally:
             self._train_samples, self._train_seconds = samples, time.perf_counter() - tick
@@ -351,6 +401,31 @@ class Trainer:
             _shutdown_loader(it)
         self._flush_losses()
         return True
+
+    def _loss(self, pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to differentiate, this rank's part of the step's recorded loss).
+
+        One process: the batch mean, as always. Under torchrun: this rank's summed squared error
+        times W / (global batch size), so DDP's average over W ranks is the gradient of the global
+        batch's mean; the recorded part is the sum / size, which summed over ranks is that mean. A
+        zero-weight stand-in sample (an empty slice of a short last batch) counts for nothing."""
+        if not self.dist.enabled:
+            loss = self.loss_fn(pred, y)
+            return loss, loss.detach()
+        b = self.step_in_epoch  # the global batch this step trains on (0-based)
+        sq = ((pred.float() - y.float()) ** 2).sum()
+        if self.sampler.shard_size(b) == 0:
+            sq = sq * 0.0
+        size = self.sampler.global_size(b)
+        return sq * self.sampler.loss_scale(b), sq.detach() / size
+
+    def stop_agreed(self) -> bool:
+        """Whether to stop now. Under torchrun the ranks all-reduce the MAX of their recorded
+        signal numbers, so all stop at the same step with the same exit code; a rank that got no
+        signal itself adopts the agreed one (never inside the signal handler: see shutdown.py)."""
+        if not self.dist.enabled:
+            return self.handler.should_stop
+        return self.handler.agree(distributed.agree_stop(self.handler.pending_signal))
 
     def _recent_loss(self, loss: torch.Tensor) -> float:
         # The progress bar shows a loss averaged over what is already on the host: no sync per step.
@@ -374,42 +449,58 @@ class Trainer:
             self.best_val = val["loss"]
         self.epoch_complete = True
         path = self._save(ckpt.epoch_checkpoint_name(self.epoch), interrupted=False, also_best=improved)
-        ckpt.apply_retention(self.models_dir, self.cfg.train.keep, newest=path)
+        if self.dist.is_main:
+            ckpt.apply_retention(self.models_dir, self.cfg.train.keep, newest=path)
         if self.run is not None:
             self.run.write_metrics(self.epoch_history)  # after the checkpoint: never ahead of it
-        print(f"epoch {self.epoch}/{self.cfg.train.epochs}: train_loss={train_loss:.4f} "
+        if self.dist.is_main:
+            print(f"epoch {self.epoch}/{self.cfg.train.epochs}: train_loss={train_loss:.4f} "
               f"val_loss={val['loss']:.4f} val_ic={val['ic']:+.4f}"
-              f"{' (best)' if improved else ''} [{seconds:.1f}s]", file=self.stream, flush=True)
+                  f"{' (best)' if improved else ''} [{seconds:.1f}s]", file=self.stream, flush=True)
         self.epoch += 1
         self.step_in_epoch = 0
         self.epoch_complete = False
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def predict(self, split: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """Standardised predictions and targets over a split, in order; None if stopped."""
+    def predict(self, split: str, *, together: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+        """Standardised predictions and targets over a split, in order; None if stopped.
+
+        ``together`` (validation under torchrun): every rank predicts its slice of each batch, the
+        stop check is agreed after each batch, and the slices are gathered back into the
+        single-process order on every rank. Otherwise this rank predicts the whole split alone
+        (the final test evaluation, on rank 0)."""
         ds = self.datasets[split]
         if len(ds) == 0:
             return np.zeros(0, np.float32), np.zeros(0, np.float32)
+        shard = together and self.dist.enabled
         self.model.eval()
-        sampler = ResumableBatchSampler(len(ds), EVAL_BATCH, 0, shuffle=False)
+        sampler = ResumableBatchSampler(len(ds), EVAL_BATCH, 0, shuffle=False,
+                                        rank=self.dist.rank if shard else 0,
+                                        world_size=self.dist.world_size if shard else 1)
         it = iter(self._loader(split, sampler))
-        preds, targets = [], []
+        rows: list[torch.Tensor] = []  # (n, 2): prediction, target
         try:
-            for x, y in it:
-                preds.append(self.model(x.to(self.device)).float().cpu())
-                targets.append(y)
-                faults.point(f"{split}_batch", len(preds))
-                if self.handler.should_stop:
+            for b, (x, y) in enumerate(it):
+                pred = self.model(x.to(self.device)).float().cpu()
+                if sampler.shard_size(b) > 0:  # not a zero-weight stand-in
+                    rows.append(torch.stack([pred, y.float()], dim=1))
+                if self._pauses:
+                    faults.point(f"{split}_batch", b + 1)
+                if self.stop_agreed() if shard else self.handler.should_stop:
                     return None
         finally:
             _shutdown_loader(it)
             self.model.train()
-        return torch.cat(preds).numpy(), torch.cat(targets).numpy()
+        mine = torch.cat(rows) if rows else torch.zeros((0, 2))
+        if shard:
+            mine = _interleave(distributed.all_gather_rows(mine), sampler)
+        return mine[:, 0].numpy(), mine[:, 1].numpy()
 
     def evaluate(self, split: str) -> dict[str, float] | None:
-        """Loss (standardised MSE) and return-space metrics on a split; None if stopped."""
-        out = self.predict(split)
+        """Loss (standardised MSE) and return-space metrics on a split; None if stopped. Under
+        torchrun every rank computes the same figures from the gathered predictions."""
+        out = self.predict(split, together=True)
         if out is None:
             return None
         pred, target = out
@@ -418,6 +509,21 @@ class Trainer:
         metrics = point_metrics(ds.to_returns(pred), ds.to_returns(target), train_mean=self.norm.label_mean)
         metrics["loss"] = loss
         return metrics
+
+
+def _interleave(parts: list[torch.Tensor], sampler: ResumableBatchSampler) -> torch.Tensor:
+    """Put the ranks' gathered rows back in the single-process order: batch by batch, each
+    batch's slices in rank order (the slices are contiguous, see the sampler)."""
+    world = len(parts)
+    offsets = [0] * world
+    out = []
+    for b in range(sampler.batches_per_epoch):
+        size = sampler.global_size(b)
+        for r in range(world):
+            n = size * (r + 1) // world - size * r // world
+            out.append(parts[r][offsets[r]:offsets[r] + n])
+            offsets[r] += n
+    return torch.cat(out)
 
 
 def _shutdown_loader(it: Any) -> None:
