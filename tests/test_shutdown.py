@@ -82,7 +82,8 @@ def test_handlers_are_restored_even_when_the_body_raises():
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143),
-                                              (signal.SIGHUP, 129)], ids=["SIGINT", "SIGTERM", "SIGHUP"])
+                                              (signal.SIGHUP, 129), (signal.SIGUSR1, 138)],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"])
 def test_a_real_signal_sets_shutdown_requested_and_the_matching_exit_code(signum, code, capfd):
     with SignalHandler() as handler:
         assert not handler.should_stop and handler.exit_code == 0
@@ -448,3 +449,30 @@ def test_a_second_signal_ends_the_process_promptly_while_four_threads_commit_fil
     assert time.monotonic() - t0 < 10  # overlapping commits never keep the exit waiting
     for p in tmp_path.glob("w*.json"):
         assert json.loads(p.read_text())["pad"] == "x" * 2000  # every final file complete
+
+
+def test_sigusr1_from_slurm_is_a_stop_request_like_sigterm():
+    assert signal.SIGUSR1 in default_signals()
+    assert exit_code_for(signal.SIGUSR1) == 138
+
+
+def test_under_torchrun_the_launchers_copy_of_a_ctrl_c_is_not_an_escalation(capfd):
+    # A terminal's Ctrl-C reaches a rank twice (the terminal's and torchrun's forwarded copy);
+    # without the window the second one would exit the process at once, without saving.
+    with SignalHandler(duplicate_window_s=5.0) as handler:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert _wait_until(lambda: handler.shutdown_requested)
+        os.kill(os.getpid(), signal.SIGINT)  # still alive afterwards: this process runs the test
+        time.sleep(0.05)
+        assert handler.signal_count == 1 and handler.exit_code == 130
+    assert "Received SIGINT again" not in capfd.readouterr().err
+
+
+def test_ranks_agree_on_the_largest_signal_and_a_rank_without_one_adopts_it():
+    quiet, termed = SignalHandler(), SignalHandler()
+    termed.request_shutdown(signal.SIGTERM)
+    agreed = max(quiet.pending_signal, termed.pending_signal)  # what the all-reduce MAX computes
+    assert quiet.pending_signal == 0 and agreed == signal.SIGTERM
+    assert quiet.agree(agreed) and termed.agree(agreed)
+    assert quiet.exit_code == termed.exit_code == 143
+    assert not SignalHandler().agree(0)
