@@ -26,7 +26,7 @@ RSI7 = '[{name = "rsi_7", fn = "RSI", params = {timeperiod = 7}, transform = "os
 OTHER = {"data_dir": "some/data", "data_file": None, "symbols": "5", "bars": "700", "data_seed": "9",
          "skip_bad_files": True, "use_adj_close": True, "cache_dir": "c2", "prep_workers": "3",
          "features": "ret_1,rsi_7", "custom_features": RSI7, "horizon": "2", "window": "12",
-         "train_frac": "0.6", "val_frac": "0.2", "d_model": "32", "heads": "8", "layers": "3",
+         "train_frac": "0.6", "val_frac": "0.2", "d_model": "48", "heads": "8", "layers": "3",
          "dropout": "0.25", "ff_mult": "3", "epochs": "4", "batch_size": "32", "lr": "0.0003",
          "weight_decay": "0.05", "warmup_steps": "7", "grad_clip": "0.5", "seed": "11", "device": "cpu",
          "num_workers": "1", "models_dir": "m2", "checkpoint_every": "10", "keep": "4",
