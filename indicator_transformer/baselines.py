@@ -2,6 +2,8 @@
 
     zero          predict no move
     train_mean    the pooled training-label mean (what the MSE ratio divides by)
+    symbol_mean   each symbol's own training-label mean: what a model whose standardised output
+                  is 0 predicts under per-symbol normalisation, so a model must beat it
     momentum      the last realised h-bar return (known at the window's last bar: no look-ahead)
     ridge         linear regression on the flattened, normalised window, alpha chosen on validation
     lightgbm      gradient-boosted trees on a summary of the same normalised window (the last bar,
@@ -63,7 +65,7 @@ class Baselines:
     """Each baseline's test predictions and what was fitted."""
 
     # name -> test predictions in return space, in test-sample order
-    # (zero, train_mean, momentum, ridge, lightgbm)
+    # (zero, train_mean, symbol_mean, momentum, ridge, lightgbm)
     predictions: dict[str, np.ndarray] = field(default_factory=dict)
     # name -> JSON-able fitted settings (alpha, rounds, sample counts, ...)
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -314,13 +316,31 @@ def baseline_predictions(datasets: dict[str, WindowDataset], train_mean: float, 
         return None
 
 
+def symbol_means(train: WindowDataset, pooled: float) -> tuple[dict[str, float], int]:
+    """Each symbol's mean training label (raw returns), and how many symbols have one; a symbol
+    without training windows is absent (the caller uses the pooled mean)."""
+    out = {}
+    sp = train.split
+    for s, lo, hi in zip(train.symbols, sp.starts.tolist(), sp.stops.tolist(), strict=True):
+        if hi > lo:
+            out[s.symbol] = float(np.mean(np.asarray(s.label[lo:hi], np.float64)))
+    return out, len(out)
+
+
 def _baselines(datasets: dict[str, WindowDataset], train_mean: float, horizon: int,
                should_stop: Callable[[], bool], threads: int) -> Baselines | None:
     train, val, test = datasets["train"], datasets["val"], datasets["test"]
     n = len(test)
+    means, own = symbol_means(train, float(train_mean))
+    sym = test.symbol_index()
+    names = [s.symbol for s in test.symbols]
     out = Baselines({"zero": np.zeros(n), "train_mean": np.full(n, float(train_mean)),
+                     "symbol_mean": np.asarray([means.get(names[i], float(train_mean)) for i in sym.tolist()],
+                                               np.float64),
                      "momentum": last_returns(test, horizon)},
-                    {"train_mean": {"value": float(train_mean)}, "momentum": {"horizon": int(horizon)}})
+                    {"train_mean": {"value": float(train_mean)},
+                     "symbol_mean": {"symbols_with_own_mean": own},
+                     "momentum": {"horizon": int(horizon)}})
     ridge = _fit_ridge(train, val, should_stop)
     trees = _fit_lightgbm(train, val, should_stop, threads)
     if ridge is None or trees is None:  # no training samples: each symbol's training mean

@@ -23,8 +23,12 @@ from typing import Any
 import numpy as np
 
 from . import metrics as M
+from .data import frequency
 
-STRONG_BASELINES = ("ridge", "lightgbm")  # what "the model learned something" is measured against
+# What "the model learned something" is measured against. symbol_mean (each symbol's training
+# mean) is the model's own output of zero under per-symbol normalisation: a model must beat it.
+STRONG_BASELINES = ("symbol_mean", "ridge", "lightgbm")
+MIN_STRATEGY_PERIODS = 20                 # fewer periods: no annualised return or Sharpe
 T_NOISE = 2.0                             # |t| below this: not distinguishable from noise
 MAX_SYMBOL_ROWS = 10
 LINE = 108
@@ -70,16 +74,20 @@ def build_report(tp: TestPredictions) -> dict[str, Any]:
     ({name: {pooled, by_symbol, cross_section | None, sign_strategy, long_short | None}}),
     buy_and_hold, best ({metric: name | None}), beats ({baseline: bool}), verdict. Undefined
     values are NaN; only Python scalars, dicts and lists are left, so after json_safe it dumps."""
+    scope = strategy_scope(tp)
+    st = scope.sub
     report: dict[str, Any] = {
         "samples": len(tp.target),
         "symbols": len(np.unique(tp.symbols)),
         "dates": len(np.unique(tp.times)),
         "horizon": int(tp.horizon),
         "cost_bps": float(tp.cost_bps),
-        "periods_per_year": float(tp.per_year),
-        "predictors": {name: _score(tp, pred) for name, pred in tp.preds.items()},
-        "buy_and_hold": M.buy_and_hold(tp.symbols, tp.times, tp.target, tp.per_year, tp.horizon,
-                                       tp.cost_bps),
+        "periods_per_year": float(st.per_year),
+        "strategy_scope": scope.record(),
+        "predictors": {name: _score(tp, pred, st, scope.mask) for name, pred in tp.preds.items()},
+        "buy_and_hold": _guard(M.buy_and_hold(st.symbols, st.times, st.target, st.per_year, st.horizon,
+                                              st.cost_bps)),
+        "model_constant_within_symbols": _constant_within_symbols(tp.symbols, tp.preds["model"]),
     }
     report["best"] = best_by_metric(report["predictors"])
     report["beats"] = model_beats(report["predictors"])
@@ -87,22 +95,90 @@ def build_report(tp: TestPredictions) -> dict[str, Any]:
     return _plain(report)
 
 
-def _score(tp: TestPredictions, pred: np.ndarray) -> dict[str, Any]:
-    """One predictor's section of the report."""
+@dataclass
+class StrategyScope:
+    """The samples the strategy figures are computed on: all of them, or, when the symbols' bar
+    frequencies differ, those of the most common frequency (one annualisation needs one)."""
+
+    mask: np.ndarray        # (N,) bool
+    sub: TestPredictions    # tp restricted to mask, with the per_year of that frequency
+    bar: str
+    symbols: list[str]
+    note: str | None
+
+    def record(self) -> dict[str, Any]:
+        return {"bar": self.bar, "symbols": self.symbols, "note": self.note}
+
+
+def strategy_scope(tp: TestPredictions) -> StrategyScope:
+    """See :class:`StrategyScope`. Each symbol's bar size is read from its test samples' times."""
+    names = sorted(set(tp.symbols.tolist()))
+    bar_of = {}
+    for s in names:
+        t = np.sort(tp.times[tp.symbols == s])
+        bar_of[s] = frequency.step_name(frequency.median_step(t))
+    groups: dict[str, list[str]] = {}
+    for s in names:
+        groups.setdefault(bar_of[s], []).append(s)
+    if len(groups) <= 1:
+        bar = next(iter(groups), "?")
+        return StrategyScope(np.ones(len(tp.target), bool), tp, bar, names, None)
+    counts = {b: int(np.isin(tp.symbols, syms).sum()) for b, syms in groups.items()}
+    bar = max(counts, key=lambda b: (counts[b], b))
+    keep = groups[bar]
+    mask = np.isin(tp.symbols, keep)
+    per_year = float(np.nanmedian([M.periods_per_year(tp.times[tp.symbols == s]) for s in keep]))
+    sub = TestPredictions(tp.symbols[mask], tp.times[mask], tp.target[mask],
+                          {k: v[mask] for k, v in tp.preds.items()}, tp.train_mean, tp.horizon,
+                          tp.cost_bps, per_year)
+    others = ", ".join(f"{b} ({len(v)})" for b, v in groups.items() if b != bar)
+    note = (f"strategy figures cover the {bar} symbols only ({', '.join(keep[:6])}"
+            f"{' ...' if len(keep) > 6 else ''}): the symbols' bar frequencies differ ({others} "
+            f"besides) and one annualisation needs one frequency")
+    return StrategyScope(mask, sub, bar, keep, note)
+
+
+def _guard(stats: dict[str, Any]) -> dict[str, Any]:
+    """No annualised return or Sharpe from fewer than MIN_STRATEGY_PERIODS periods: three periods
+    gave a Sharpe of 43 that looked like a result."""
+    if stats.get("periods", 0) < MIN_STRATEGY_PERIODS:
+        stats = dict(stats, ann_return=math.nan, sharpe=math.nan)
+    return stats
+
+
+def _constant_within_symbols(symbols: np.ndarray, pred: np.ndarray) -> bool:
+    """Whether ``pred`` never varies within a symbol (then its IC and strategies only rank the
+    symbols' constant levels, e.g. their training means)."""
+    varied = False
+    for s in np.unique(symbols):
+        p = pred[symbols == s]
+        if len(p) >= 2:
+            scale = max(1e-12, float(np.max(np.abs(p))))
+            if float(np.ptp(p)) > 1e-9 * scale:
+                varied = True
+                break
+    return not varied and len(pred) >= 2
+
+
+def _score(tp: TestPredictions, pred: np.ndarray, st: TestPredictions | None = None,
+           mask: np.ndarray | None = None) -> dict[str, Any]:
+    """One predictor's section of the report (strategies on ``st``, the samples of ``mask``)."""
+    st = tp if st is None else st
+    spred = pred if mask is None else pred[mask]
     pooled: dict[str, Any] = M.point_metrics(pred, tp.target, tp.train_mean)
     pooled["ic_t_adj"] = M.overlap_adjusted_t(pooled["ic_t"], tp.horizon)
     pooled["rank_ic_t_adj"] = M.overlap_adjusted_t(pooled["rank_ic_t"], tp.horizon)
     cs = _cross_section(tp, pred)
     if cs is not None:
         cs.pop("series")
-    ls = M.long_short(tp.times, tp.symbols, pred, tp.target, tp.per_year, tp.horizon, tp.cost_bps)
+    ls = M.long_short(st.times, st.symbols, spred, st.target, st.per_year, st.horizon, st.cost_bps)
     return {
         "pooled": pooled,
         "by_symbol": M.by_symbol(tp.symbols, pred, tp.target, tp.train_mean),
         "cross_section": cs,
-        "sign_strategy": M.sign_strategy(tp.symbols, tp.times, pred, tp.target, tp.per_year,
-                                         tp.horizon, tp.cost_bps),
-        "long_short": ls if ls["periods"] else None,
+        "sign_strategy": _guard(M.sign_strategy(st.symbols, st.times, spred, st.target, st.per_year,
+                                                st.horizon, st.cost_bps)),
+        "long_short": _guard(ls) if ls["periods"] else None,
     }
 
 
@@ -187,6 +263,9 @@ def verdict(report: dict[str, Any]) -> str:
         first = (f"The model beats {' and '.join(beats)} on the test split (lower MSE ratio and higher IC "
                  f"on the same samples).")
     second = _noise_sentence(report)
+    if report.get("model_constant_within_symbols"):
+        second = ("The model's output does not vary within any symbol: its IC and strategy figures only "
+                  "rank the symbols' constant levels (compare symbol_mean). " + second).strip()
     return f"{first} {second}" if second else first
 
 
@@ -223,15 +302,17 @@ def report_series(tp: TestPredictions) -> dict[str, Any]:
     buy-and-hold, each ``{"time", "return"}``, and its per-date cross-sectional IC
     ``{"time", "ic", "rank_ic"}`` (None when no date has enough symbols)."""
     pred = tp.preds["model"]
-    args = (tp.per_year, tp.horizon, tp.cost_bps)
-    ls = M.long_short(tp.times, tp.symbols, pred, tp.target, *args, series=True)
+    st = strategy_scope(tp).sub
+    sp = st.preds["model"]
+    args = (st.per_year, st.horizon, st.cost_bps)
+    ls = M.long_short(st.times, st.symbols, sp, st.target, *args, series=True)
     cs = M.cross_sectional(tp.times, pred, tp.target)
     return {
         "pred": pred,
         "target": tp.target,
-        "sign_strategy": M.sign_strategy(tp.symbols, tp.times, pred, tp.target, *args, series=True)["series"],
+        "sign_strategy": M.sign_strategy(st.symbols, st.times, sp, st.target, *args, series=True)["series"],
         "long_short": ls["series"] if ls["periods"] else None,
-        "buy_and_hold": M.buy_and_hold(tp.symbols, tp.times, tp.target, *args, series=True)["series"],
+        "buy_and_hold": M.buy_and_hold(st.symbols, st.times, st.target, *args, series=True)["series"],
         "ic_over_time": cs["series"] if cs["dates"] else None,
     }
 
@@ -256,6 +337,9 @@ def format_table(report: dict[str, Any], title: str) -> str:
         cells = [_cell(p, c, best[c[0]]) for c in cols]
         lines.append("  " + name.ljust(width) + "".join(cells))
     lines.append(_buy_and_hold_line(report))
+    scope = report.get("strategy_scope") or {}
+    if scope.get("note"):
+        lines += textwrap.wrap(f"Note: {scope['note']}", LINE, initial_indent="  ", subsequent_indent="    ")
     lines += _symbol_block(model)
     lines += textwrap.wrap(f"Verdict: {report.get('verdict') or verdict(report)}", LINE,
                            subsequent_indent="  ")

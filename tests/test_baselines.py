@@ -28,7 +28,7 @@ from indicator_transformer.data.windows import (
 )
 from indicator_transformer.metrics import point_metrics
 
-NAMES = ["zero", "train_mean", "momentum", "ridge", "lightgbm"]
+NAMES = ["zero", "train_mean", "symbol_mean", "momentum", "ridge", "lightgbm"]
 
 
 def nonlinear_market(symbols: int = 2, bars: int = 1500, seed: int = 0) -> list[SymbolData]:
@@ -213,3 +213,16 @@ def test_without_training_samples_ridge_and_lightgbm_fall_back_to_the_label_mean
     for name in ("ridge", "lightgbm"):
         np.testing.assert_array_equal(got.predictions[name], expected)
         assert got.details[name]["fit_samples"] == 0
+
+
+def test_symbol_mean_predicts_each_symbols_own_training_mean(market) -> None:
+    train, test = market["train"], market["test"]
+    got = baseline_predictions(market, 0.0, 1, lambda: False)
+    assert got is not None
+    sym = test.symbol_index()
+    for s in np.unique(sym):
+        sd = train.symbols[s]
+        lo, hi = train.split.starts[s], train.split.stops[s]
+        expected = float(np.mean(np.asarray(sd.label[lo:hi], np.float64)))
+        np.testing.assert_allclose(got.predictions["symbol_mean"][sym == s], expected, rtol=1e-12)
+    assert got.details["symbol_mean"]["symbols_with_own_mean"] == len(np.unique(sym))

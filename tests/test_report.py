@@ -221,3 +221,62 @@ def test_mismatched_arrays_or_a_missing_model_are_refused() -> None:
     with pytest.raises(ValueError, match=r"preds\['ridge'\] has shape \(2,\)"):
         TestPredictions(np.array(["A"]), np.array([1]), np.array([0.1]),
                         {"model": np.array([0.0]), "ridge": np.zeros(2)}, 0.0, 1, 0.0, 252.0)
+
+
+def _mixed_frequency() -> TestPredictions:
+    """Two daily symbols beside two hourly ones (the attack's folder): one annualisation cannot
+    serve both, and a median of 252 and 6048 bars a year fits neither."""
+    rng = np.random.default_rng(3)
+    days = np.array([d for d in range(400) if d % 7 < 5][:200])
+    daily = START + days * DAY
+    hours = START + np.arange(24 * 120) * (DAY // 24)
+    hours = hours[((hours // DAY) + 3) % 7 < 5][:1500]
+    symbols = np.r_[np.repeat(["SPX", "AAPL"], len(daily)), np.repeat(["EURUSD", "USDJPY"], len(hours))]
+    times = np.r_[daily, daily, hours, hours]
+    target = rng.normal(size=len(times)) * 0.01
+    preds = {"model": target * 0.3 + rng.normal(size=len(times)) * 0.01, "zero": np.zeros(len(times))}
+    return TestPredictions(symbols, times, target, preds, 0.0, 1, 0.0, per_year=3150.0)
+
+
+def test_strategies_over_mixed_bar_frequencies_cover_one_frequency_and_say_so() -> None:
+    tp = _mixed_frequency()
+    r = build_report(tp)
+    scope = r["strategy_scope"]
+    assert scope["bar"] == "1h" and scope["symbols"] == ["EURUSD", "USDJPY"]  # the larger group
+    assert "bar frequencies differ" in scope["note"] and "1d (2)" in scope["note"]
+    # Annualised with the hourly group's own bars per year (24 a day x 252), not the median 3150.
+    assert r["periods_per_year"] == pytest.approx(24 * 252)
+    hourly = np.isin(tp.symbols, ["EURUSD", "USDJPY"])
+    expected = M.sign_strategy(tp.symbols[hourly], tp.times[hourly], tp.preds["model"][hourly],
+                               tp.target[hourly], 24 * 252, 1, 0.0)
+    assert r["predictors"]["model"]["sign_strategy"]["sharpe"] == pytest.approx(expected["sharpe"])
+    # Point metrics still use every sample.
+    assert r["predictors"]["model"]["pooled"]["samples"] == len(tp.target)
+    assert "Note: strategy figures cover the 1h symbols only" in format_table(r, "t")
+    assert build_report(panel())["strategy_scope"]["note"] is None
+
+
+def test_a_strategy_of_a_few_periods_has_no_annualised_figures() -> None:
+    tp = panel(n_symbols=6, n_dates=12)
+    r = build_report(tp)
+    ss = r["predictors"]["model"]["sign_strategy"]
+    assert ss["periods"] == 12 and math.isnan(ss["sharpe"]) and math.isnan(ss["ann_return"])
+    assert math.isfinite(ss["max_drawdown"])  # what is not a rate is still shown
+    assert math.isfinite(build_report(panel(n_dates=40))["predictors"]["model"]["sign_strategy"]["sharpe"])
+
+
+def test_a_model_constant_within_each_symbol_is_called_so_and_does_not_beat_the_symbol_means() -> None:
+    """Per-symbol normalisation turns a model that outputs 0 into each symbol's training mean: its
+    IC then only ranks symbol levels, which the symbol_mean baseline does just as well."""
+    tp = panel()
+    levels = {s: 0.0001 * i for i, s in enumerate(np.unique(tp.symbols))}
+    constant = np.array([levels[s] for s in tp.symbols])
+    tp = TestPredictions(tp.symbols, tp.times, tp.target + constant,
+                         {"model": constant.copy(), "symbol_mean": constant.copy(),
+                          **{k: v for k, v in tp.preds.items() if k != "model"}},
+                         tp.train_mean, 1, 0.0, 252.0)
+    r = build_report(tp)
+    assert r["model_constant_within_symbols"] is True
+    assert r["beats"]["symbol_mean"] is False
+    assert "does not vary within any symbol" in r["verdict"] and "symbol_mean" in r["verdict"]
+    assert build_report(panel())["model_constant_within_symbols"] is False

@@ -9,10 +9,12 @@ count; it is rounded to the nearest usual bar size for display.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .prepare import SymbolData
+if TYPE_CHECKING:
+    from .prepare import SymbolData
 
 SECOND = 10**9
 MINUTE = 60 * SECOND
