@@ -190,3 +190,17 @@ def test_a_two_rank_checkpoint_resumes_in_one_process_on_the_same_global_batches
     ref = torch.tensor(two["loss_history"]["steps"][STEPS_PER_EPOCH:])
     assert torch.corrcoef(torch.stack([steps, ref]))[0, 1] > 0.9  # the same batches, step by step
     assert os.path.exists(models / "evaluation.json")
+
+
+def test_a_checkpoint_whose_rank_rng_states_do_not_fit_its_world_size_is_refused(reference: Path,
+                                                                                  tmp_path: Path) -> None:
+    from indicator_transformer.errors import CheckpointError
+    from indicator_transformer.training import checkpoint as ckpt
+
+    state = load(reference / "checkpoint_epoch_2.pth")
+    ckpt.load_checkpoint(reference / "checkpoint_epoch_2.pth")  # the written one is valid
+    for field, broken in (("rng_ranks", state["rng_ranks"][:1]), ("world_size", 3)):
+        bad = dict(state, **{field: broken})
+        path = ckpt.save_checkpoint(tmp_path / f"bad_{field}.pth", bad)
+        with pytest.raises(CheckpointError, match="rng_ranks"):
+            ckpt.load_checkpoint(path)
