@@ -29,7 +29,8 @@ out-of-memory kill, never a setting someone could mean:
     epochs 1..1_000_000, batch_size 1..65_536, lr in (0, 1], weight_decay in [0, 1],
     grad_clip > 0, warmup_steps and checkpoint_every 0..10**9, keep 2..1_000_000, cost_bps 0..10_000
     every float finite; paths (data_dir, cache_dir, models_dir) non-blank, without NUL characters,
-    at most 4096 characters (PATH_MAX) and four different folders (runs_dir too); device auto, cpu, cuda or cuda:N
+    at most 4096 characters (PATH_MAX) and four different folders (runs_dir too); device auto, cpu,
+    cuda or cuda:N
 """
 
 from __future__ import annotations
@@ -298,7 +299,9 @@ class TrainConfig(_Section):
                    "an integer from 0 (only at epoch end) to 1_000_000_000")
         _check_int(self, "keep", 2, 1_000_000)
         _check_path(self, "runs_dir", optional=True)
-        _check(0 <= self.cost_bps <= 10_000, "cost_bps", self.cost_bps, "a number of basis points in [0, 10000]")
+        _check(0 <= self.cost_bps <= 10_000, "cost_bps", self.cost_bps,
+               "a number of basis points in [0, 10000]")
+        self.cost_bps = float(self.cost_bps) + 0.0  # -0.0 -> 0.0: printed as it was meant
 
 
 def _same_folder(a: str, b: str) -> bool:

@@ -48,7 +48,7 @@ class DataErrors(UserError):
     def __init__(self, errors: list[DataError]):
         self.errors = errors
         lines = [f"{len(errors)} input file(s) are invalid:"] + [f"  - {e}" for e in errors]
-        lines.append("Fix them, or pass --skip-bad-files to train on the valid files only.")
+        lines.append("Fix them, or pass --skip-bad-files to use the valid files only.")
         super().__init__("\n".join(lines))
 
 

@@ -32,8 +32,8 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from . import faults, metrics
-from .atomic import atomic_write_json
+from . import faults, metrics, plots
+from .atomic import atomic_write_json, is_temp_file
 from .baselines import baseline_predictions
 from .config import Config
 from .data import frequency
@@ -92,11 +92,11 @@ def check_out(out: Path, checkpoint: Path, flag: str) -> None:
         raise UserError(f"{flag}: expected a folder name, got an empty string")
     if out.exists() and not out.is_dir():
         raise UserError(f"{where}: is a file; expected a folder for the report")
-    if _same(out, models):
-        raise UserError(f"{where}: is the checkpoint's models folder, which evaluate never writes to; "
-                        f"choose another folder")
+    if _same(out, models) or _inside(out, models):
+        raise UserError(f"{where}: is the checkpoint's models folder or inside it, which evaluate never "
+                        f"writes to; choose another folder")
     try:
-        foreign = out.is_dir() and any(out.iterdir()) and not _holds_evaluation(out)
+        foreign = out.is_dir() and not _holds_evaluation(out) and not _only_report_files(out)
     except OSError as e:  # an unreadable folder
         raise UserError(f"{where}: cannot be read ({e.strerror or e})") from None
     if foreign:  # a training run's folder, say: its summary.json must not be replaced
@@ -117,6 +117,23 @@ def _same(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
     except OSError:
         return False
+
+
+def _inside(a: Path, folder: Path) -> bool:
+    try:
+        return a.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
+# What an evaluation writes: a folder holding only these (and temporary files of an interrupted
+# write) is an earlier evaluation that died before its summary, and may be written again.
+REPORT_FILES = {SUMMARY_NAME, LOG_NAME, plots.LOSS_CURVES, plots.PREDICTED_VS_REALISED, plots.STRATEGIES,
+                plots.IC_OVER_TIME}
+
+
+def _only_report_files(folder: Path) -> bool:
+    return all(p.is_file() and (p.name in REPORT_FILES or is_temp_file(p)) for p in folder.iterdir())
 
 
 def _holds_evaluation(folder: Path) -> bool:

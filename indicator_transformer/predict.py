@@ -43,8 +43,10 @@ def load_model(state: dict[str, Any], cfg: Config, n_features: int) -> Indicator
 
 def predict(model: IndicatorTransformer, data: PreparedData, norm: Normalisation, window: int, *,
             every_bar: bool, should_stop: Callable[[], bool]) -> list[Prediction] | None:
-    """Predictions at each symbol's last bar (``every_bar``: at every bar with a full window),
-    ranked across symbols per time; None when a stop was requested."""
+    """Predictions at each symbol's last bar, ranked across all symbols (``every_bar``: at every
+    bar with a full window, ranked across the symbols of each time); None when a stop was
+    requested. Latest bars of different times are still ranked together: that is the question
+    "which symbol now", and the command warns when the times differ."""
     # One [first, last] range of window end bars per symbol: the same inputs training built.
     lengths = np.array([len(sym.time) for sym in data.symbols], np.int64)
     stops = np.where(lengths >= window, lengths, 0)
@@ -62,17 +64,18 @@ def predict(model: IndicatorTransformer, data: PreparedData, norm: Normalisation
     for i in range(len(ds)):
         s, t = ds.locate(i)
         rows.append(Prediction(data.symbols[s].symbol, int(data.symbols[s].time[t]), float(preds[i])))
-    return _ranked(rows)
+    return _ranked(rows, by_time=every_bar)
 
 
-def _ranked(rows: list[Prediction]) -> list[Prediction]:
-    """Rank within each time, highest predicted return first; ties share the better rank."""
-    by_time: dict[int, list[Prediction]] = {}
+def _ranked(rows: list[Prediction], *, by_time: bool = True) -> list[Prediction]:
+    """Rank within each time (or all rows together), highest predicted return first; ties share
+    the better rank."""
+    groups: dict[int, list[Prediction]] = {}
     for r in rows:
-        by_time.setdefault(r.time_ns, []).append(r)
+        groups.setdefault(r.time_ns if by_time else 0, []).append(r)
     out = []
-    for t in sorted(by_time):
-        group = sorted(by_time[t], key=lambda r: (-r.predicted_return, r.symbol))
+    for t in sorted(groups):
+        group = sorted(groups[t], key=lambda r: (-r.predicted_return, r.symbol))
         rank = 0
         for i, r in enumerate(group):
             if i == 0 or r.predicted_return != group[i - 1].predicted_return:

@@ -32,12 +32,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .atomic import atomic_write_json, atomic_write_text
+from .errors import UserError
 from .integrity import json_safe, seal_json
 
 LOG_NAME = "train.log"
 METRICS_NAME = "metrics.csv"
 SUMMARY_NAME = "summary.json"
-RUN_NAME = re.compile(r"^\d{8}T\d{6}Z(-\d{1,4})?$")
+RUN_NAME = re.compile(r"\d{8}T\d{6}Z(-\d{1,4})?")  # used with fullmatch: no trailing newline
 METRICS_COLUMNS = ("epoch", "segment", "train_loss", "val_loss", "val_ic", "lr", "samples_per_s", "seconds",
                    "finished")
 
@@ -65,7 +66,7 @@ def check_run_record(run: Any) -> str | None:
     """What is wrong with a checkpoint's ``run`` record, or None (used by checkpoint validation)."""
     if not isinstance(run, dict):
         return "a dict {name, segments}"
-    if not isinstance(run.get("name"), str) or not RUN_NAME.match(run["name"]):
+    if not isinstance(run.get("name"), str) or not RUN_NAME.fullmatch(run["name"]):
         return "a run folder name like 20261129T142925Z"
     segs = run.get("segments")
     if not isinstance(segs, list) or not segs or not all(
@@ -85,6 +86,7 @@ class RunFolder:
         self.root = root / name
         self.name = name
         self.segments = segments  # [[global step where the segment began, UTC start time], ...]
+        self.existed = False      # the folder was there before this segment (a resume found it)
 
     @classmethod
     def start(cls, runs_dir: Path, record: dict[str, Any] | None, global_step: int) -> RunFolder:
@@ -93,13 +95,14 @@ class RunFolder:
         now = datetime.now(UTC)
         stamp = now.isoformat(timespec="seconds")
         if record is None:
-            runs_dir.mkdir(parents=True, exist_ok=True)
+            _make_folder(runs_dir, "--runs-dir")
             folder = cls(runs_dir, new_run_name(runs_dir, now), [[global_step, stamp]])
         else:
             # Segments after the resume point belong to a later history this resume replaces.
             kept = [list(s) for s in record["segments"] if s[0] <= global_step]
             folder = cls(runs_dir, record["name"], kept + [[global_step, stamp]])
-        folder.root.mkdir(parents=True, exist_ok=True)
+        folder.existed = folder.root.is_dir()
+        _make_folder(folder.root, "the run folder")
         return folder
 
     @property
@@ -127,6 +130,16 @@ class RunFolder:
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """summary.json (sealed like every JSON this tool writes; undefined numbers are null)."""
         return atomic_write_json(self.root / SUMMARY_NAME, seal_json(json_safe(summary)))
+
+
+def _make_folder(path: Path, what: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{what} {path}: a file is in the way of this folder (move it, or choose "
+                        f"another --runs-dir)") from None
+    except OSError as e:
+        raise UserError(f"{what} {path}: cannot create it ({e.strerror or e})") from None
 
 
 def _cell(v: Any) -> str:

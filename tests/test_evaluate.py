@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -174,14 +175,20 @@ def test_the_report_folder_may_be_new_empty_or_an_earlier_evaluation_but_never_t
     earlier = tmp_path / "earlier"
     earlier.mkdir()
     atomic_write_json(earlier / "summary.json", seal_json({"command": "evaluate"}))
-    for fine in (tmp_path / "new" / "deeper", tmp_path / "empty", earlier):
+    # An evaluation killed while writing its plots: no summary yet, a PNG and a temporary file.
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "loss_curves.png").write_bytes(b"\x89PNG")
+    (killed / f".strategies.png.{os.getpid()}.0.tmp").write_bytes(b"half")
+    for fine in (tmp_path / "new" / "deeper", tmp_path / "empty", earlier, killed):
         check_out(fine, checkpoint, "--out")
 
     run = tmp_path / "run"
     run.mkdir()
     (run / "train.log").write_text("a training run's log\n")
     (tmp_path / "file").write_text("x")
-    refused = {models: "models folder", run: "not an earlier evaluation report",
+    refused = {models: "models folder", models / "sub": "models folder or inside it",
+               run: "not an earlier evaluation report",
                tmp_path / "file": "is a file", tmp_path / "file" / "sub": "not a folder"}
     for folder, why in refused.items():
         with pytest.raises(UserError, match=why):

@@ -93,3 +93,21 @@ def test_predictions_use_each_symbols_own_scale_and_name_the_symbols_on_the_pool
     assert p["SYN000"] != p["NEWCO"]
     norm = ckpt.load_checkpoint(best)["normalisation"]
     assert "SYN000" in norm["symbols"] and "NEWCO" not in norm["symbols"]
+
+
+def test_latest_bars_of_different_times_are_ranked_together_with_a_warning(real_run: Path,
+                                                                           tmp_path: Path) -> None:
+    from conftest import write_symbol_csv
+
+    from indicator_transformer.data.sources import synthetic_symbol
+
+    data = tmp_path / "data"
+    for i, bars in enumerate((600, 580, 560)):  # three symbols whose data end on different days
+        write_symbol_csv(data / f"SYN00{i}.csv", synthetic_symbol(1, 7, i, bars))
+    r = _predict(tmp_path, "--checkpoint", str(real_run / "models" / "best.pth"), "--data-dir", str(data),
+                 "--cache-dir", str(tmp_path / "cache"), "--out", "p.csv")
+    assert r.returncode == 0, r.stderr
+    assert "latest bars are not at one time" in r.stderr
+    p = pd.read_csv(tmp_path / "p.csv")
+    assert p["time"].nunique() == 3 and sorted(p["rank"]) == [1, 2, 3]
+    assert p.sort_values("rank")["predicted_return"].is_monotonic_decreasing

@@ -80,7 +80,12 @@ def check_folders(cfg: Config, *, models: bool = True) -> None:
     a path that is a file (or has a file among its parents), or a folder that cannot be written.
     Otherwise the mistake surfaces as an OSError traceback - for ``--models-dir`` only at the
     first checkpoint, after the whole preparation and an epoch of training."""
-    folders = [("cache_dir", cfg.data.cache_dir)] + ([("models_dir", cfg.train.models_dir)] if models else [])
+    from ..runlog import runs_dir_for
+
+    folders = [("cache_dir", cfg.data.cache_dir)] + ([("models_dir", cfg.train.models_dir),
+                                                      ("runs_dir", str(runs_dir_for(cfg.train.runs_dir,
+                                                                                    cfg.train.models_dir)))]
+                                                     if models else [])
     for key, folder in folders:
         flag = f"{key} (--{key.replace('_', '-')})"
         try:

@@ -247,6 +247,13 @@ def _predict(args: argparse.Namespace, handler: SignalHandler) -> int:
         return handler.exit_code
     if not rows:
         raise UserError("no symbol has enough bars for one window: nothing to predict")
+    times = sorted({r.time_ns for r in rows})
+    if not args.all and len(times) > 1:
+        import pandas as pd
+
+        first, last = (pd.Timestamp(t, tz="UTC").isoformat() for t in (times[0], times[-1]))
+        print(f"warning: the symbols' latest bars are not at one time (from {first} to {last}): the "
+              f"ranks compare predictions made at different times", file=sys.stderr)
     text = P.to_csv(rows)
     if args.out:
         try:
@@ -303,6 +310,8 @@ def _evaluate(args: argparse.Namespace, handler: SignalHandler) -> int:
     from ..training import checkpoint as ckpt
 
     path = Path(args.checkpoint)
+    if args.out is not None and not args.out.strip():  # Path("") would be the current folder
+        raise UserError("--out: expected a folder name, got an empty string")
     out = Path(args.out) if args.out is not None else None
     if out is not None:  # before any work, and before reading a large checkpoint
         E.check_out(out, path, "--out")

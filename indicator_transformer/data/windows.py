@@ -158,6 +158,19 @@ def _short_under_global(symbols: list[SymbolData], glob: dict[str, SplitIndex], 
     return None
 
 
+def require_windows(splits: dict[str, SplitIndex], cfg: FeatureConfig) -> None:
+    """Refuse splits a run cannot report on: no training or no test windows (an empty validation
+    split is allowed: the run then has no validation loss, and says so)."""
+    from ..errors import UserError
+
+    for k in ("train", "test"):
+        if len(splits[k]) == 0:
+            raise UserError(
+                f"the {k} split has no windows (train_frac {cfg.train_frac}, val_frac {cfg.val_frac}, "
+                f"window {cfg.window}, horizon {cfg.horizon}: each split loses the last {cfg.horizon} "
+                f"window(s) before the next one); use more bars or other fractions")
+
+
 def split_summary(symbols: list[SymbolData], splits: dict[str, SplitIndex]) -> dict[str, Any]:
     """Per split: how many symbols, first and last end-bar date, windows; and the warnings
     (symbols without training windows, splits holding different symbols). JSON-able."""
