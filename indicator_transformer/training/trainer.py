@@ -379,7 +379,8 @@ class Trainer:
                 self.step_in_epoch += 1
                 self.global_step += 1
                 self._pending_losses.append(recorded)
-                samples += len(y)
+                # samples/s of the job: the global batch (this rank's slice is only part of it)
+                samples += self.sampler.global_size(self.step_in_epoch - 1) if self.dist.enabled else len(y)
                 if self._pauses:
                     faults.point("train_step", self.global_step)
                 if len(self._pending_losses) >= LOSS_FLUSH_EVERY:
