@@ -37,6 +37,7 @@ from .data.windows import (
     SplitChoice,
     choose_splits,
     fit_normalisation,
+    require_windows,
     split_summary,
     split_table,
 )
@@ -178,6 +179,7 @@ def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: Tex
     choice = choose_splits(data.symbols, cfg.features)
     splits = choice.splits
     print_layout(data, choice, cfg.features.horizon, stream)
+    require_windows(splits, cfg.features)  # no training or no test windows: nothing to report on
     state = opts.resume_state
     if state is not None:
         check_fingerprint(state, data, opts.resume_path or Path("?"), opts.allow_data_change, stream)
@@ -261,11 +263,14 @@ def _train_and_report(trainer: Trainer, data: PreparedData, summary: RunSummary,
                   # The checkpoint this report belongs to: resume trusts it only for that one.
                   "checkpoint": {"line": trainer.lineage["line"], "global_step": trainer.global_step,
                                  "epoch": trainer.epoch - 1}}
-    out = atomic_write_json(models_dir / EVALUATION_FILE, seal_json(json_safe(evaluation)))
     print(format_table(rep, f"Test split ({which})"), file=stream, flush=True)
+    # The run folder first, evaluation.json last: a resume trusts evaluation.json as the sign that
+    # the report is complete, so a kill -9 before it makes the resume write everything again.
+    out = models_dir / EVALUATION_FILE
     plots = write_plots(run.root, report_series(tp), trainer.epoch_history, trainer.step_losses,
                         trainer.steps_per_epoch, run.resume_steps())
     summary.finish(evaluated=which, report=rep, baseline_settings=details, plots=plots, evaluation=out)
+    atomic_write_json(out, seal_json(json_safe(evaluation)))
     print(f"Report: {out}; run folder {run.root} (train.log, metrics.csv, summary.json, "
           f"{len(plots)} plots)", file=stream, flush=True)
     return 0
@@ -324,6 +329,13 @@ def open_run_folder(trainer: Trainer, state: dict[str, Any] | None, models_dir: 
     attach_console_log(run.root / LOG_NAME)
     what = "new run" if run.segment == 0 else f"resume {run.segment} of this run"
     print(f"Run folder: {run.root} ({what})", file=stream, flush=True)
+    if run.segment > 0 and not run.existed:
+        print(f"note: the run folder {run.root} did not exist, so its train.log starts here; if the run "
+              f"was started with --runs-dir DIR, pass it again to continue that folder", file=stream,
+              flush=True)
+    # metrics.csv follows this checkpoint's history from the start: a resume from an older
+    # checkpoint must not show the epochs of the line it left until its next epoch ends.
+    run.write_metrics(trainer.epoch_history)
     return run
 
 
@@ -388,17 +400,23 @@ def _report_interrupted(summary: RunSummary, during: str, checkpoint: Path | Non
     """What a stopped run has, where its checkpoint is and how to continue; summary.json and the
     loss plot say the same."""
     t = summary.trainer
-    lines = [f"Stopped during {during} at epoch {t.epoch}, step {t.step_in_epoch}/{t.steps_per_epoch} "
-             f"(global step {t.global_step})."]
+    if during == "evaluation":  # every epoch is done: the position is "after the last one"
+        lines = [f"Stopped during the final evaluation, after epoch {len(t.epoch_history)} "
+                 f"(global step {t.global_step})."]
+    else:
+        lines = [f"Stopped during {during} at epoch {t.epoch}, step {t.step_in_epoch}/{t.steps_per_epoch} "
+                 f"(global step {t.global_step})."]
     if checkpoint is not None:
         lines.append(f"  checkpoint: {checkpoint}")
     done = t.epoch_history
     if done:
         best = min(done, key=lambda e: e["val_loss"] if e["val_loss"] == e["val_loss"] else float("inf"))
         last = done[-1]
+        best_file = Path(t.cfg.train.models_dir) / ckpt.BEST_NAME
         lines.append(f"  completed epochs: {len(done)}; last: train_loss {last['train_loss']:.4f}, "
                      f"val_loss {last['val_loss']:.4f}, val IC {last['val_ic']:+.4f}; best val_loss "
-                     f"{best['val_loss']:.4f} at epoch {best['epoch']} ({ckpt.BEST_NAME})")
+                     f"{best['val_loss']:.4f} at epoch {best['epoch']}"
+                     + (f" ({ckpt.BEST_NAME})" if best_file.exists() else ""))
     else:
         lines.append("  no epoch completed yet: no validation figures, no test report")
     lines.append("  no test report yet: resume_training.py continues the training and writes it")

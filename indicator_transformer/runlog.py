@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from .atomic import atomic_write_json, atomic_write_text
+from .atomic import atomic_write_json, atomic_write_text, remove_stale_temp_files
 from .errors import UserError
 from .integrity import json_safe, seal_json
 
@@ -103,6 +103,7 @@ class RunFolder:
             folder = cls(runs_dir, record["name"], kept + [[global_step, stamp]])
         folder.existed = folder.root.is_dir()
         _make_folder(folder.root, "the run folder")
+        remove_stale_temp_files(folder.root)  # left by a writer that was killed (kill -9)
         return folder
 
     @property

@@ -66,8 +66,8 @@ def test_a_run_writes_its_folder_beside_the_models_with_every_console_line_metri
     summary = check_json(json.loads((folder / "summary.json").read_text()))
     assert summary["status"] == "completed" and summary["interrupted"] is None
     assert summary["config"]["train"]["cost_bps"] == 5.0 and summary["report"]["cost_bps"] == 5.0
-    assert set(summary["report"]["predictors"]) == {"model", "zero", "train_mean", "momentum", "ridge",
-                                                   "lightgbm"}
+    assert set(summary["report"]["predictors"]) == {"model", "zero", "train_mean", "symbol_mean", "momentum",
+                                                   "ridge", "lightgbm"}
     assert summary["splits"]["policy"] == "global" and summary["splits"]["train"]["windows"] > 0
     assert summary["data"]["bar_frequency"] == {"1d": ["SYN000", "SYN001", "SYN002", "SYN003"]}
     assert set(summary["durations"]) >= {"preparation_s", "training_s", "evaluation_s", "total_s"}
@@ -141,3 +141,40 @@ def test_run_folder_names_are_utc_stamps_and_never_reuse_an_existing_folder(tmp_
     later = RunFolder.start(tmp_path, {"name": a.name, "segments": [[0, "t0"], [40, "t1"], [90, "t2"]]}, 50)
     assert later.segments[:2] == [[0, "t0"], [40, "t1"]] and later.segments[2][0] == 50
     assert later.segment == 2 and later.resume_steps() == [40, 50]
+
+
+def test_a_resume_from_an_older_checkpoint_shows_only_its_history_from_the_start(tmp_path: Path) -> None:
+    child = _train(tmp_path, "--epochs", "2")
+    assert child.finish(timeout=300) == 0, child.stderr
+    folder = _run_folder(tmp_path)
+    assert [r["epoch"] for r in _metrics(folder)] == ["1", "2"]
+    older = tmp_path / "models" / "checkpoint_epoch_1.pth"
+    cmd = [sys.executable, "resume_training.py", "--checkpoint", str(older), "--epochs", "1",
+           "--models-dir", str(tmp_path / "models"), "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    fork = Child(subprocess.Popen(cmd, cwd=REPO_ROOT, env=pause_env(f"train_step:{STEPS_PER_EPOCH + 3}"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  preexec_fn=default_sigint))
+    fork.wait_for("PAUSED")
+    # Before any epoch of the new line ends, metrics.csv already shows that line's history only.
+    assert [r["epoch"] for r in _metrics(folder)] == ["1"]
+    fork.proc.send_signal(signal.SIGINT)
+    assert fork.finish() == 130, fork.stderr
+    assert [r["epoch"] for r in _metrics(folder)] == ["1"]
+    assert "(best.pth)" not in fork.stderr  # the line's best.pth was moved aside with its epoch 2
+
+
+def test_a_kill_while_the_report_is_written_leaves_no_stale_report_and_resume_writes_it_all(
+        tmp_path: Path) -> None:
+    child = _train(tmp_path, "--epochs", "1", pause="before_commit:evaluation.json")
+    child.wait_for("PAUSED")
+    child.proc.kill()
+    child.finish()
+    folder = _run_folder(tmp_path)
+    assert not (tmp_path / "models" / "evaluation.json").exists()  # written last, so not yet
+    r = _resume(tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "running the final evaluation" in r.stderr
+    assert (tmp_path / "models" / "evaluation.json").exists()
+    summary = check_json(json.loads((folder / "summary.json").read_text()))
+    assert summary["status"] == "completed" and set(summary["plots"]) == PNGS
+    assert not list(folder.glob(".*.tmp"))  # the killed writer's temporary files are cleared

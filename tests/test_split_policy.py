@@ -168,7 +168,12 @@ def test_per_symbol_statistics_round_trip_through_a_checkpoint_dict_and_are_vali
     np.testing.assert_array_equal(back.sym_label_mean, norm.sym_label_mean)
     assert ckpt._check_normalisation(d) == d["mean"].shape[0]
     for key, bad in (("symbols", ["A", "A", "B", "C"]), ("sym_std", d["sym_std"] * 0),
-                     ("sym_label_mean", d["sym_label_mean"][:2])):
+                     ("sym_label_mean", d["sym_label_mean"][:2]),
+                     # Finite but absurd: a hand edit that would overflow or vanish every figure.
+                     ("sym_label_std", d["sym_label_std"] * 0 + 1e300),
+                     ("sym_label_std", d["sym_label_std"] * 0 + 1e-300),
+                     ("sym_std", d["sym_std"] * 0 + 1e-45), ("sym_mean", d["sym_mean"] + 1e12),
+                     ("label_std", d["label_std"] * 0 + 1e300), ("std", d["std"] * 0 + 1e20)):
         with pytest.raises(ckpt._Invalid, match=f"normalisation.{key}"):
             ckpt._check_normalisation({**d, key: bad})
 
@@ -188,3 +193,19 @@ def test_bar_frequency_is_read_per_file_and_a_mixed_folder_is_warned_about(mixed
                                             (10**9 * 60 * 7, "7min"), (None, "?")])
 def test_a_median_step_is_named_as_the_nearest_usual_bar_size(step, name):
     assert frequency.step_name(step) == name
+
+
+def test_a_run_without_test_windows_is_refused_before_training(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, child_env, default_sigint
+
+    r = subprocess.run([sys.executable, "train_indicator_transformer.py", "--symbols", "2", "--bars", "400",
+                        "--train-frac", "0.5", "--val-frac", "0.4999", "--no-progress",
+                        "--models-dir", str(tmp_path / "m"), "--cache-dir", str(tmp_path / "c")],
+                       cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=120,
+                       preexec_fn=default_sigint)
+    assert r.returncode == 2, r.stderr
+    assert "error: the test split has no windows" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "m").exists() or not list((tmp_path / "m").glob("*.pth"))

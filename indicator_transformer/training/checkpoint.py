@@ -476,18 +476,36 @@ def _check_config(cfg: dict[str, Any]) -> Any:
         raise _Invalid(f"field 'config': not a valid configuration ({type(e).__name__}: {e})") from None
 
 
+# What fit_normalisation can produce (a constant feature gets std 1, a feature std below 1e-8 too;
+# a constant label std 1), with room: beyond these a hand-edited file would make every input or
+# prediction overflow or vanish while still loading (a label std of 1e300 gave a Sharpe of 9e16).
+FEATURE_STD = (1e-9, 1e9)
+LABEL_STD = (1e-13, 1e6)
+MAX_LEVEL = 1e9
+
+
+def _scale_ok(t: torch.Tensor, bounds: tuple[float, float]) -> bool:
+    return bool(((t >= bounds[0]) & (t <= bounds[1])).all())
+
+
+def _level_ok(t: torch.Tensor) -> bool:
+    return bool((t.abs() <= MAX_LEVEL).all())
+
+
 def _check_normalisation(norm: dict[str, Any]) -> int:
     mean, std = norm.get("mean"), norm.get("std")
     _need(isinstance(mean, torch.Tensor) and mean.dim() == 1 and mean.is_floating_point()
           and _finite_tensor(mean), "normalisation.mean", "a 1-D tensor of finite values", mean)
     _need(isinstance(std, torch.Tensor) and std.shape == mean.shape and std.is_floating_point()
-          and _finite_tensor(std) and bool((std > 0).all()), "normalisation.std",
-          f"{mean.shape[0]} finite values > 0", std)
-    for key, positive in (("label_mean", False), ("label_std", True)):
+          and _finite_tensor(std) and _scale_ok(std, FEATURE_STD), "normalisation.std",
+          f"{mean.shape[0]} values in [{FEATURE_STD[0]:g}, {FEATURE_STD[1]:g}]", std)
+    _need(_level_ok(mean), "normalisation.mean", f"values within +-{MAX_LEVEL:g}", mean)
+    for key, bounds in (("label_mean", None), ("label_std", LABEL_STD)):
         v = norm.get(key)
         _need(isinstance(v, torch.Tensor) and v.numel() == 1 and v.is_floating_point()
-              and math.isfinite(float(v)) and (not positive or float(v) > 0),
-              f"normalisation.{key}", "a finite number" + (" > 0" if positive else ""), v)
+              and math.isfinite(float(v)) and (_scale_ok(v, bounds) if bounds else _level_ok(v)),
+              f"normalisation.{key}", f"a number in [{bounds[0]:g}, {bounds[1]:g}]" if bounds
+              else f"a number within +-{MAX_LEVEL:g}", v)
     if "symbols" in norm:
         _check_symbol_statistics(norm, int(mean.shape[0]))
     return int(mean.shape[0])
@@ -501,12 +519,14 @@ def _check_symbol_statistics(norm: dict[str, Any], n_features: int) -> None:
           names)
     shapes = {"sym_mean": (len(names), n_features), "sym_std": (len(names), n_features),
               "sym_label_mean": (len(names),), "sym_label_std": (len(names),)}
+    bounds = {"sym_std": FEATURE_STD, "sym_label_std": LABEL_STD}
     for key, shape in shapes.items():
         v = norm.get(key)
-        _need(isinstance(v, torch.Tensor) and tuple(v.shape) == shape and v.is_floating_point()
-              and _finite_tensor(v) and (not key.endswith("std") or bool((v > 0).all())),
-              f"normalisation.{key}", f"a tensor of shape {list(shape)} of finite values"
-              + (" > 0" if key.endswith("std") else ""), v)
+        ok = isinstance(v, torch.Tensor) and tuple(v.shape) == shape and v.is_floating_point() \
+            and _finite_tensor(v)
+        ok = ok and (_scale_ok(v, bounds[key]) if key in bounds else _level_ok(v))
+        where = f"in [{bounds[key][0]:g}, {bounds[key][1]:g}]" if key in bounds else f"within +-{MAX_LEVEL:g}"
+        _need(ok, f"normalisation.{key}", f"a tensor of shape {list(shape)} of values {where}", v)
 
 
 # ----------------------------------------------------------------------------- listing
