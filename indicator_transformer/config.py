@@ -432,6 +432,7 @@ SWITCHES: dict[str, str] = {
     "checkpoint": "which checkpoint to resume from belongs to the resume command line",
     "allow_data_change": "accepting changed data is a decision for one resume, not a setting",
     "show": "it belongs to the config command",
+    "resume": "continuing an earlier run is a decision for one invocation (--resume auto), not a setting",
 }
 
 

@@ -27,10 +27,11 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 def _torchrun(root: Path, cache: Path, models: Path, *, launcher: tuple[str, ...] = (),
-              extra: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Child:
+              extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
+              script: tuple[str, ...] = ("train_indicator_transformer.py", *SMALL)) -> Child:
     logs = root / "logs"
-    cmd = [*TORCHRUN, *launcher, "--log-dir", str(logs), "--tee", "3", "train_indicator_transformer.py",
-           *SMALL, "--cache-dir", str(cache), "--models-dir", str(models), *extra]
+    cmd = [*TORCHRUN, *launcher, "--log-dir", str(logs), "--tee", "3", *script,
+           "--cache-dir", str(cache), "--models-dir", str(models), *extra]
     child_environment = child_env()
     child_environment.update(env or {})
     return Child(subprocess.Popen(cmd, cwd=REPO_ROOT, env=child_environment, stdout=subprocess.PIPE,
@@ -121,9 +122,10 @@ def test_sigint_to_the_launcher_saves_one_checkpoint_and_resume_under_torchrun_i
         assert any("exit code 130" in line and "global step 17" in line for line in logs[rank]), logs[rank]
     assert "forcefully" not in child.stderr  # no rank needed torchrun's SIGKILL
 
-    again = _torchrun(tmp_path, cache_dir, models, extra=("--resume", "auto"))
+    # The spec's resume command, under torchrun: rank 0 chooses the checkpoint, both ranks load it.
+    again = _torchrun(tmp_path, cache_dir, models, script=("resume_training.py", "--no-progress"))
     assert again.finish(timeout=300) == 0, again.stderr
-    assert "checkpoint_epoch_1_interrupted.pth" in again.stderr
+    assert "Resuming from" in again.stderr and "checkpoint_epoch_1_interrupted.pth" in again.stderr
     assert_same_training_state(load(reference / "checkpoint_epoch_2.pth"),
                                load(models / "checkpoint_epoch_2.pth"))
 

@@ -131,18 +131,33 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace, models_dir: str, handler: SignalHandler) -> int:
+    from ..run import in_job
+
+    # Under torchrun every rank runs this: rank 0 chooses the checkpoint, every rank loads it.
+    return in_job(args.device or "auto", handler, lambda: _resume_job(args, models_dir, handler))
+
+
+def _choose(models_dir: str) -> str | None:
+    """The newest valid checkpoint of models_dir (rank 0 reports the corrupt ones it skipped)."""
+    info, corrupt = ckpt.select_for_resume(models_dir)
+    for c in corrupt:
+        print(f"warning: skipping corrupt checkpoint {c.path}: {c.error}", file=sys.stderr)
+    return str(info.path) if info is not None else None
+
+
+def _resume_job(args: argparse.Namespace, models_dir: str, handler: SignalHandler) -> int:
+    from ..training import distributed
+
+    main = distributed.current().is_main
     if args.checkpoint:
         path = Path(args.checkpoint)
         state = ckpt.load_checkpoint(path)
     else:
-        info, corrupt = ckpt.select_for_resume(models_dir)
-        for c in corrupt:
-            print(f"warning: skipping corrupt checkpoint {c.path}: {c.error}", file=sys.stderr)
-        if info is None:
+        chosen = distributed.broadcast_text(_choose(models_dir) if main else None)
+        if chosen is None:
             raise CheckpointError(f"{models_dir}: no valid checkpoint to resume from (train first with "
                                   f"train_indicator_transformer.py, or pass --checkpoint PATH)")
-        path = info.path
-        del info, corrupt  # the listing mapped every file: let the maps go before training
+        path = Path(chosen)
         state = ckpt.load_checkpoint(path)  # verified and fully read: the listing only mapped it
     saved = Config.from_dict(state["config"], source=str(path))  # validated by load_checkpoint
     _check_fixed(args, saved, path)
@@ -159,7 +174,7 @@ def _resume(args: argparse.Namespace, models_dir: str, handler: SignalHandler) -
         # never inside the archive it was moved to.
         archived = path.parent.parent.name == ckpt.ARCHIVE_DIR
         overrides["models_dir"] = str(path.parent.parent.parent if archived else path.parent)
-        if archived:
+        if archived and main:
             print(f"note: {path} was moved aside by an earlier run; training continues in "
                   f"{overrides['models_dir']} (pass --models-dir to choose)", file=sys.stderr)
     overrides.setdefault("cache_dir", DataConfig().cache_dir)
@@ -167,7 +182,7 @@ def _resume(args: argparse.Namespace, models_dir: str, handler: SignalHandler) -
     locate_data(state, saved, overrides, path)
     cfg = saved.replace(source=str(path), origins={k: flag_name(k) for k in flag_values(args)}, **overrides)
     check_folders(cfg)
-    if Path(cfg.data.cache_dir).resolve() != Path(saved.data.cache_dir).resolve():
+    if main and Path(cfg.data.cache_dir).resolve() != Path(saved.data.cache_dir).resolve():
         print(f"note: using the feature cache {cfg.data.cache_dir} (the checkpoint was prepared with "
               f"{saved.data.cache_dir}; pass --cache-dir to choose)", file=sys.stderr)
 
@@ -178,12 +193,14 @@ def _resume(args: argparse.Namespace, models_dir: str, handler: SignalHandler) -
                         f"{MAX_EPOCHS:_} epochs")
     if completed >= target:
         if evaluation_belongs(cfg.train.models_dir, state):
-            print(f"Nothing to do: {path} has completed {completed} epoch(s) of {target} and "
-                  f"{Path(cfg.train.models_dir) / EVALUATION_FILE} is its report. Use --epochs N to "
-                  f"train N more.")
+            if main:
+                print(f"Nothing to do: {path} has completed {completed} epoch(s) of {target} and "
+                      f"{Path(cfg.train.models_dir) / EVALUATION_FILE} is its report. Use --epochs N to "
+                      f"train N more.")
             return 0
-        print(f"Training is complete ({completed} epochs) but no report of this checkpoint exists; "
-              f"running the final evaluation", file=sys.stderr)
+        if main:
+            print(f"Training is complete ({completed} epochs) but no report of this checkpoint exists; "
+                  f"running the final evaluation", file=sys.stderr)
     opts = RunOptions(show_progress=not args.no_progress, resume_state=state, resume_path=path,
                       target_epochs=target, allow_data_change=args.allow_data_change)
     return run_pipeline(cfg, handler, opts)
