@@ -92,7 +92,9 @@ def check_out(out: Path, checkpoint: Path, flag: str) -> None:
         raise UserError(f"{flag}: expected a folder name, got an empty string")
     if out.exists() and not out.is_dir():
         raise UserError(f"{where}: is a file; expected a folder for the report")
-    if _same(out, models) or _inside(out, models):
+    # Inside it too, when it is a models folder (it holds checkpoints): evaluate never writes there.
+    # A checkpoint copied into an ordinary folder does not make every folder below it one.
+    if _same(out, models) or (_inside(out, models) and _holds_checkpoints(models)):
         raise UserError(f"{where}: is the checkpoint's models folder or inside it, which evaluate never "
                         f"writes to; choose another folder")
     try:
@@ -117,6 +119,14 @@ def _same(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve()
     except OSError:
         return False
+
+
+def _holds_checkpoints(folder: Path) -> bool:
+    """Whether ``folder`` holds files named as training writes them (best.pth, checkpoint_epoch_*)."""
+    try:
+        return any(p.name == ckpt.BEST_NAME or ckpt.parse_name(p.name) is not None for p in folder.iterdir())
+    except OSError:
+        return True  # cannot tell: do not write there
 
 
 def _inside(a: Path, folder: Path) -> bool:

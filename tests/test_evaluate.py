@@ -94,8 +94,8 @@ def test_on_new_files_it_says_other_data_and_names_the_symbols_without_statistic
     assert summary["data"]["own"] is False and summary["data"]["relation"] == "other"
     assert summary["normalisation"]["pooled_symbols"] == ["NEW0", "NEW1", "NEW2"]
     assert summary["report"]["symbols"] == 3 and summary["report"]["cost_bps"] == 5.0
-    assert set(summary["report"]["predictors"]) == {"model", "zero", "train_mean", "momentum", "ridge",
-                                                   "lightgbm"}
+    assert set(summary["report"]["predictors"]) == {"model", "zero", "train_mean", "symbol_mean", "momentum",
+                                                   "ridge", "lightgbm"}
     assert "evaluation.json" not in {p.name for p in out.iterdir()}
 
 

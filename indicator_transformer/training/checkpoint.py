@@ -563,6 +563,15 @@ class CheckpointInfo:
         return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
+def parse_name(name: str) -> tuple[int, int | None, bool] | None:
+    """(epoch, global step or None, interrupted) of a checkpoint file name this tool writes, or
+    None for any other name (best.pth included)."""
+    m = _NAME.match(name)
+    if m is None:
+        return None
+    return int(m["epoch"]), (int(m["step"]) if m["step"] else None), m["intr"] is not None
+
+
 def checkpoint_files(models_dir: str | Path) -> list[Path]:
     """Every ``*.pth`` in the folder except in-flight temporary files."""
     d = Path(models_dir)
