@@ -63,6 +63,7 @@ TRAIN_SCRIPT = REPO_ROOT / "train_indicator_transformer.py"
 MB = 2 ** 20
 TARGET_GROWTH_MB = 150.0
 PROGRESS_RE = re.compile(r"epoch \d+/\d+: (\d+)/(\d+) step")
+FINAL_RE = re.compile(r"epoch \d+/\d+: (\d+)/(\d+) step \(([\d.]+) step/s, ([\d.]+)s\)")
 PAUSED_RE = re.compile(r"PAUSED train_step (\d+)")
 PROBE = '''"""2-rank probe of the stop check, written and run by bench_scale.py under torchrun."""
 import json, sys, time
@@ -269,6 +270,19 @@ def window_rate(lines: list[tuple[float, str]], paused_at: float, pause_step: in
     return None, 0, None, None
 
 
+def final_line_rate(lines: list[tuple[float, str]], paused_at: float,
+                    global_batch: int) -> tuple[float | None, int, float | None, int | None]:
+    """Fallback when the pause came before the first periodic line (a fast run): the trainer's own
+    closing line after the stop, ``n/total step (r step/s, Ts)``, timed from the epoch's start
+    (loader start-up included; the pause itself lasts only until our SIGTERM, milliseconds)."""
+    for t, line in lines:
+        m = FINAL_RE.search(line)
+        if m and t >= paused_at:
+            n, total, seconds = int(m.group(1)), int(m.group(2)), float(m.group(4))
+            return float(m.group(3)) * global_batch, n, seconds, total
+    return None, 0, None, None
+
+
 def run_paused_training(label: str, cmd: list[str], pause_step: int, global_batch: int,
                         args: argparse.Namespace, threads: int | None = None, ranks: int = 1) -> ChildResult:
     """Start ``cmd``, sample its tree, SIGTERM it at ``PAUSED train_step <pause_step>``.
@@ -302,7 +316,10 @@ def run_paused_training(label: str, cmd: list[str], pause_step: int, global_batc
         res.samples_per_s, res.window_steps, res.window_s, res.steps_per_epoch = window_rate(
             reader.lines, reader.paused_at, pause_step, global_batch)  # type: ignore[arg-type]
         if res.samples_per_s is None:
-            res.note = res.note or "no progress line before the pause: raise --steps"
+            res.samples_per_s, res.window_steps, res.window_s, res.steps_per_epoch = final_line_rate(
+                reader.lines, reader.paused_at, global_batch)  # type: ignore[arg-type]
+            res.note = res.note or ("samples/s from the closing line, start-up included: raise --steps"
+                                    if res.samples_per_s else "no progress line: raise --steps")
     else:
         res.note = res.note or f"never paused at step {pause_step} (exit {res.exit_code})"
     # under torchrun the launcher itself exits 1 on SIGTERM (its SignalException); the ranks say theirs
@@ -494,7 +511,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bars", type=int, default=None, help="bars per symbol (default 5000; --quick 2000)")
     p.add_argument("--quick", action="store_true", help="50,200,500 symbols x 2000 bars, fewer steps")
     p.add_argument("--workers", type=int_list, default=[0, 2], help="--num-workers values (default 0,2)")
-    p.add_argument("--steps", type=int, default=None, help="SIGTERM at this step (default 80; quick 40)")
+    p.add_argument("--steps", type=int, default=None, help="SIGTERM at this step (default 120; quick 60)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--rank-symbols", type=int, default=16)
     p.add_argument("--rank-bars", type=int, default=2500)
@@ -515,7 +532,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.symbols = args.symbols or ([50, 200, 500] if args.quick else [100, 500, 2000])
     args.bars = args.bars or (2000 if args.quick else 5000)
-    args.steps = args.steps or (40 if args.quick else 80)
+    args.steps = args.steps or (60 if args.quick else 120)
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     return args
 
