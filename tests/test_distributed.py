@@ -206,3 +206,20 @@ def test_a_checkpoint_whose_rank_rng_states_do_not_fit_its_world_size_is_refused
         path = ckpt.save_checkpoint(tmp_path / f"bad_{field}.pth", bad)
         with pytest.raises(CheckpointError, match="rng_ranks"):
             ckpt.load_checkpoint(path)
+
+
+def test_ranks_whose_launcher_is_killed_stop_with_one_checkpoint_instead_of_training_on(
+        cache_dir: Path, tmp_path: Path) -> None:
+    """kill -9 of torchrun (or a signal it does not handle) must not leave its ranks training
+    unsupervised beside the job a scheduler starts again: they stop as on SIGTERM."""
+    models = tmp_path / "models"
+    child = _torchrun(tmp_path, cache_dir, models, env={"INDICATOR_TRANSFORMER_PAUSE_AT": "train_step:12"})
+    _wait_paused(child, 2)
+    ranks = [p.pid for p in _workers(child.proc)]
+    child.proc.kill()
+    child.finish(timeout=60)
+    _wait_until(lambda: not pids_alive(ranks), 60)
+    saved = [p.name for p in models.glob("*interrupted*")]
+    assert saved == ["checkpoint_epoch_1_interrupted.pth"], sorted(p.name for p in models.iterdir())
+    assert load(models / saved[0])["global_step"] == 12
+    assert not (models / "evaluation.json").exists()

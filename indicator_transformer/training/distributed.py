@@ -28,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,6 +107,7 @@ def init(device: str = "auto") -> Dist:
         return _current
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ["LOCAL_RANK"])
+    _stop_when_launcher_dies()
     if world <= 1:
         _current = Dist(rank, world, local)
         return _current
@@ -127,6 +130,27 @@ def init(device: str = "auto") -> Dist:
                             world_size=world, timeout=timeout)
     _current = Dist(rank, world, local, backend)
     return _current
+
+
+def _stop_when_launcher_dies() -> None:
+    """Linux: have the kernel send this rank SIGTERM the moment the launcher dies (kill -9 of
+    torchrun, or a signal torchrun does not handle, such as SIGUSR1 without --signals-to-handle).
+    Otherwise the ranks trained on unsupervised, re-parented to PID 1, beside the job a scheduler
+    started again. SIGTERM is a stop request: the ranks agree, save one interrupted checkpoint and
+    exit 143. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        launcher = os.getppid()
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1  # noqa: N806 - the kernel's name
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != launcher:  # it died before the call (torchrun may be PID 1: no test on 1)
+            os.kill(os.getpid(), signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def destroy() -> None:
