@@ -426,6 +426,7 @@ def _section_values(d: dict[Any, Any], name: str, klass: type) -> dict[str, Any]
 # Command-line switches that are not saved settings, and why a config file cannot hold them.
 SWITCHES: dict[str, str] = {
     "no_progress": "how one invocation shows its progress is not part of the run",
+    "no_plots": "whether one invocation draws its plots is not part of the run",
     "prepare_only": "it says what one invocation does (stop after preparing), not how to train",
     "config": "a config file cannot name another one",
     "list": "it lists checkpoints instead of training",

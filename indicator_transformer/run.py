@@ -78,6 +78,7 @@ class RunOptions:
     resume_path: Path | None = None
     target_epochs: int | None = None
     allow_data_change: bool = False
+    plots: bool = True
 
 
 def prepare_data(cfg: Config, handler: SignalHandler, cache: FeatureCache, stream: TextIO,
@@ -223,6 +224,7 @@ def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: Tex
         return _follow(trainer, handler)
     run = open_run_folder(trainer, state, models_dir, stream)
     summary = RunSummary(run, trainer, data, choice, prepared_s=time.perf_counter() - started)
+    summary.plots_enabled = opts.plots
     ok = False
     try:
         code = _train_and_report(trainer, data, summary, handler, models_dir, stream)
@@ -268,7 +270,7 @@ def _train_and_report(trainer: Trainer, data: PreparedData, summary: RunSummary,
     # the report is complete, so a kill -9 before it makes the resume write everything again.
     out = models_dir / EVALUATION_FILE
     plots = write_plots(run.root, report_series(tp), trainer.epoch_history, trainer.step_losses,
-                        trainer.steps_per_epoch, run.resume_steps())
+                        trainer.steps_per_epoch, run.resume_steps()) if summary.plots_enabled else []
     summary.finish(evaluated=which, report=rep, baseline_settings=details, plots=plots, evaluation=out)
     atomic_write_json(out, seal_json(json_safe(evaluation)))
     print(f"Report: {out}; run folder {run.root} (train.log, metrics.csv, summary.json, "
@@ -345,6 +347,7 @@ class RunSummary:
     def __init__(self, run: RunFolder, trainer: Trainer, data: PreparedData, choice: SplitChoice,
                  prepared_s: float) -> None:
         self.run, self.trainer, self.data, self.choice = run, trainer, data, choice
+        self.plots_enabled = True  # --no-plots: none written
         self.durations = {"preparation_s": round(prepared_s, 3)}
         self._tick = time.perf_counter()
         self._start = self._tick - prepared_s
@@ -428,7 +431,7 @@ def _report_interrupted(summary: RunSummary, during: str, checkpoint: Path | Non
     print("\n".join(lines), file=stream, flush=True)
     # The loss plot of what exists, and the summary; never let a report error hide the stop.
     try:
-        if t.step_losses:
+        if t.step_losses and summary.plots_enabled:
             plot_losses(t.epoch_history, t.step_losses, t.steps_per_epoch, summary.run.resume_steps(),
                         summary.run.root / "loss_curves.png")
         summary.write("interrupted", interrupted={

@@ -150,7 +150,7 @@ def small_features() -> FeatureConfig:
 # --------------------------------------------------------------------------- real checkpoints
 TINY_RUN = ["--symbols", "3", "--bars", "600", "--epochs", "2", "--window", "8", "--batch-size", "64",
             "--d-model", "8", "--heads", "2", "--layers", "1", "--checkpoint-every", "5", "--keep", "10",
-            "--no-progress"]
+            "--no-progress", "--no-plots"]
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,8 @@ PNGS = {"loss_curves.png", "predicted_vs_realised.png", "strategies.png", "ic_ov
 
 
 def _train(tmp_path: Path, *args: str, pause: str = "") -> Child:
-    cmd = [sys.executable, "train_indicator_transformer.py", *SMALL, "--cache-dir", str(tmp_path / "cache"),
+    small = [a for a in SMALL if a != "--no-plots"]  # the plots are part of what is tested here
+    cmd = [sys.executable, "train_indicator_transformer.py", *small, "--cache-dir", str(tmp_path / "cache"),
            "--models-dir", str(tmp_path / "models"), *args]
     env = pause_env(pause) if pause else {k: v for k, v in pause_env("x:0").items()
                                           if k != "INDICATOR_TRANSFORMER_PAUSE_AT"}
@@ -178,3 +179,12 @@ def test_a_kill_while_the_report_is_written_leaves_no_stale_report_and_resume_wr
     summary = check_json(json.loads((folder / "summary.json").read_text()))
     assert summary["status"] == "completed" and set(summary["plots"]) == PNGS
     assert not list(folder.glob(".*.tmp"))  # the killed writer's temporary files are cleared
+
+
+def test_no_plots_writes_every_run_file_but_the_pngs(tmp_path: Path) -> None:
+    child = _train(tmp_path, "--epochs", "1", "--no-plots")
+    assert child.finish(timeout=300) == 0, child.stderr
+    folder = _run_folder(tmp_path)
+    assert not list(folder.glob("*.png"))
+    assert {"train.log", "metrics.csv", "summary.json"} <= {p.name for p in folder.iterdir()}
+    assert check_json(json.loads((folder / "summary.json").read_text()))["plots"] == []

@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 # A tiny configuration: 4 symbols x 800 bars, 32 steps per epoch, about a second of training.
+# No plots: drawing them is a second per run; tests/test_run_folder.py and test_plots.py cover them.
 SMALL = ["--symbols", "4", "--bars", "800", "--epochs", "2", "--batch-size", "64", "--d-model", "16",
-         "--heads", "2", "--layers", "1", "--no-progress"]
+         "--heads", "2", "--layers", "1", "--no-progress", "--no-plots"]
 STEPS_PER_EPOCH = 32
 
 

@@ -168,6 +168,9 @@ def add_common_switches(p: argparse.ArgumentParser) -> None:
     """Switches of both commands that are not settings (settings are flags of the groups)."""
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars or periodic progress lines")
+    p.add_argument("--no-plots", action="store_true",
+                   help="write no PNG plots into the run folder (about a second less at the end of a "
+                        "run; train.log, metrics.csv and summary.json are still written)")
 
 
 def setting_keys() -> list[str]:

@@ -201,7 +201,8 @@ def _resume_job(args: argparse.Namespace, models_dir: str, handler: SignalHandle
         if main:
             print(f"Training is complete ({completed} epochs) but no report of this checkpoint exists; "
                   f"running the final evaluation", file=sys.stderr)
-    opts = RunOptions(show_progress=not args.no_progress, resume_state=state, resume_path=path,
+    opts = RunOptions(show_progress=not args.no_progress, plots=not args.no_plots, resume_state=state,
+                      resume_path=path,
                       target_epochs=target, allow_data_change=args.allow_data_change)
     return run_pipeline(cfg, handler, opts)
 

@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from ..run import RunOptions, in_job, run_pipeline  # torch loads here, after the cheap checks
     from ..training import distributed
 
-    opts = RunOptions(prepare_only=args.prepare_only, show_progress=not args.no_progress)
+    opts = RunOptions(prepare_only=args.prepare_only, show_progress=not args.no_progress,
+                      plots=not args.no_plots)
     auto = not args.prepare_only and (args.resume == "auto" or distributed.restart_count() > 0)
     if not auto:
         return run_with_handler(lambda handler: run_pipeline(cfg, handler, opts))
