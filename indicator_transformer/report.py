@@ -118,14 +118,16 @@ def strategy_scope(tp: TestPredictions) -> StrategyScope:
         t = np.sort(tp.times[tp.symbols == s])
         bar_of[s] = frequency.step_name(frequency.median_step(t))
     groups: dict[str, list[str]] = {}
+    unknown = [s for s in names if bar_of[s] == "?"]  # one test sample: no step to read
     for s in names:
-        groups.setdefault(bar_of[s], []).append(s)
+        if bar_of[s] != "?":
+            groups.setdefault(bar_of[s], []).append(s)
     if len(groups) <= 1:
         bar = next(iter(groups), "?")
         return StrategyScope(np.ones(len(tp.target), bool), tp, bar, names, None)
     counts = {b: int(np.isin(tp.symbols, syms).sum()) for b, syms in groups.items()}
     bar = max(counts, key=lambda b: (counts[b], b))
-    keep = groups[bar]
+    keep = sorted(groups[bar] + unknown)
     mask = np.isin(tp.symbols, keep)
     per_year = float(np.nanmedian([M.periods_per_year(tp.times[tp.symbols == s]) for s in keep]))
     sub = TestPredictions(tp.symbols[mask], tp.times[mask], tp.target[mask],

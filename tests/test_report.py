@@ -280,3 +280,12 @@ def test_a_model_constant_within_each_symbol_is_called_so_and_does_not_beat_the_
     assert r["beats"]["symbol_mean"] is False
     assert "does not vary within any symbol" in r["verdict"] and "symbol_mean" in r["verdict"]
     assert build_report(panel())["model_constant_within_symbols"] is False
+
+
+def test_a_symbol_with_one_test_sample_does_not_count_as_another_bar_frequency() -> None:
+    tp = panel(n_symbols=6, n_dates=60)
+    one = TestPredictions(np.r_[tp.symbols, ["LATE"]], np.r_[tp.times, [tp.times.max()]],
+                          np.r_[tp.target, [0.001]], {k: np.r_[v, [0.0]] for k, v in tp.preds.items()},
+                          tp.train_mean, 1, 0.0, 252.0)
+    r = build_report(one)
+    assert r["strategy_scope"]["note"] is None and r["periods_per_year"] == 252.0
