@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -32,7 +31,7 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from . import faults, metrics, plots
+from . import faults, plots
 from .atomic import atomic_write_json, is_temp_file
 from .baselines import baseline_predictions
 from .config import Config
@@ -52,7 +51,7 @@ from .integrity import IntegrityError, check_json, json_safe, seal_json
 from .plots import write_plots
 from .predict import load_model
 from .report import TestPredictions, build_report, format_table, report_series
-from .run import prepare_data, print_layout
+from .run import prepare_data, print_layout, test_predictions
 from .runlog import SUMMARY_NAME, attach_console_log, new_run_name, runs_dir_for
 from .shutdown import SignalHandler
 from .training import checkpoint as ckpt
@@ -104,14 +103,13 @@ def check_out(out: Path, checkpoint: Path, flag: str) -> None:
     if foreign:  # a training run's folder, say: its summary.json must not be replaced
         raise UserError(f"{where}: exists and holds files that are not an earlier evaluation report; "
                         f"choose a new or empty folder")
-    existing = out
-    while not os.path.lexists(existing) and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{where}: {existing} is not a folder, so it cannot hold one")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{where}: {existing} is not writable"
-                        + ("" if flag else "; pass --out DIR to write the report elsewhere"))
+    from .cli.common import check_writable_folder
+
+    try:
+        check_writable_folder(out)
+    except UserError as e:
+        hint = "; pass --out DIR to write the report elsewhere" if "writable" in str(e) and not flag else ""
+        raise UserError(f"{where}: {e}{hint}") from None
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -232,16 +230,8 @@ def score(state: dict[str, Any], cfg: Config, data: PreparedData, choice: SplitC
                                 threads=torch.get_num_threads())
     if base is None:
         return None
-    sym = test.symbol_index()
-    local = np.arange(len(test)) - test.split.offsets[sym] + test.split.starts[sym]  # end bar of each
-    times = np.asarray([int(data.symbols[s].time[t]) for s, t in zip(sym.tolist(), local.tolist(),
-                                                                     strict=True)], np.int64)
-    per_year = [metrics.periods_per_year(np.asarray(s.time)) for s in data.symbols]
-    names = np.asarray([s.symbol for s in data.symbols])
-    tp = TestPredictions(symbols=names[sym], times=times, target=test.to_returns(target_std),
-                         preds={"model": test.to_returns(pred_std), **base.predictions},
-                         train_mean=base_norm.label_mean, horizon=f.horizon, cost_bps=cfg.train.cost_bps,
-                         per_year=float(np.nanmedian(per_year)) if per_year else float("nan"))
+    tp = test_predictions(test, data, pred_std, target_std, base.predictions, base_norm.label_mean,
+                          f.horizon, cfg.train.cost_bps)
     return Scored(tp, base.details, pooled_symbols(norm, data), how)
 
 

@@ -35,6 +35,7 @@ from .data.prepare import PreparedData, prepare, resolve_sources
 from .data.windows import (
     Normalisation,
     SplitChoice,
+    WindowDataset,
     choose_splits,
     fit_normalisation,
     require_windows,
@@ -454,19 +455,26 @@ def score_test(trainer: Trainer, data: PreparedData, handler: SignalHandler
                                 lambda: handler.should_stop, threads=torch.get_num_threads())
     if base is None:
         return None
+    tp = test_predictions(test, data, pred_std, target_std, base.predictions, trainer.norm.label_mean,
+                          trainer.cfg.features.horizon, trainer.cfg.train.cost_bps)
+    return tp, base.details
+
+
+def test_predictions(test: WindowDataset, data: PreparedData, pred_std: np.ndarray, target_std: np.ndarray,
+                     baselines: dict[str, np.ndarray], train_mean: float, horizon: int, cost_bps: float
+                     ) -> TestPredictions:
+    """The test split's samples (symbol, end-bar time, realised return) with the model's
+    standardised predictions turned into returns beside the baselines' (training and evaluate)."""
     sym = test.symbol_index()
-    names = np.asarray([s.symbol for s in data.symbols])
-    starts = test.split.starts
-    local = np.arange(len(test)) - test.split.offsets[sym] + starts[sym]  # end bar of each sample
+    local = np.arange(len(test)) - test.split.offsets[sym] + test.split.starts[sym]  # end bar of each
     times = np.asarray([int(data.symbols[s].time[t]) for s, t in zip(sym.tolist(), local.tolist(),
                                                                      strict=True)], np.int64)
     per_year = [metrics.periods_per_year(np.asarray(s.time)) for s in data.symbols]
-    tp = TestPredictions(symbols=names[sym], times=times, target=test.to_returns(target_std),
-                         preds={"model": test.to_returns(pred_std), **base.predictions},
-                         train_mean=trainer.norm.label_mean, horizon=trainer.cfg.features.horizon,
-                         cost_bps=trainer.cfg.train.cost_bps,
-                         per_year=float(np.nanmedian(per_year)) if per_year else float("nan"))
-    return tp, base.details
+    names = np.asarray([s.symbol for s in data.symbols])
+    return TestPredictions(symbols=names[sym], times=times, target=test.to_returns(target_std),
+                           preds={"model": test.to_returns(pred_std), **baselines}, train_mean=train_mean,
+                           horizon=horizon, cost_bps=cost_bps,
+                           per_year=float(np.nanmedian(per_year)) if per_year else float("nan"))
 
 
 def _start_line(trainer: Trainer, state: dict[str, Any], path: Path, models_dir: Path,

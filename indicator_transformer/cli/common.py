@@ -89,14 +89,16 @@ def check_folders(cfg: Config, *, models: bool = True) -> None:
     for key, folder in folders:
         flag = f"{key} (--{key.replace('_', '-')})"
         try:
-            _check_folder(Path(folder))
+            check_writable_folder(Path(folder))
         except UserError as e:
             raise UserError(f"{flag} {folder}: {e}") from None
         except OSError as e:  # a name too long, a loop of links...
             raise UserError(f"{flag} {folder}: unusable as a folder ({e.strerror or e})") from None
 
 
-def _check_folder(path: Path) -> None:
+def check_writable_folder(path: Path) -> None:
+    """Raise a UserError saying why ``path`` cannot be (made into) a writable folder: it is a
+    file, an existing ancestor is not a folder, or the nearest existing ancestor is not writable."""
     if path.exists() and not path.is_dir():
         raise UserError("is not a folder")
     existing = path
