@@ -113,28 +113,24 @@ def fmt(x: float | None, digits: int = 0) -> str:
     return "n/a" if x is None else f"{x:,.{digits}f}"
 
 
-def _status_kb(pid: int, key: str) -> int:
-    """A ``kB`` field of /proc/<pid>/status (0 when the process is gone or has no such field)."""
+def _proc_kb(pid: int, file: str, key: str) -> int:
+    """A ``kB`` field of /proc/<pid>/<file> (0 when the process is gone or has no such field)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(f"/proc/{pid}/{file}") as f:
             for line in f:
                 if line.startswith(key + ":"):
                     return int(line.split()[1])
     except (OSError, ValueError):
         pass
     return 0
+
+
+def _status_kb(pid: int, key: str) -> int:
+    return _proc_kb(pid, "status", key)
 
 
 def _rollup_kb(pid: int, key: str) -> int:
-    """A ``kB`` field of /proc/<pid>/smaps_rollup (0 when unavailable)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
+    return _proc_kb(pid, "smaps_rollup", key)
 
 
 # --------------------------------------------------------------------------- memory sampling
