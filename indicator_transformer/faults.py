@@ -15,7 +15,9 @@ the signal lands exactly there. Points:
     before_commit    inside an atomic write, the temporary file complete, before its rename
                      (n = the final file name, e.g. checkpoint_epoch_2_interrupted.pth; "*" = any)
 
-With the variable unset, :func:`point` costs one dict lookup.
+Under torchrun every rank pauses, unless ``INDICATOR_TRANSFORMER_PAUSE_RANKS`` names the ranks
+(and attempts) that do (see :func:`..training.distributed.pauses_here`): at every point, writes
+included. With the variable unset, :func:`point` costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ def point(name: str, value: Any) -> None:
     if wanted[key] and wanted[key] != count:
         return
     from .shutdown import signal_seen_count
+    from .training.distributed import pauses_here
+
+    if not pauses_here():  # under torchrun, INDICATOR_TRANSFORMER_PAUSE_RANKS picks the ranks
+        return
 
     seen = signal_seen_count()
     print(f"PAUSED {name} {value}", file=sys.stderr, flush=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -135,12 +136,13 @@ def print_layout(data: PreparedData, choice: SplitChoice, horizon: int, stream: 
 _job_depth = 0
 
 
-def in_job(device: str, handler: SignalHandler, body: Callable[[], int]) -> int:
+def in_job(device: str, handler: SignalHandler, body: Callable[[], int], exits_hard: bool = False) -> int:
     """Run ``body`` inside this process's part of a torchrun job (in one process: just call it).
 
-    Joins the process group on entry (nested calls share it) and leaves it on the way out; a lost
-    peer ends this rank with one ``error:`` line and exit code 1, or the code of the signal that
-    stopped it (the launcher's teardown), without writing anything more."""
+    Joins the process group on entry (nested calls share it) and leaves it on the way out (only
+    forgets it with ``exits_hard``: the command ends with ``os._exit``); a lost peer ends this rank
+    with one ``error:`` line and exit code 1 (rank 0's code when rank 0 failed), or the code of the
+    signal that stopped it (the launcher's teardown), without writing anything more."""
     global _job_depth
     resolve_device(device)  # a bad --device is a usage error before any work is done
     d = distributed.init(device)
@@ -150,16 +152,25 @@ def in_job(device: str, handler: SignalHandler, body: Callable[[], int]) -> int:
     except distributed.PeerLost as e:
         print(f"error: rank {d.rank} of {d.world_size}: {e}; this rank wrote nothing more (the "
               f"checkpoints already written are intact)", file=sys.stderr, flush=True)
-        return handler.exit_code if handler.shutdown_requested else 1
+        return handler.exit_code if handler.shutdown_requested else e.exit_code
     finally:
         _job_depth -= 1
         if _job_depth == 0:
-            distributed.destroy()
+            distributed.destroy(process_exits=exits_hard)
 
 
 def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: TextIO | None = None) -> int:
     """Prepare, train (or resume) and evaluate. Returns the exit code."""
-    return in_job(cfg.train.device, handler, lambda: _pipeline(cfg, handler, opts, stream))
+    return in_job(cfg.train.device, handler, lambda: _pipeline(cfg, handler, opts, stream),
+                  exits_hard=_exits_hard())
+
+
+def _exits_hard() -> bool:
+    """Whether this process is a command that ends with ``os._exit`` once a group ran (see
+    :func:`..cli.common.run_command`)."""
+    from .cli import common
+
+    return common.is_program()
 
 
 def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: TextIO | None) -> int:
@@ -226,12 +237,15 @@ def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: Tex
     run = open_run_folder(trainer, state, models_dir, stream)
     summary = RunSummary(run, trainer, data, choice, prepared_s=time.perf_counter() - started)
     summary.plots_enabled = opts.plots
-    ok = False
+    failed = 1
     try:
         code = _train_and_report(trainer, data, summary, handler, models_dir, stream)
-        ok = True
+        failed = 0
+    except UserError as e:
+        failed = e.exit_code
+        raise
     finally:
-        distributed.main_done("evaluation", ok)
+        distributed.main_done("evaluation", failed)
     if d.enabled and trainer.epoch > trainer.cfg.train.epochs:  # trained to the end, as the others
         handler.agree(distributed.agree_stop(handler.pending_signal))  # one exit code for all ranks
     return handler.exit_code if handler.shutdown_requested else code
@@ -240,13 +254,30 @@ def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: Tex
 def _train_and_report(trainer: Trainer, data: PreparedData, summary: RunSummary, handler: SignalHandler,
                       models_dir: Path, stream: TextIO) -> int:
     """Rank 0 (or the only process): train, then the final evaluation and every report file."""
-    run = summary.run
     result = trainer.fit()
     summary.mark("training")
     if not result.completed:
         _report_interrupted(summary, result.stopped_in, result.checkpoint, stream, handler.exit_code)
         return handler.exit_code
+    # The other ranks wait from here on: a stop only they received reaches this rank too.
+    with distributed.relay_stops(lambda signum: _relayed_stop(handler, signum, stream)):
+        return _evaluate_and_report(trainer, data, summary, handler, models_dir, stream)
 
+
+def _relayed_stop(handler: SignalHandler, signum: int, stream: TextIO) -> None:
+    """A stop request that only another rank received becomes this rank's own, as the very same
+    signal sent to this process (called from the relay thread; the handler runs as for any signal,
+    and a copy torchrun forwards as well is recognised as a duplicate)."""
+    if not handler.shutdown_requested:
+        print(f"\nAnother rank received {signal.Signals(signum).name}: passing it on to rank 0",
+              file=stream, flush=True)
+        os.kill(os.getpid(), signum)
+
+
+def _evaluate_and_report(trainer: Trainer, data: PreparedData, summary: RunSummary, handler: SignalHandler,
+                         models_dir: Path, stream: TextIO) -> int:
+    """Rank 0 (or the only process), after the last epoch: the test evaluation and every report."""
+    run = summary.run
     which = _load_best(trainer, data, models_dir / ckpt.BEST_NAME, stream)
     scored = score_test(trainer, data, handler)
     summary.mark("evaluation")
@@ -288,7 +319,7 @@ def _follow(trainer: Trainer, handler: SignalHandler) -> int:
               f"{trainer.global_step} (rank 0 saved the checkpoint); exit code {handler.exit_code}",
               file=sys.stderr, flush=True)
         return handler.exit_code
-    distributed.wait_for_main("evaluation", lambda: handler.should_stop)
+    distributed.wait_for_main("evaluation", lambda: handler.pending_signal)
     handler.agree(distributed.agree_stop(handler.pending_signal))
     return handler.exit_code if handler.shutdown_requested else 0
 
@@ -300,15 +331,19 @@ def _prepare_once(cfg: Config, handler: SignalHandler, stream: TextIO, opts: Run
     was requested (on any rank: the ranks agree)."""
     d = distributed.current()
     if not d.is_main:
-        distributed.wait_for_main("prepared", lambda: handler.should_stop)
-    ok = False
+        distributed.wait_for_main("prepared", lambda: handler.pending_signal)
+    failed = 1
     try:
-        cache = FeatureCache(cfg.data.cache_dir).open()
-        data = prepare_data(cfg, handler, cache, stream, opts.show_progress)
+        with distributed.relay_stops(lambda signum: _relayed_stop(handler, signum, stream)):
+            cache = FeatureCache(cfg.data.cache_dir).open()
+            data = prepare_data(cfg, handler, cache, stream, opts.show_progress)
         print(data.summary(), file=stream, flush=True)
-        ok = True
-    finally:
-        distributed.main_done("prepared", ok)  # also on an error: the others must not wait for ever
+        failed = 0
+    except UserError as e:
+        failed = e.exit_code
+        raise
+    finally:  # also on an error: the others must not wait for ever, and exit with this code
+        distributed.main_done("prepared", failed)
     stop = handler.agree(distributed.agree_stop(handler.pending_signal))
     if data.interrupted:
         print(f"Preparation stopped: {len(data.symbols)} completed symbol(s) committed to "

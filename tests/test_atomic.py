@@ -165,3 +165,22 @@ def test_hundreds_of_kill_9_during_writes_never_leave_an_incomplete_file(tmp_pat
         doc = json.loads(target.read_text())
         assert doc["payload"] == "x" * ((doc["i"] * 37_000) % 2_000_000)
         remove_stale_temp_files(tmp_path)
+
+
+def test_a_write_pause_meant_for_another_rank_does_not_pause_this_one(tmp_path: Path) -> None:
+    # INDICATOR_TRANSFORMER_PAUSE_RANKS=1: only rank 1 pauses; a single process is rank 0, so its
+    # write must go straight through (it used to wait here for a signal that never came).
+    target = tmp_path / "x.json"
+    env = dict(os.environ, INDICATOR_TRANSFORMER_PAUSE_AT="before_commit:x.json",
+               INDICATOR_TRANSFORMER_PAUSE_RANKS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    code = ("from indicator_transformer.atomic import atomic_write_json; "
+            f"atomic_write_json({str(target)!r}, 1)")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "PAUSED" not in r.stderr, r.stderr
+    assert json.loads(target.read_text()) == 1
+    # And with the rank named, the same write does pause (the test's own control).
+    env["INDICATOR_TRANSFORMER_PAUSE_RANKS"] = "0"
+    p = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+    assert p.stderr.readline().startswith("PAUSED before_commit x.json")
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=30)

@@ -223,3 +223,58 @@ def test_ranks_whose_launcher_is_killed_stop_with_one_checkpoint_instead_of_trai
     assert saved == ["checkpoint_epoch_1_interrupted.pth"], sorted(p.name for p in models.iterdir())
     assert load(models / saved[0])["global_step"] == 12
     assert not (models / "evaluation.json").exists()
+
+
+def test_sigterm_to_one_rank_during_rank_0s_final_evaluation_stops_both_at_once(cache_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    """Rank 1 waits while rank 0 evaluates: a stop only rank 1 receives is passed on to rank 0
+    (it used to wait 20 s and then give up, leaving rank 0 to be killed by torchrun)."""
+    models = tmp_path / "models"
+    child = _torchrun(tmp_path, cache_dir, models, env={"INDICATOR_TRANSFORMER_PAUSE_AT": "test_batch:1",
+                                                        "INDICATOR_TRANSFORMER_PAUSE_RANKS": "0"})
+    _wait_paused(child, 1)
+    family = _family(child.proc)
+    sent = time.monotonic()
+    _workers(child.proc)[1].send_signal(signal.SIGTERM)
+    child.finish(timeout=60)
+    took = time.monotonic() - sent
+    _wait_until(lambda: not pids_alive(family), 30)
+    assert took < 12, f"{took:.1f}s"  # one relay poll and the teardown, not the 20 s give-up
+    assert child.stderr.count("exitcode  : 143") == 2, child.stderr
+    logs = _rank_logs(tmp_path)
+    assert any("Another rank received SIGTERM" in line for line in logs[0]), logs[0]
+    assert any("Evaluation stopped" in line for line in logs[0]), logs[0]
+    assert logs[0][-1] == logs[1][-1] == "Cleanup complete"
+    assert not (models / "evaluation.json").exists() and (models / "checkpoint_epoch_2.pth").exists()
+
+
+def test_rank_0_killed_during_the_final_evaluation_ends_the_waiting_rank_at_once(cache_dir: Path,
+                                                                                 tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    child = _torchrun(tmp_path, cache_dir, models, env={"INDICATOR_TRANSFORMER_PAUSE_AT": "test_batch:1",
+                                                        "INDICATOR_TRANSFORMER_PAUSE_RANKS": "0"})
+    _wait_paused(child, 1)
+    family = _family(child.proc)
+    sent = time.monotonic()
+    _workers(child.proc)[0].send_signal(signal.SIGKILL)
+    child.finish(timeout=60)
+    took = time.monotonic() - sent
+    _wait_until(lambda: not pids_alive(family), 30)
+    assert took < 12, f"{took:.1f}s"
+    assert any("rank 0 exited during evaluation" in line or "exit code 143" in line
+               for line in _rank_logs(tmp_path)[1]), child.stderr
+
+
+def test_bad_data_ends_every_rank_with_exit_code_2(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "AAA.csv").write_text("date,open,high,low,close,volume\n2020-01-01,1,2,0.5,oops,10\n")
+    child = _torchrun(tmp_path, tmp_path / "cache", tmp_path / "models",
+                      extra=("--data-dir", str(data)))
+    code = child.finish(timeout=120)
+    assert code != 0
+    logs = _rank_logs(tmp_path)
+    assert any("error:" in line for line in logs[0]) and "AAA.csv" in "\n".join(logs[0]), logs[0]
+    assert "exitcode  : 1" not in child.stderr, child.stderr  # no rank reports a crash
+    assert "exitcode  : 2" in child.stderr, child.stderr
+    assert not any("Traceback" in line for rank in logs.values() for line in rank)

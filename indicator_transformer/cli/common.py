@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..config import Config, flag_name
 from ..errors import EXIT_FAILURE, UserError
 from ..runlog import console_log
 from ..shutdown import SignalHandler, print_cleanup_complete
+from ..training import distributed
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
@@ -36,16 +39,35 @@ def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespa
     # run's train.log once the pipeline names its run folder; nothing is written before that.
     with console_log():
         try:
-            return run(args)
+            code = run(args)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
-            return e.exit_code
+            code = e.exit_code
         except KeyboardInterrupt:  # only reachable when no SignalHandler is installed
             print("Interrupted", file=sys.stderr, flush=True)
-            return 130
+            code = 130
         except Exception:
             traceback.print_exc()
-            return EXIT_FAILURE
+            code = EXIT_FAILURE
+    if _as_program and distributed.used():
+        _exit_now(code)
+    return code
+
+
+def is_program() -> bool:
+    """Whether this process is the command itself (not a Python caller of ``main``)."""
+    return _as_program
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End a torchrun rank after everything is written, flushed and closed, without the
+    interpreter's teardown: destroying the process group's threads there rarely aborted a
+    finished rank (SIGABRT), which torchrun reports as a failure and may even restart."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 _as_program = False  # set by run_command: this process is the command, not a Python caller

@@ -21,6 +21,12 @@ fails at once (gloo), or after the process-group timeout when a whole machine va
 (``INDICATOR_TRANSFORMER_DIST_TIMEOUT`` seconds, default 600). Such a failure is a
 :class:`PeerLost`, which ends the rank with exit code 1 without writing anything; torchrun then
 tears the group down and, with ``--max-restarts``, starts it again (the training resumes by itself).
+
+While rank 0 works alone (preparation, the final evaluation and report) the others poll the
+launcher's store. They see at once when rank 0 exits (on the same machine: its process is gone),
+and a stop request only they received is posted there for rank 0 (:func:`relay_stops`), so a
+signal to any one rank stops the job promptly in every phase. When rank 0 fails with a usage or
+data error, the others exit with its code (2), not 1.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ import contextlib
 import io
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +54,16 @@ WAIT_AFTER_STOP_S = 20.0   # a rank waiting for rank 0 gives up this long after 
 
 class PeerLost(RuntimeError):
     """Another rank (or the launcher's store) went away in the middle of a collective."""
+
+    exit_code = 1
+
+
+class MainFailed(PeerLost):
+    """Rank 0 failed while the others waited for it; they exit with its exit code."""
+
+    def __init__(self, name: str, code: int) -> None:
+        super().__init__(f"rank 0 failed during {name} with exit code {code} (its error is above)")
+        self.exit_code = code
 
 
 @dataclass(frozen=True)
@@ -70,6 +88,9 @@ class Dist:
 
 _current = Dist()
 _store: Any = None
+_used = False                     # a process group ran in this process (see used())
+_main_proc: tuple[str, int] | None = None  # rank 0's (host, pid), read once by the other ranks
+STOP_KEY = "indicator_transformer/stop_request"  # a stop another rank received, for rank 0
 
 
 def under_torchrun() -> bool:
@@ -102,7 +123,7 @@ def timeout_s() -> float:
 def init(device: str = "auto") -> Dist:
     """Join torchrun's job: gloo on CPU, nccl when this rank trains on CUDA. Outside torchrun, or
     with a world of one, nothing is started and ``Dist()`` is returned."""
-    global _current, _store
+    global _current, _store, _used
     if _current.enabled or not under_torchrun():
         return _current
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -128,8 +149,18 @@ def init(device: str = "auto") -> Dist:
     _store = dist.PrefixStore(f"indicator_transformer/attempt_{restart_count()}", _store)
     dist.init_process_group(backend, store=dist.PrefixStore("default_pg", _store), rank=rank,
                             world_size=world, timeout=timeout)
+    _store.set(f"indicator_transformer/proc/{rank}", f"{socket.gethostname()} {os.getpid()}")
     _current = Dist(rank, world, local, backend)
+    _used = True
     return _current
+
+
+def used() -> bool:
+    """Whether a process group ran in this process: then the command ends with ``os._exit``
+    (see :func:`..cli.common.run_command`), skipping the interpreter's teardown of the process
+    group's threads, which rarely aborted a finished rank (``terminate called without an active
+    exception``, SIGABRT) and made torchrun report or even restart a completed job."""
+    return _used
 
 
 def _stop_when_launcher_dies() -> None:
@@ -153,10 +184,13 @@ def _stop_when_launcher_dies() -> None:
         pass
 
 
-def destroy() -> None:
-    """Leave the process group (idempotent; never raises: it runs on the way out)."""
-    global _current, _store
-    if _current.enabled:
+def destroy(*, process_exits: bool = False) -> None:
+    """Leave the process group (idempotent; never raises: it runs on the way out). With
+    ``process_exits`` the group is only forgotten: the process ends with ``os._exit`` next, and the
+    group's own teardown is the one step that could abort it."""
+    global _current, _store, _main_proc
+    _main_proc = None
+    if _current.enabled and not process_exits:
         import torch.distributed as dist
 
         with contextlib.suppress(Exception):
@@ -258,12 +292,13 @@ def broadcast_text(text: str | None) -> str | None:
     return None if got[:1] == b"\x00" else got[1:].decode("utf-8")
 
 
-def wait_for_main(name: str, should_stop: Callable[[], bool], poll_s: float = 0.2) -> None:
+def wait_for_main(name: str, stop_signal: Callable[[], int], poll_s: float = 0.2) -> None:
     """The other ranks wait, for as long as it takes, until rank 0 calls :func:`main_done` with
     ``name`` (preparation, the final evaluation). They poll the launcher's store instead of
     blocking in a collective, so no timeout cuts a long preparation short and signals are seen
-    while waiting; once this rank was asked to stop it waits at most ``WAIT_AFTER_STOP_S`` more
-    (rank 0 got the same request and stops too, or it is gone)."""
+    while waiting. ``stop_signal()`` is this rank's pending stop (0 for none): it is posted for
+    rank 0 (see :func:`relay_stops`), and from then on this rank waits at most
+    ``WAIT_AFTER_STOP_S`` more. Rank 0 exiting on this machine is noticed at the next poll."""
     if not _current.enabled or _current.is_main:
         return
     key = f"indicator_transformer/{name}"
@@ -271,23 +306,86 @@ def wait_for_main(name: str, should_stop: Callable[[], bool], poll_s: float = 0.
     while True:
         with collective():
             if _store.check([key]):
-                if _store.get(key) != b"ok":
-                    raise PeerLost(f"rank 0 failed during {name}")
+                value = _store.get(key).decode("utf-8", "replace")
+                if value != "ok":
+                    code = value.rpartition(" ")[2]
+                    raise MainFailed(name, int(code) if code.isdigit() else 1)
                 return
-        if stop_deadline is None and should_stop():
-            stop_deadline = time.monotonic() + WAIT_AFTER_STOP_S
+        gone = _main_exited()
+        if gone:
+            raise PeerLost(f"rank 0 exited during {name} ({gone})")
+        if stop_deadline is None:
+            signum = stop_signal()
+            if signum:
+                stop_deadline = time.monotonic() + WAIT_AFTER_STOP_S
+                with collective():
+                    _store.set(STOP_KEY, str(signum))
         if stop_deadline is not None and time.monotonic() > stop_deadline:
             raise PeerLost(f"rank 0 did not finish {name} within {WAIT_AFTER_STOP_S:.0f}s of the stop "
                            f"request")
         time.sleep(poll_s)
 
 
-def main_done(name: str, ok: bool = True) -> None:
-    """Rank 0 tells the waiting ranks that ``name`` is finished, or failed (see
-    :func:`wait_for_main`)."""
+def _main_exited() -> str | None:
+    """Why rank 0 has provably exited (it runs on this machine and its process is gone or a
+    zombie), or None: alive, on another machine, or unknown (the collectives will tell)."""
+    global _main_proc
+    if _main_proc is None:
+        key = "indicator_transformer/proc/0"
+        with collective():
+            if not _store.check([key]):
+                return None
+            host, _, pid = _store.get(key).decode("utf-8", "replace").partition(" ")
+        _main_proc = (host, int(pid) if pid.isdigit() else 0)
+    host, pid = _main_proc
+    if host != socket.gethostname() or pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            state = f.read().rpartition(")")[2].split()[:1]
+    except FileNotFoundError:
+        return f"process {pid} is gone"
+    except OSError:
+        return None
+    return f"process {pid} has exited" if state and state[0] in ("Z", "X") else None
+
+
+def main_done(name: str, code: int = 0) -> None:
+    """Rank 0 tells the waiting ranks that ``name`` is finished (``code`` 0), or failed with the
+    exit code ``code`` (see :func:`wait_for_main`)."""
     if _current.enabled and _current.is_main:
         with collective():
-            _store.set(f"indicator_transformer/{name}", "ok" if ok else "failed")
+            _store.set(f"indicator_transformer/{name}", "ok" if code == 0 else f"failed {code}")
+
+
+@contextlib.contextmanager
+def relay_stops(request: Callable[[int], None], poll_s: float = 0.2) -> Any:
+    """Rank 0, while the other ranks wait for it: a stop request that only another rank received
+    (posted by its :func:`wait_for_main`) is passed to ``request(signum)`` within ``poll_s``, so
+    the job stops as promptly as when every rank got the signal. A background thread polls the
+    launcher's store; nothing else uses the store meanwhile. One process, other ranks: no-op."""
+    if not _current.enabled or not _current.is_main:
+        yield
+        return
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.wait(poll_s):
+            try:
+                if _store.check([STOP_KEY]):
+                    value = _store.get(STOP_KEY).decode("ascii", "replace")
+                    request(int(value) if value.isdigit() else int(signal.SIGTERM))
+                    return
+            except Exception:  # noqa: BLE001 - the store gone: the next collective reports it
+                return
+
+    thread = threading.Thread(target=poll, name="indicator-transformer-stop-relay", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 PAUSE_RANKS_ENV = "INDICATOR_TRANSFORMER_PAUSE_RANKS"
