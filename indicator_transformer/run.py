@@ -48,7 +48,7 @@ from .integrity import IntegrityError, check_json, json_safe, seal_json
 from .model import count_parameters
 from .plots import plot_losses, write_plots
 from .report import TestPredictions, build_report, format_table, report_series
-from .runlog import LOG_NAME, RunFolder, attach_console_log, runs_dir_for
+from .runlog import LOG_NAME, RunFolder, attach_console_log, runs_dir_for, unfinished_run
 from .shutdown import SignalHandler
 from .training import checkpoint as ckpt
 from .training import distributed
@@ -81,6 +81,9 @@ class RunOptions:
     target_epochs: int | None = None
     allow_data_change: bool = False
     plots: bool = True
+    # A torchrun restart that found no checkpoint: continue the run folder the failed attempt
+    # opened (the newest one without a summary) instead of leaving it orphaned beside a new one.
+    adopt_unfinished_run: bool = False
 
 
 def prepare_data(cfg: Config, handler: SignalHandler, cache: FeatureCache, stream: TextIO,
@@ -136,11 +139,11 @@ def print_layout(data: PreparedData, choice: SplitChoice, horizon: int, stream: 
 _job_depth = 0
 
 
-def in_job(device: str, handler: SignalHandler, body: Callable[[], int], exits_hard: bool = False) -> int:
+def in_job(device: str, handler: SignalHandler, body: Callable[[], int]) -> int:
     """Run ``body`` inside this process's part of a torchrun job (in one process: just call it).
 
     Joins the process group on entry (nested calls share it) and leaves it on the way out (only
-    forgets it with ``exits_hard``: the command ends with ``os._exit``); a lost peer ends this rank
+    forgets it when the command ends with ``os._exit``); a lost peer ends this rank
     with one ``error:`` line and exit code 1 (rank 0's code when rank 0 failed), or the code of the
     signal that stopped it (the launcher's teardown), without writing anything more."""
     global _job_depth
@@ -156,13 +159,12 @@ def in_job(device: str, handler: SignalHandler, body: Callable[[], int], exits_h
     finally:
         _job_depth -= 1
         if _job_depth == 0:
-            distributed.destroy(process_exits=exits_hard)
+            distributed.destroy(process_exits=_exits_hard())
 
 
 def run_pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: TextIO | None = None) -> int:
     """Prepare, train (or resume) and evaluate. Returns the exit code."""
-    return in_job(cfg.train.device, handler, lambda: _pipeline(cfg, handler, opts, stream),
-                  exits_hard=_exits_hard())
+    return in_job(cfg.train.device, handler, lambda: _pipeline(cfg, handler, opts, stream))
 
 
 def _exits_hard() -> bool:
@@ -234,7 +236,7 @@ def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: Tex
              if d.enabled else ""), file=stream, flush=True)
     if not d.is_main:
         return _follow(trainer, handler)
-    run = open_run_folder(trainer, state, models_dir, stream)
+    run = open_run_folder(trainer, state, models_dir, stream, opts.adopt_unfinished_run)
     summary = RunSummary(run, trainer, data, choice, prepared_s=time.perf_counter() - started)
     summary.plots_enabled = opts.plots
     failed = 1
@@ -357,15 +359,21 @@ def _quiet() -> TextIO:
 
 
 def open_run_folder(trainer: Trainer, state: dict[str, Any] | None, models_dir: Path,
-                    stream: TextIO) -> RunFolder:
-    """The run folder: the checkpoint's (a resume appends to it) or a new one; from here on the
-    console is also logged to its train.log."""
+                    stream: TextIO, adopt_unfinished: bool = False) -> RunFolder:
+    """The run folder: the checkpoint's (a resume appends to it), the unfinished one of the attempt
+    a torchrun restart replaces (``adopt_unfinished``), or a new one; from here on the console is
+    also logged to its train.log."""
     runs = runs_dir_for(trainer.cfg.train.runs_dir, models_dir)
     record = state.get("run") if state is not None else None
+    if record is None and adopt_unfinished:
+        name = unfinished_run(runs)
+        record = {"name": name, "segments": []} if name is not None else None
     run = RunFolder.start(runs, record, trainer.global_step)
     trainer.run = run
     attach_console_log(run.root / LOG_NAME)
     what = "new run" if run.segment == 0 else f"resume {run.segment} of this run"
+    if record is not None and state is None:
+        what = "new run, in the folder of the attempt torchrun restarted"
     print(f"Run folder: {run.root} ({what})", file=stream, flush=True)
     if run.segment > 0 and not run.existed:
         print(f"note: the run folder {run.root} did not exist, so its train.log starts here; if the run "

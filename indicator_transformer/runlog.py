@@ -62,6 +62,26 @@ def new_run_name(runs_dir: Path, now: datetime | None = None) -> str:
     return name
 
 
+def unfinished_run(runs_dir: Path) -> str | None:
+    """The newest run folder in ``runs_dir`` that has a train.log but no summary.json: one whose
+    only segment was killed before it could end (what a torchrun restart without a checkpoint
+    continues). None when there is none."""
+    try:
+        names = sorted((p.name for p in runs_dir.iterdir() if RUN_NAME.fullmatch(p.name) and p.is_dir()
+                        and not p.is_symlink()), key=_run_order)
+    except OSError:
+        return None
+    if not names:  # only the newest one may be adopted: an older unfinished run is another job's
+        return None
+    newest = runs_dir / names[-1]
+    return names[-1] if (newest / LOG_NAME).is_file() and not (newest / SUMMARY_NAME).exists() else None
+
+
+def _run_order(name: str) -> tuple[str, int]:
+    stamp, _, n = name.partition("-")
+    return stamp, int(n or 0)
+
+
 def check_run_record(run: Any) -> str | None:
     """What is wrong with a checkpoint's ``run`` record, or None (used by checkpoint validation)."""
     if not isinstance(run, dict):

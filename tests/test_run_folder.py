@@ -188,3 +188,44 @@ def test_no_plots_writes_every_run_file_but_the_pngs(tmp_path: Path) -> None:
     assert not list(folder.glob("*.png"))
     assert {"train.log", "metrics.csv", "summary.json"} <= {p.name for p in folder.iterdir()}
     assert check_json(json.loads((folder / "summary.json").read_text()))["plots"] == []
+
+
+def test_a_restart_without_a_checkpoint_continues_the_killed_attempts_run_folder(tmp_path: Path) -> None:
+    # Attempt 0 is killed (kill -9, as torchrun's agent sees a dying rank) before any checkpoint.
+    child = _train(tmp_path, "--no-plots", pause="train_step:3")
+    child.wait_for("PAUSED train_step 3")
+    child.proc.kill()
+    child.finish(timeout=60)
+    folder = _run_folder(tmp_path)
+    assert not (folder / "summary.json").exists() and not list((tmp_path / "models").glob("*.pth"))
+    # Attempt 1: what torchrun restarts (TORCHELASTIC_RESTART_COUNT=1) with --resume auto.
+    env = {k: v for k, v in pause_env("x:0").items() if k != "INDICATOR_TRANSFORMER_PAUSE_AT"}
+    env["TORCHELASTIC_RESTART_COUNT"] = "1"
+    r = subprocess.run([sys.executable, "train_indicator_transformer.py", *SMALL, "--resume", "auto",
+                        "--cache-dir", str(tmp_path / "cache"), "--models-dir", str(tmp_path / "models")],
+                       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+                       preexec_fn=default_sigint)
+    assert r.returncode == 0, r.stderr
+    assert _run_folder(tmp_path) == folder  # the same folder, not an orphan beside a new one
+    assert "in the folder of the attempt torchrun restarted" in r.stderr
+    log = (folder / "train.log").read_text()
+    assert log.count("Run folder:") == 2 and "Report:" in log
+    assert json.loads((folder / "summary.json").read_text())["status"] == "completed"
+
+
+def test_only_the_newest_unfinished_run_folder_is_adopted(tmp_path: Path) -> None:
+    from indicator_transformer.runlog import unfinished_run
+
+    runs = tmp_path / "runs"
+    assert unfinished_run(runs) is None  # no folder at all
+    for name, finished in (("20260101T000000Z", False), ("20260102T000000Z", True)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "train.log").write_text("x\n")
+        if finished:
+            (runs / name / "summary.json").write_text("{}")
+    assert unfinished_run(runs) is None  # the newest ended: the older one is another job's
+    (runs / "20260102T000000Z-2").mkdir()
+    (runs / "20260102T000000Z-2" / "train.log").write_text("x\n")
+    assert unfinished_run(runs) == "20260102T000000Z-2"
+    (runs / "20260103T000000Z").symlink_to(tmp_path)  # never a link to elsewhere
+    assert unfinished_run(runs) == "20260102T000000Z-2"

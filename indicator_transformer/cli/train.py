@@ -110,7 +110,8 @@ def _resume_auto(cfg: Config, handler: SignalHandler, opts: Any) -> int:
         if distributed.current().is_main:
             print(f"--resume auto: no checkpoint in {cfg.train.models_dir}; starting a new run",
                   file=sys.stderr, flush=True)
-        return run_pipeline(cfg, handler, opts)
+        return run_pipeline(cfg, handler, dataclasses.replace(
+            opts, adopt_unfinished_run=distributed.restart_count() > 0))
     path = Path(chosen)
     state = ckpt.load_checkpoint(path)
     _check_same_settings(cfg, Config.from_dict(state["config"], source=str(path)), path)
