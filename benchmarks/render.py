@@ -1,0 +1,334 @@
+"""results.json (run_all.py) -> BENCHMARKS.md: one table per area, every figure from the run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+MB = 2**20
+
+
+# --------------------------------------------------------------------------- cells
+def num(x: Any, digits: int = 0, scale: float = 1.0) -> str:
+    return "n/a" if x is None else f"{x * scale:,.{digits}f}"
+
+
+def spread(s: dict[str, Any] | None, digits: int = 0, scale: float = 1.0) -> str:
+    """'median (min-max)' of a common.stats() dict; the median alone for one repeat."""
+    if not s or s.get("median") is None:
+        return "n/a"
+    if s.get("n", 1) == 1 or s["min"] == s["max"]:
+        return num(s["median"], digits, scale)
+    return (
+        f"{num(s['median'], digits, scale)} ({num(s['min'], digits, scale)}-{num(s['max'], digits, scale)})"
+    )
+
+
+def ratio(s: dict[str, Any] | None) -> str:
+    """'1.02x (0.98-1.05)': the median ratio with its min-max over repeats."""
+    if not s or s.get("median") is None:
+        return "n/a"
+    text = spread(s, 2)
+    return text.replace(" (", "x (", 1) if " (" in text else text + "x"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def commands(area: dict[str, Any]) -> str:
+    return "```\n" + "\n".join(area.get("commands", [])) + "\n```"
+
+
+# --------------------------------------------------------------------------- areas
+def throughput(a: dict[str, Any]) -> str:
+    s, sps = a["setup"], a["samples_per_s"]
+    rows = [
+        ["ours (Trainer)", spread(sps["ours"]), "1.00x"],
+        ["bare PyTorch loop", spread(sps["bare"]), ratio(a["ratio_vs_bare"])],
+        ["Lightning Trainer", spread(sps["lightning"]), ratio(a["ratio_vs_lightning"])],
+    ]
+    return (
+        f"{s['symbols']} symbols x {s['bars']} bars, {s['train_windows']:,} training windows, batch "
+        f"{s['batch_size']}, {s['steps_per_epoch']} steps/epoch, {s['parameters']:,} parameters, "
+        f"{s['torch_threads']} torch threads, num_workers 0, one checkpoint per epoch, "
+        f"{s['repeats']} interleaved repeats.\n\n"
+        + table(["loop", "samples/s median (min-max)", "ours / this, per repeat"], rows)
+    )
+
+
+def options(a: dict[str, Any]) -> str:
+    """bench_options.py's rows (its --json: name, description, samples_per_s, ratio, same_results)."""
+    if "missing" in a:
+        return f"HOOK: {a['missing']}; run_all.py runs it as soon as it does (`--json`, rows below)."
+    rows = [
+        [
+            r["name"],
+            spread(r["samples_per_s"]),
+            ratio(r["ratio"]),
+            r.get("same_results", ""),
+            r.get("description", ""),
+        ]
+        for r in a.get("rows", [])
+    ]
+    notes = "".join(f"\n- {n}" for n in a.get("notes", []))
+    return table(
+        [
+            "option",
+            "samples/s",
+            f"ratio to {a.get('reference', 'the reference')}, per repeat",
+            "results",
+            "what",
+        ],
+        rows,
+    ) + ("\n" + notes if notes else "")
+
+
+def interrupt(a: dict[str, Any]) -> str:
+    s = a["setup"]
+    names = {
+        "ours": "ours",
+        "lightning": "Lightning, default ModelCheckpoint",
+        "lightning_on_exception": "Lightning + OnExceptionCheckpoint",
+    }
+    parts = [
+        f"SIGINT after optimizer step {s['pause_step']} (mid epoch 2, {s['steps_per_epoch']} steps per "
+        f"epoch), {s['repeats']} repeat(s) per variant."
+    ]
+    for workers, summary in a["workers"].items():
+        rows = []
+        for key, label in names.items():
+            v = summary[key]
+            rows.append(
+                [
+                    label,
+                    spread(v["exit_s"], 2),
+                    "1.00x" if key == "ours" else ratio(v.get("ratio_exit_s")),
+                    spread(v["steps_lost"]),
+                    ", ".join(map(str, v["exit_codes"])),
+                    num(v["processes_left"]),
+                    f"{v['runs'] - len(v['failures'])}/{v['runs']}",
+                ]
+            )
+        parts.append(
+            f"`--num-workers {workers}`\n\n"
+            + table(
+                [
+                    "variant",
+                    "SIGINT -> exit, s",
+                    "ours / this (exit time)",
+                    "steps lost",
+                    "exit code",
+                    "processes left",
+                    "runs ok",
+                ],
+                rows,
+            )
+        )
+    return "\n\n".join(parts)
+
+
+def resume(a: dict[str, Any]) -> str:
+    s = a["setup"]
+    rows = [
+        [who, "yes" if a[key]["bit_exact"] else "no", f"{a[key]['max_abs_diff']:.3g}", a[key]["checkpoint"]]
+        for who, key in (("ours", "ours"), ("Lightning (resumed mid-epoch)", "lightning"))
+    ]
+    return (
+        f"{s['epochs']} epochs uninterrupted vs SIGINT after step {s['pause_step']} (mid epoch 2) and "
+        f"resumed.\n\n" + table(["run", "bit-exact", "largest parameter difference", "resumed from"], rows)
+    )
+
+
+def checkpoint(a: dict[str, Any]) -> str:
+    s, pct = a["setup"], a["pct_of_epoch"]
+    rows = [
+        [
+            "ours (atomic, verified)",
+            num(a["size_bytes"]["ours"] / 1024),
+            spread(a["save_s"]["ours"], 1, 1e3),
+            spread(a["load_s"]["ours"], 1, 1e3),
+            "1.00x",
+            "1.00x",
+        ]
+    ]
+    for key, label in (("bare", "plain torch.save / torch.load"), ("lightning", "Lightning save_checkpoint")):
+        rows.append(
+            [
+                label,
+                num(a["size_bytes"][key] / 1024),
+                spread(a["save_s"][key], 1, 1e3),
+                spread(a["load_s"][key], 1, 1e3),
+                ratio(a[f"save_ratio_vs_{key}"]),
+                ratio(a[f"load_ratio_vs_{key}"]),
+            ]
+        )
+    return (
+        f"{s['symbols']} x {s['bars']}, {s['repeats']} interleaved repeats. Periodic cost of ours: "
+        f"{pct['per_epoch']:.2f}% of an epoch's training ({s['epoch_s']:.2f} s) at the default (one per "
+        f"epoch), {pct['every_100_steps']:.2f}% with `--checkpoint-every 100`.\n\n"
+        + table(
+            [
+                "checkpoint",
+                "size KiB",
+                "save ms",
+                "load ms",
+                "ours / this save time",
+                "ours / this load time",
+            ],
+            rows,
+        )
+    )
+
+
+def preparation(a: dict[str, Any]) -> str:
+    p, c = a["prepare"], a["ceiling"]
+    talib = c["talib_alone_bars_per_s"]
+    rows = [
+        [name, num(v["seconds"], 2), num(v["bars_per_s"]), f"{v['bars_per_s'] / talib:.1%}"]
+        for name, v in p.items()
+    ]
+    rows.append(["TA-Lib alone, arrays in memory, 1 thread", "-", num(talib), "100%"])
+    rows.append(
+        [
+            "our feature code, arrays in memory, 1 thread",
+            "-",
+            num(c["feature_columns_bars_per_s"]),
+            f"{c['feature_columns_bars_per_s'] / talib:.1%}",
+        ]
+    )
+    cold1, cold2, warm = (p[k]["seconds"] for k in ("cold, 1 thread", "cold, 2 threads", "warm, 2 threads"))
+    return (
+        f"{c['setup']['symbols']} symbols x {c['setup']['bars']} bars, CSV input, "
+        f"{c['setup']['features']} features. 2 threads vs 1: x{cold1 / cold2:.2f}; warm start "
+        f"{100 * warm / cold2:.1f}% of a cold preparation (2 threads).\n\n"
+        + table(["measurement", "seconds", "bars/s", "of the TA-Lib ceiling"], rows)
+    )
+
+
+def memory(a: dict[str, Any]) -> str:
+    runs = a["runs"]
+    base = runs[0]["memory"]["rss"] if runs else 0
+    rows = [
+        [
+            r["label"].split(" sym")[0],
+            num(r["memory"]["rss"] / MB),
+            num(r["memory"]["uss"] / MB),
+            f"{r['memory']['rss'] / base:.2f}x" if base else "n/a",
+            num(r["samples_per_s"]),
+            str(r["exit_code"]),
+        ]
+        for r in runs
+    ]
+    return (
+        "Training (`--num-workers 0`), the process tree sampled every 0.1 s until SIGTERM at a pause "
+        "point.\n\n"
+        + table(["symbols", "peak RSS MB", "peak USS MB", "RSS / smallest", "samples/s", "exit"], rows)
+    )
+
+
+def startup(a: dict[str, Any]) -> str:
+    s, sec = a["seconds"], a["seconds"]
+    rows = [
+        ["fresh", spread(s["ours_fresh"], 2), spread(sec["lightning_fresh"], 2), ratio(a["ratio_fresh"])],
+        [
+            "resumed",
+            spread(s["ours_resumed"], 2),
+            spread(sec["lightning_resumed"], 2),
+            ratio(a["ratio_resumed"]),
+        ],
+    ]
+    return (
+        f"Process start -> first optimizer step, warm feature cache, resumed at step "
+        f"{a['setup']['resume_step']}, {a['setup']['repeats']} interleaved repeat(s).\n\n"
+        + table(["start", "ours, s", "Lightning, s", "ours / Lightning (time)"], rows)
+    )
+
+
+SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
+    "throughput": ("1. Training throughput: ours vs a bare loop vs Lightning", throughput),
+    "options": ("1b. Training options vs the bare fp32 loop", options),
+    "interrupt": ("2. Interrupt: SIGINT mid-epoch", interrupt),
+    "resume": ("3. Resume: equal to the uninterrupted run?", resume),
+    "checkpoint": ("4. Checkpoint: size, save, load, periodic cost", checkpoint),
+    "preparation": ("5. Preparation: threads, warm start, the TA-Lib ceiling", preparation),
+    "memory": ("6. Memory against universe size", memory),
+    "startup": ("7. Start-up", startup),
+}
+
+
+def headline(areas: dict[str, Any]) -> list[str]:
+    """The ratios the README quotes, when their areas ran."""
+    out = []
+    tp = areas.get("throughput", {})
+    if "ratio_vs_bare" in tp:
+        out.append(
+            f"- Throughput: ours is {ratio(tp['ratio_vs_bare'])} a bare PyTorch loop and "
+            f"{ratio(tp['ratio_vs_lightning'])} Lightning."
+        )
+    intr = areas.get("interrupt", {}).get("workers", {}).get("0")
+    if intr:
+        out.append(
+            f"- Ctrl-C mid-epoch: ours exits in {spread(intr['ours']['exit_s'], 2)} s losing "
+            f"{spread(intr['ours']['steps_lost'])} steps; Lightning in "
+            f"{spread(intr['lightning']['exit_s'], 2)} s losing {spread(intr['lightning']['steps_lost'])}."
+        )
+    res = areas.get("resume", {})
+    if "ours" in res:
+        out.append(
+            f"- Resume bit-exact: ours {'yes' if res['ours']['bit_exact'] else 'no'}, Lightning "
+            f"{'yes' if res['lightning']['bit_exact'] else 'no'}."
+        )
+    return out
+
+
+def render(results: dict[str, Any]) -> str:
+    """The whole BENCHMARKS.md."""
+    m = results["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `{results['command']}` on {results['started']} in {results.get('wall_s', 0):.0f} s. "
+        "Every figure below comes from that run (`benchmarks/results.json`); nothing is typed by hand. "
+        "Each figure is the median over interleaved repeats with (min-max); ratios are taken per "
+        "repeat, so background load hits both sides alike.",
+        "",
+    ]
+    if results.get("quick"):
+        lines += ["**Trial run (`--quick`): small markets and one repeat. Not the published figures.**", ""]
+    lines += [
+        table(
+            ["machine", ""],
+            [
+                ["CPU", f"{m['cpu']} ({m['cpus']} CPUs, {m['torch_threads']} torch threads)"],
+                ["OS", m["os"]],
+                [
+                    "versions",
+                    f"Python {m['python']}, torch {m['torch']}, pytorch-lightning {m['pytorch_lightning']}, "
+                    f"NumPy {m['numpy']}, TA-Lib {m['talib']}",
+                ],
+                [
+                    "load average 1/5/15",
+                    f"{m['load_average']} at the start, {results.get('load_end', 'n/a')} at the end",
+                ],
+            ],
+        ),
+        "",
+        *headline(results["areas"]),
+        "",
+    ]
+    for key, area in results["areas"].items():
+        title, fn = SECTIONS[key]
+        lines += [f"## {title}", ""]
+        if "error" in area:
+            lines += ["**Failed** in this run:", "", "```", area["error"][-1500:], "```", ""]
+            continue
+        lines += [
+            fn(area),
+            "",
+            commands(area) if area.get("commands") else "",
+            f"({area['wall_s']:.0f} s, load after {area['load_after']})",
+            "",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,166 @@
+"""Every benchmark in one command: writes BENCHMARKS.md and benchmarks/results.json.
+
+    python benchmarks/run_all.py                 # about 10 minutes on 2 quiet cores
+    python benchmarks/run_all.py --quick         # smaller markets, one repeat: a trial run
+    python benchmarks/run_all.py --out /tmp/b    # write both files there instead of the repository
+    python benchmarks/run_all.py --only throughput,resume
+
+Each area is its own script, run here as a subprocess with ``--json``; its exact command is printed
+in the table's heading. Every figure in BENCHMARKS.md comes from the JSON of this run (render()
+turns results.json into the page; nothing is typed by hand). A failed area is shown as failed,
+with the end of its output, and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import common
+from render import render
+
+PY = "python"  # as shown in the tables; run with sys.executable
+
+
+def prepare_result(quick: bool, tmp: Path) -> dict[str, Any]:
+    """bench_prepare.py (owned by the data work: parsed from its printed table) and the ceiling."""
+    size = ["--symbols", "40", "--bars", "2000"] if quick else ["--symbols", "500", "--bars", "5000"]
+    out: dict[str, Any] = {"commands": []}
+    text, cmd = run_script("bench_prepare.py", size, None)
+    out["commands"].append(cmd)
+    out["prepare"] = parse_prepare(text)
+    ceiling, cmd = run_script("bench_prep_ceiling.py", size, tmp / "ceiling.json")
+    out["commands"].append(cmd)
+    out["ceiling"] = ceiling
+    return out
+
+
+def parse_prepare(text: str) -> dict[str, Any]:
+    """The rows of bench_prepare.py's table: seconds and bars/s per measurement."""
+    rows: dict[str, Any] = {}
+    for line in text.splitlines():
+        for name in ("cold, 1 thread", "cold, 2 threads", "warm, 2 threads"):
+            if line.startswith(name):
+                fields = line[len(name) :].split()
+                rows[name] = {"seconds": float(fields[0]), "bars_per_s": float(fields[1].replace(",", ""))}
+    if len(rows) < 3:
+        raise RuntimeError("bench_prepare.py printed no table:\n" + text[-1500:])
+    return rows
+
+
+def run_script(script: str, args: list[str], json_path: Path | None) -> tuple[Any, str]:
+    """Run one benchmark script; (its JSON, or its output when ``json_path`` is None; the command)."""
+    argv = [str(common.BENCH_DIR / script), *args]
+    shown = " ".join([PY, f"benchmarks/{script}", *args])
+    extra = ["--json", str(json_path)] if json_path else []
+    proc = subprocess.run(
+        [sys.executable, *argv, *extra],
+        cwd=common.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=common.child_env(),
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shown} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-2500:]}")
+    return (json.loads(json_path.read_text()) if json_path else proc.stdout), shown
+
+
+def simple(script: str, quick_args: list[str], full_args: list[str]) -> Callable[[bool, Path], dict]:
+    """An area that is one script with ``--json``."""
+
+    def area(quick: bool, tmp: Path) -> dict[str, Any]:
+        result, cmd = run_script(script, quick_args if quick else full_args, tmp / f"{script}.json")
+        return result | {"commands": [cmd]}
+
+    return area
+
+
+def memory_result(quick: bool, tmp: Path) -> dict[str, Any]:
+    """bench_scale.py's first section only, --num-workers 0; caches kept between runs."""
+    work = Path(tempfile.gettempdir()) / "indicator_transformer_run_all_scale"
+    sizes = (
+        ["--symbols", "20,50,100", "--bars", "1000", "--steps", "20"]
+        if quick
+        else ["--symbols", "100,500,2000", "--bars", "5000", "--steps", "60"]
+    )
+    args = [*sizes, "--workers", "0", "--skip-ranks", "--skip-stop-check", "--work-dir", str(work)]
+    result, cmd = run_script("bench_scale.py", args, tmp / "scale.json")
+    return {"commands": [cmd], "runs": result["scale"]["runs"], "prepare": result["scale"]["prepare"]}
+
+
+def options_result(quick: bool, tmp: Path) -> dict[str, Any]:
+    """HOOK: bench_options.py (the --precision work) when it exists; its rows are shown as given."""
+    if not (common.BENCH_DIR / "bench_options.py").exists():
+        return {"missing": "benchmarks/bench_options.py does not exist yet"}
+    result, cmd = run_script("bench_options.py", ["--quick"] if quick else [], tmp / "options.json")
+    return result | {"commands": [cmd]}
+
+
+AREAS: dict[str, Callable[[bool, Path], dict[str, Any]]] = {
+    "throughput": simple("bench_throughput.py", ["--quick"], []),
+    "options": options_result,
+    "interrupt": simple("bench_interrupt.py", ["--quick"], []),
+    "resume": simple("bench_resume.py", [], []),
+    "checkpoint": simple("bench_checkpoint.py", ["--quick"], []),
+    "preparation": prepare_result,
+    "memory": memory_result,
+    "startup": simple("bench_startup.py", ["--quick"], []),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small markets, one repeat (a trial)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for BENCHMARKS.md and results.json "
+        "(default: BENCHMARKS.md at the repository root, benchmarks/results.json)",
+    )
+    p.add_argument("--only", default=None, help=f"comma-separated areas of {','.join(AREAS)}")
+    args = p.parse_args(argv)
+    areas = args.only.split(",") if args.only else list(AREAS)
+    unknown = sorted(set(areas) - set(AREAS))
+    if unknown:
+        p.error(f"--only: unknown area(s) {', '.join(unknown)}; choose from {', '.join(AREAS)}")
+    shown = " ".join(["python benchmarks/run_all.py", *(argv if argv is not None else sys.argv[1:])])
+    results: dict[str, Any] = {
+        "command": shown,
+        "quick": args.quick,
+        "machine": common.machine(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "areas": {},
+    }
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="run_all_") as tmp:
+        for name in areas:
+            t0 = time.perf_counter()
+            print(f"== {name} (load {common.load_average()})", flush=True)
+            try:
+                res = AREAS[name](args.quick, Path(tmp))
+            except Exception as e:  # noqa: BLE001 - one failed area must not lose the others
+                res = {"error": str(e)}
+                print(f"   FAILED: {str(e)[:2000]}", flush=True)
+            res["wall_s"], res["load_after"] = time.perf_counter() - t0, common.load_average()
+            results["areas"][name] = res
+            print(f"   {res['wall_s']:.0f} s", flush=True)
+    results["wall_s"], results["load_end"] = time.perf_counter() - t_all, common.load_average()
+    out = Path(args.out) if args.out else None
+    json_path = (out or common.BENCH_DIR) / "results.json"
+    md_path = (out or common.REPO_ROOT) / "BENCHMARKS.md"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    md_path.write_text(render(results))
+    print(f"wrote {md_path} and {json_path} in {results['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

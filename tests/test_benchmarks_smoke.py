@@ -1,0 +1,141 @@
+"""run_all's page writer on a small fake results dict: every area renders, failures are shown."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import render  # noqa: E402
+import run_all  # noqa: E402
+
+
+def s(median: float, lo: float | None = None, hi: float | None = None, n: int = 3) -> dict:
+    return {
+        "min": lo if lo is not None else median,
+        "median": median,
+        "max": hi if hi is not None else median,
+        "n": n,
+    }
+
+
+MACHINE = {
+    "cpu": "Test CPU",
+    "cpus": 2,
+    "torch_threads": 2,
+    "os": "Linux",
+    "python": "3.11",
+    "torch": "2.13.0",
+    "pytorch_lightning": "2.6.6",
+    "numpy": "2",
+    "talib": "0.6",
+    "load_average": "1/1/1",
+}
+VARIANT = {
+    "exit_s": s(1.5, 1.2, 1.9),
+    "steps_lost": s(0),
+    "exit_codes": [130],
+    "processes_left": 0,
+    "failures": [],
+    "runs": 3,
+    "ratio_exit_s": s(0.8),
+}
+FAKE = {
+    "command": "python benchmarks/run_all.py --quick",
+    "quick": True,
+    "machine": MACHINE,
+    "started": "2026-01-01 00:00:00 UTC",
+    "wall_s": 61.0,
+    "load_end": "1/1/1",
+    "areas": {
+        "throughput": {
+            "setup": {
+                "symbols": 16,
+                "bars": 2500,
+                "train_windows": 27000,
+                "batch_size": 256,
+                "steps_per_epoch": 106,
+                "parameters": 20000,
+                "torch_threads": 2,
+                "repeats": 3,
+            },
+            "samples_per_s": {"ours": s(4600, 4500, 4700), "bare": s(4650), "lightning": s(4400)},
+            "ratio_vs_bare": s(0.987),
+            "ratio_vs_lightning": s(1.04),
+            "commands": ["python x"],
+            "wall_s": 30,
+            "load_after": "1/1/1",
+        },
+        "options": {
+            "reference": "bare fp32",
+            "notes": ["a note"],
+            "wall_s": 9,
+            "load_after": "-",
+            "rows": [
+                {
+                    "name": "bare bf16",
+                    "description": "autocast",
+                    "samples_per_s": s(5000, 4900, 5100),
+                    "ratio": s(1.2, 1.1, 1.3),
+                    "same_results": "same meaning",
+                }
+            ],
+        },
+        "interrupt": {
+            "setup": {"pause_step": 24, "steps_per_epoch": 16, "repeats": 3},
+            "workers": {"0": {"ours": VARIANT, "lightning": VARIANT, "lightning_on_exception": VARIANT}},
+            "wall_s": 50,
+            "load_after": "1/1/1",
+        },
+        "resume": {
+            "setup": {"epochs": 2, "pause_step": 24},
+            "ours": {"bit_exact": True, "max_abs_diff": 0.0, "checkpoint": "a.pth"},
+            "lightning": {"bit_exact": False, "max_abs_diff": 3e-3, "checkpoint": "on_exception.ckpt"},
+            "wall_s": 40,
+            "load_after": "1/1/1",
+        },
+        "checkpoint": {
+            "error": "bench_checkpoint.py exited 1:\nTraceback: boom",
+            "wall_s": 1,
+            "load_after": "-",
+        },
+        "startup": {
+            "setup": {"resume_step": 24, "repeats": 1},
+            "seconds": {
+                "ours_fresh": s(3.1, n=1),
+                "lightning_fresh": s(6.0, n=1),
+                "ours_resumed": s(3.3, n=1),
+                "lightning_resumed": s(6.4, n=1),
+            },
+            "ratio_fresh": s(0.52, n=1),
+            "ratio_resumed": s(0.51, n=1),
+            "wall_s": 20,
+            "load_after": "-",
+        },
+    },
+}
+
+
+def test_every_area_renders_with_its_figures_and_a_failed_area_shows_its_error() -> None:
+    page = render.render(FAKE)
+    assert "Trial run" in page and "Test CPU" in page
+    assert "| ours (Trainer) | 4,600 (4,500-4,700) | 1.00x |" in page
+    assert "0.99x" in page  # the headline ratio vs the bare loop
+    assert "| bare bf16 | 5,000 (4,900-5,100) | 1.20x (1.10-1.30) | same meaning | autocast |" in page
+    assert "| Lightning + OnExceptionCheckpoint | 1.50 (1.20-1.90) |" in page
+    assert "| Lightning (resumed mid-epoch) | no | 0.003 |" in page
+    assert "**Failed**" in page and "Traceback: boom" in page
+    assert "| resumed | 3.30 | 6.40 | 0.51x |" in page
+
+
+def test_bench_prepare_table_is_parsed_into_seconds_and_bars_per_second() -> None:
+    text = (
+        "measurement        seconds       bars/s  hits misses    peak RSS   over base  target\n"
+        "cold, 1 thread       10.50      238,095     0    500   300.0 MiB   100.0 MiB\n"
+        "cold, 2 threads       7.00      357,143     0    500   310.0 MiB   110.0 MiB  speedup x1.50\n"
+        "warm, 2 threads       0.35    7,142,857   500      0   200.0 MiB    10.0 MiB  5.0% of cold\n"
+    )
+    rows = run_all.parse_prepare(text)
+    assert rows["cold, 2 threads"] == {"seconds": 7.0, "bars_per_s": 357143.0}
+    assert rows["warm, 2 threads"]["seconds"] == 0.35
