@@ -66,18 +66,24 @@ def test_a_committed_entry_is_a_hit_for_a_new_cache_with_identical_memory_mapped
     assert reopened.entries[key]["symbol"] == src.symbol
 
 
-def test_the_data_files_hold_no_pickle_and_the_manifest_records_their_hashes(tmp_path):
+def test_an_entry_is_one_file_of_three_npy_arrays_without_pickle_whose_hash_the_manifest_records(tmp_path):
     src, key, fs = _entry()
     cache = FeatureCache(tmp_path).open()
     cache.put(key, src.symbol, fs)
     cache.commit()
     entry = _manifest(tmp_path)["entries"][key]
-    for part in ("features", "label", "time"):
-        meta = entry["files"][part]
-        path = tmp_path / meta["name"]
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == meta["sha256"]
-        assert path.stat().st_size == meta["bytes"]
-        np.load(path, allow_pickle=False)  # loads without pickle
+    (path,) = {tmp_path / meta["name"] for meta in entry["files"].values()}
+    assert [p.name for p in tmp_path.glob("*.npy")] == [path.name]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["data"]["sha256"]
+    assert path.stat().st_size == entry["data"]["bytes"]
+    with open(path, "rb") as fh:  # the arrays load one after the other, without pickle
+        for part, expected in (("time", fs.time), ("features", fs.features), ("label", fs.label)):
+            np.testing.assert_array_equal(np.load(fh, allow_pickle=False), expected)
+            # each array's data starts aligned to its item size: views of one map need no copy
+            assert entry["files"][part]["offset"] % expected.dtype.itemsize == 0
+        assert fh.read() == b""
+    got = FeatureCache(tmp_path).open().get(key)
+    assert all(got[p].flags.aligned and got[p].flags.c_contiguous for p in got)
 
 
 def test_the_key_changes_with_the_input_bytes_the_features_and_the_horizon(tmp_path):
@@ -160,7 +166,7 @@ def test_entries_not_listed_in_the_manifest_are_never_used(tmp_path):
     src, key, fs = _entry()
     writer = FeatureCache(tmp_path).open()
     writer.put(key, src.symbol, fs)  # data files in place, but no commit: a crash before the manifest
-    assert any(p.name.endswith(".features.npy") for p in tmp_path.iterdir())
+    assert any(p.name.endswith(".entry.npy") for p in tmp_path.iterdir())
 
     reader = FeatureCache(tmp_path).open()
     assert reader.get(key) is None
@@ -191,14 +197,16 @@ class _Evil:
 
 
 def _plant_pickle(root: Path, key: str, marker: Path) -> Path:
-    """Replace an entry's features file by an object array and make the manifest agree with it."""
+    """Replace an entry's file by an object array and make the manifest agree with it."""
     doc = _manifest(root)
-    meta = doc["entries"][key]["files"]["features"]
+    entry = doc["entries"][key]
+    meta = entry["files"]["time"]  # the file's first array
     path = root / meta["name"]
     np.save(path, np.array([_Evil(str(marker))], dtype=object), allow_pickle=True)
     data = path.read_bytes()
-    meta.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), dtype="object", shape=[1])
-    meta["sig"]["size"] = len(data)
+    entry["data"].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    entry["data"]["sig"]["size"] = len(data)
+    meta.update(dtype="object", shape=[1])
     _write_manifest(root, doc)
     return path
 
@@ -300,7 +308,7 @@ def test_clear_all_removes_the_whole_cache_folder(tmp_path):
     prepare(synthetic_sources(2, 300, seed=2), FeatureConfig(window=8), FeatureCache(root).open(),
             show_progress=False)
     files, nbytes = FeatureCache(root).clear_all()
-    assert files >= 7 and nbytes > 0
+    assert files >= 4 and nbytes > 0  # a data file per symbol, the manifest, the lock
     assert not root.exists()
     assert FeatureCache(root).clear_all() == (0, 0)
 
@@ -406,17 +414,23 @@ MALFORMED = {
     "shape not a list": _set(["files", "label", "shape"], "(5,)"),
     "shape of booleans": _set(["files", "label", "shape"], [True]),
     "shape of the wrong rank": _set(["files", "features", "shape"], [10]),
-    "negative bytes": _set(["files", "features", "bytes"], -1),
-    "bytes not a number": _set(["files", "features", "bytes"], "1 MB"),
-    "bytes that do not fit the shape": _set(["files", "time", "bytes"], 10**9),
-    "bytes a little more than the file": _set(["files", "time", "bytes"],
-                                              lambda k, e: e["files"]["time"]["bytes"] + 64),
+    "negative bytes": _set(["data", "bytes"], -1),
+    "bytes not a number": _set(["data", "bytes"], "1 MB"),
+    "bytes that do not fit the shape": _set(["data", "bytes"], 10**9),
+    "bytes a little more than the file": _set(["data", "bytes"], lambda k, e: e["data"]["bytes"] + 64),
+    "data not an object": _set(["data"], "sha256"),
     "name not a string": _set(["files", "label", "name"], 7),
     "name with ../": _set(["files", "label", "name"], lambda k, e: "../" + e["files"]["label"]["name"]),
-    "name of another part": _set(["files", "label", "name"], lambda k, e: e["files"]["time"]["name"]),
-    "sha256 not hex": _set(["files", "label", "sha256"], "z" * 64),
-    "sha256 missing": _set(["files", "label", "sha256"], _DELETE),
-    "stat signature malformed": _set(["files", "label", "sig"], {"size": "big"}),
+    "name of another entry": _set(["files", "label", "name"],
+                                  lambda k, e: e["files"]["time"]["name"].replace(k, "0" * 64)),
+    "offset missing": _set(["files", "features", "offset"], _DELETE),
+    "offset inside the previous array": _set(["files", "features", "offset"],
+                                             lambda k, e: e["files"]["time"]["offset"] + 8),
+    "offset not aligned": _set(["files", "label", "offset"], lambda k, e: e["files"]["label"]["offset"] + 2),
+    "offset past the header limit": _set(["files", "label", "offset"], 10**9),
+    "sha256 not hex": _set(["data", "sha256"], "z" * 64),
+    "sha256 missing": _set(["data", "sha256"], _DELETE),
+    "stat signature malformed": _set(["data", "sig"], {"size": "big"}),
     "rows negative": _set(["rows"], -1),
     "rows a string": _set(["rows"], "300"),
     "input_rows below rows": _set(["input_rows"], 3),
@@ -499,10 +513,9 @@ def test_an_intact_file_with_a_new_stat_signature_is_hashed_once_and_its_signatu
     assert (first.hits, first.misses) == (3, 0)
     _assert_same_arrays(first, expected)
     for entry in _manifest(copy)["entries"].values():
-        for meta in entry["files"].values():
-            st = os.lstat(copy / meta["name"])
-            assert meta["sig"] == {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                                   "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+        st = os.lstat(copy / entry["files"]["features"]["name"])
+        assert entry["data"]["sig"] == {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                        "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
     before = (copy / MANIFEST).stat()
     cache = FeatureCache(copy).open()
     assert set(cache._verified) == set(cache.entries)  # signatures match now: nothing to hash
@@ -522,7 +535,7 @@ def test_a_manifest_edited_into_other_valid_json_is_detected_and_everything_reco
         next(iter(doc["entries"].values()))["input_rows"] += 1
         text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
     elif edit == "a space added":
-        text = text.replace('"entries": {', '"entries":  {', 1)
+        text = text.replace('"entries":{', '"entries": {', 1)
     elif edit == "the digest changed":
         doc = _manifest(root)
         doc["digest"] = "0" * 64
@@ -542,7 +555,7 @@ def test_a_manifest_edited_into_other_valid_json_is_detected_and_everything_reco
 def test_validate_reports_a_manifest_whose_digest_does_not_match(tmp_path):
     root = tmp_path / "cache"
     _prepared(root)
-    (root / MANIFEST).write_text((root / MANIFEST).read_text().replace('"rows": ', '"rows":  ', 1))
+    (root / MANIFEST).write_text((root / MANIFEST).read_text().replace('"rows":', '"rows": ', 1))
     report = FeatureCache(root).validate_full(fix=False)
     assert not report.consistent and "digest" in report.manifest_problem
     assert any(str(root / MANIFEST) in line for line in report.problems)
@@ -553,18 +566,20 @@ def test_an_old_format_manifest_is_a_clean_recompute_with_a_warning_and_its_file
     sources, expected = _prepared(root)
     old_names = []
     doc = _manifest(root)
-    for key, entry in doc["entries"].items():  # what version 1 wrote: other keys, no digest
+    for key, entry in doc["entries"].items():  # what version 2 wrote: one file per array
         old_key = hashlib.sha256(key.encode()).hexdigest()
-        for meta in entry["files"].values():
-            meta["name"] = meta["name"].replace(key, old_key)
-            shutil.copy(root / entry["files"]["features"]["name"].replace(old_key, key), root / meta["name"])
-            old_names.append(meta["name"])
+        arrays = expected[entry["symbol"]][1:]
+        for part, arr in zip(("features", "label", "time"), arrays, strict=True):
+            name = f"{entry['symbol']}-{old_key}.{part}.npy"
+            np.save(root / name, arr, allow_pickle=False)
+            entry["files"][part]["name"] = name
+            old_names.append(name)
     for p in root.glob("*.npy"):
         if p.name not in old_names:
             p.unlink()
-    (root / MANIFEST).write_text(json.dumps({"format_version": 1, "entries": doc["entries"], "inputs": {}}))
+    (root / MANIFEST).write_text(json.dumps({"format_version": 2, "entries": doc["entries"], "inputs": {}}))
 
-    with pytest.warns(CacheWarning, match="format_version 1 is not 2.*older version"):
+    with pytest.warns(CacheWarning, match="format_version 2 is not 3.*older version"):
         result = prepare(sources, FeatureConfig(window=8), FeatureCache(root).open(), show_progress=False)
     assert (result.hits, result.misses) == (0, 3)
     _assert_same_arrays(result, expected)

@@ -3,14 +3,20 @@
 Layout of ``cache/``::
 
     manifest.json                         the commit record (written atomically, under .lock)
-    <SYMBOL>-<key>.features.npy           (T, F) float32, no pickle, memory-mappable
-    <SYMBOL>-<key>.label.npy              (T,)  float32 forward return
-    <SYMBOL>-<key>.time.npy               (T,)  int64 ns
+    <SYMBOL>-<key>.entry.npy              one entry: three .npy arrays back to back, no pickle,
+                                          memory-mapped in one piece:
+                                            time      (T,)  int64 ns
+                                            features  (T, F) float32
+                                            label     (T,)  float32 forward return
     .lock                                 inter-process lock around manifest updates
     .<name>.<pid>.<rand>.tmp              in-flight writes (ignored by readers)
 
-An entry exists only once a manifest listing it has been written: data files are written first
-(each atomically), the manifest after them. The key hashes the input (a file's raw bytes, a panel
+An entry exists only once a manifest listing it has been written: its data file is written first
+(atomically), the manifest after it. One file per entry, not one per array: a cold preparation
+pays one fsync and one hash per symbol instead of three, a warm start one ``lstat`` and one memory
+map. The arrays are in the order time, features, label, so each one's data starts aligned to its
+item size (every .npy header is padded to a multiple of 64 bytes); ``np.load`` on an open file
+reads them one after the other. The key hashes the input (a file's raw bytes, a panel
 symbol's parsed rows, or the synthetic spec),
 the symbol, every setting that changes what is computed (see ``prepare.feature_settings``),
 FEATURE_CODE_VERSION, and the versions of the libraries that parse and compute (TA-Lib, NumPy,
@@ -24,7 +30,7 @@ Nothing read back is trusted without a check:
   recompute, never a traceback.
 - Each data file's stat signature (size, mtime_ns, ctime_ns, inode) is recorded when it is
   written. A file whose signature still matches is mapped without reading it (a warm start costs
-  a few ``lstat`` calls per symbol); any other file is sha256-verified first. Every write to a
+  one ``lstat`` per symbol); any other file is sha256-verified first. Every write to a
   file changes its ctime, which users cannot set, so a modification made through the file system
   is always hashed (to within the file system's timestamp granularity, a few milliseconds on
   Linux, right after the cache wrote the file). ``validate_full`` hashes everything.
@@ -71,17 +77,20 @@ from .sources import RawInput, Source, stat_signature
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 # 2: keys include the symbol and the settings; manifest digest; per-file stat signatures.
-CACHE_FORMAT_VERSION = 2
-ARRAYS = ("features", "label", "time")
+# 3: one data file per entry (time, features, label back to back); compact manifest JSON.
+CACHE_FORMAT_VERSION = 3
+ARRAYS = ("time", "features", "label")  # the order of the arrays inside an entry's file
 _DTYPES = {"features": "float32", "label": "float32", "time": "int64"}
 _NDIM = {"features": 2, "label": 1, "time": 1}
 _SIG_FIELDS = ("size", "mtime_ns", "ctime_ns", "ino")
 _MAX_NPY_HEADER = 1 << 17  # an .npy header is < 64 KiB; the rest of a file is its array
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-# Every data file name this module writes (see put). Names read from a manifest must match it, so
-# a damaged or hostile manifest can never point a reader - or validate_cache's deletions - outside
+_ALIGN = 64  # numpy pads every .npy header to a multiple of this
+# Every data file name this module writes (see write_entry), and those of format 2 (one file per
+# array), which are recognised only to be removed. Names read from a manifest must match it, so a
+# damaged or hostile manifest can never point a reader - or validate_cache's deletions - outside
 # the cache folder or at a file the cache did not write.
-_DATA_NAME = re.compile(r"^[A-Za-z0-9._=+^-]+-[0-9a-f]{64}\.(features|label|time)\.npy$")
+_DATA_NAME = re.compile(r"^[A-Za-z0-9._=+^-]+-[0-9a-f]{64}\.(entry|features|label|time)\.npy$")
 
 
 def is_data_name(name: object) -> bool:
@@ -124,15 +133,45 @@ def _safe_symbol(symbol: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=+^-]", "_", symbol)[:80] or "_"
 
 
-def data_file_name(symbol: str, key: str, part: str) -> str:
-    """The file name of an entry's array: the only name a manifest record may give it."""
-    return f"{_safe_symbol(symbol)}-{key}.{part}.npy"
+def data_file_name(symbol: str, key: str, part: str = "entry") -> str:
+    """The file name of an entry's data file (which holds all its arrays): the only name a manifest
+    record may give it. ``part`` is accepted for the callers of format 2 and ignored."""
+    return f"{_safe_symbol(symbol)}-{key}.entry.npy"
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
     return buf.getvalue()
+
+
+def write_entry(root: str | Path, key: str, symbol: str, fs: FeatureSet, *, input_rows: int | None = None
+                ) -> dict[str, Any]:
+    """Write one entry's data file atomically and return its manifest record (not yet committed).
+
+    A plain function of the folder, so that a preparation worker process can write the file and
+    hand only the small record back (see :meth:`FeatureCache.adopt`)."""
+    arrays = {"features": fs.features, "label": fs.label, "time": fs.time}
+    name = data_file_name(symbol, key)
+    chunks, files, size = [], {}, 0
+    for part in ARRAYS:
+        arr = np.ascontiguousarray(arrays[part])
+        chunk = _npy_bytes(arr)
+        chunks.append(chunk)
+        size += len(chunk)
+        files[part] = {"name": name, "shape": list(arr.shape), "dtype": str(arr.dtype),
+                       "offset": size - arr.nbytes}  # where its data starts, after its header
+    data = b"".join(chunks)
+    path = os.path.join(root, name)
+    # No folder fsync: the manifest's commit fsyncs the folder after this rename, and an entry
+    # counts only once that manifest is durable.
+    atomic_write_bytes(path, data, sync_dir=False)
+    rows = int(fs.features.shape[0])
+    return {"symbol": symbol, "rows": rows, "created": now_iso(), "files": files,
+            "input_rows": rows if input_rows is None else int(input_rows),
+            # after the rename: the signature of the file under its final name
+            "data": {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                     "sig": stat_signature(os.lstat(path))}}
 
 
 # --------------------------------------------------------------------------- the manifest document
@@ -142,9 +181,12 @@ def manifest_digest(doc: Mapping[str, Any]) -> str:
 
 
 def manifest_bytes(doc: Mapping[str, Any]) -> bytes:
-    """The exact bytes of a manifest: ``doc`` with its digest, as indented, key-sorted ASCII JSON."""
+    """The exact bytes of a manifest: ``doc`` with its digest, as compact, key-sorted ASCII JSON.
+    Compact because indented JSON goes through the json module's pure-Python encoder, and a warm
+    start re-encodes the whole manifest to check it is canonical: that was most of its time."""
     sealed = dict(doc, digest=manifest_digest(doc))
-    return (json.dumps(sealed, indent=2, sort_keys=True, ensure_ascii=True) + "\n").encode("ascii")
+    return (json.dumps(sealed, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n"
+            ).encode("ascii")
 
 
 @dataclass
@@ -200,10 +242,11 @@ def _valid_memo(memo: object) -> bool:
 def record_problem(key: object, entry: object) -> str | None:
     """What is wrong with a manifest record (every field is checked), or None.
 
-    A record is trusted only if each file's name is the one :meth:`FeatureCache.put` gives it,
-    its dtype and rank are the ones the cache writes, its shape agrees with the row count and
-    its byte size with the shape (so no memory map can reach outside the file), and its sha256
-    and stat signature are well formed.
+    A record is trusted only if its file's name is the one :func:`write_entry` gives it, each
+    array's dtype and rank are the ones the cache writes, its shape agrees with the row count, its
+    data lies after the previous array's, aligned, with room for a header, and the last one ends
+    exactly at the file's size (so no memory map can reach outside the file), and the file's
+    sha256 and stat signature are well formed.
     """
     if not isinstance(key, str) or not _HEX64.fullmatch(key):
         return f"key {key!r} is not a sha256 hex digest"
@@ -218,34 +261,44 @@ def record_problem(key: object, entry: object) -> str | None:
         return f"input_rows {entry.get('input_rows')!r} is not a count >= rows"
     if not isinstance(files, dict) or set(files) != set(ARRAYS):
         return f"files must list exactly {', '.join(ARRAYS)}"
+    data = entry.get("data")
+    if not isinstance(data, dict):
+        return "data is not an object"
+    end = 0  # where the previous array's data ended
     for part in ARRAYS:
-        problem = _file_record_problem(key, symbol, rows, part, files[part])
+        problem, end = _array_record_problem(key, symbol, rows, part, files[part], end)
         if problem:
-            return f"its '{part}' file: {problem}"
+            return f"its '{part}' array: {problem}"
+    size = data.get("bytes")
+    if not _is_count(size) or size != end:
+        return f"bytes {size!r} is not where the last array ends ({end})"
+    if not isinstance(data.get("sha256"), str) or not _HEX64.fullmatch(data["sha256"]):
+        return f"sha256 {data.get('sha256')!r} is not a hex digest"
+    if not _valid_signature(data.get("sig")) or data["sig"]["size"] != size:
+        return f"stat signature {data.get('sig')!r} is malformed"
     return None
 
 
-def _file_record_problem(key: str, symbol: str, rows: int, part: str, meta: object) -> str | None:
+def _array_record_problem(key: str, symbol: str, rows: int, part: str, meta: object, start: int
+                          ) -> tuple[str | None, int]:
+    """(problem, where this array's data ends) for one array of a record; ``start``: where the
+    previous one's ended (its own header must fit between the two)."""
     if not isinstance(meta, dict):
-        return "record is not an object"
-    expected = data_file_name(symbol, key, part)
+        return "record is not an object", 0
+    expected = data_file_name(symbol, key)
     if meta.get("name") != expected:
-        return f"name {meta.get('name')!r} is not {expected!r}"
+        return f"name {meta.get('name')!r} is not {expected!r}", 0
     if meta.get("dtype") != _DTYPES[part]:
-        return f"dtype {meta.get('dtype')!r} is not {_DTYPES[part]!r}"
+        return f"dtype {meta.get('dtype')!r} is not {_DTYPES[part]!r}", 0
     shape = meta.get("shape")
     if not (isinstance(shape, list) and len(shape) == _NDIM[part] and all(_is_count(n) for n in shape)
             and shape[0] == rows):
-        return f"shape {shape!r} is not {_NDIM[part]} counts starting with rows={rows}"
-    size = meta.get("bytes")
-    header = size - np.dtype(_DTYPES[part]).itemsize * math.prod(shape) if _is_count(size) else -1
-    if not 10 <= header <= _MAX_NPY_HEADER:
-        return f"bytes {size!r} do not fit the shape {shape} of {_DTYPES[part]}"
-    if not isinstance(meta.get("sha256"), str) or not _HEX64.fullmatch(meta["sha256"]):
-        return f"sha256 {meta.get('sha256')!r} is not a hex digest"
-    if not _valid_signature(meta.get("sig")) or meta["sig"]["size"] != size:
-        return f"stat signature {meta.get('sig')!r} is malformed"
-    return None
+        return f"shape {shape!r} is not {_NDIM[part]} counts starting with rows={rows}", 0
+    offset = meta.get("offset")
+    header = offset - start if _is_count(offset) else -1
+    if not 10 <= header <= _MAX_NPY_HEADER or offset % np.dtype(_DTYPES[part]).itemsize:
+        return f"offset {offset!r} does not leave an aligned header after byte {start}", 0
+    return None, offset + np.dtype(_DTYPES[part]).itemsize * math.prod(shape)
 
 
 def _sha256_nofollow(path: Path) -> str:
@@ -362,22 +415,19 @@ class FeatureCache:
                       f"be recomputed", CacheWarning, stacklevel=3)
 
     def _stat_files(self, entry: dict[str, Any]) -> tuple[str | None, bool]:
-        """(problem, every file's stat signature equals its record) from ``lstat`` alone."""
-        intact = True
-        for part in ARRAYS:
-            meta = entry["files"][part]
-            sig, problem = self._lstat_data_file(meta["name"])
-            if problem:
-                return problem, False
-            assert sig is not None
-            if sig["size"] != meta["bytes"]:
-                return (f"file {self.root / meta['name']} has {sig['size']} bytes, the manifest says "
-                        f"{meta['bytes']}"), False
-            intact = intact and sig == meta["sig"]
-        return None, intact
+        """(problem, the data file's stat signature equals its record) from ``lstat`` alone."""
+        name, data = _file_name(entry), entry["data"]
+        sig, problem = self._lstat_data_file(name)
+        if problem:
+            return problem, False
+        assert sig is not None
+        if sig["size"] != data["bytes"]:
+            return (f"file {self.root / name} has {sig['size']} bytes, the manifest says "
+                    f"{data['bytes']}"), False
+        return None, sig == data["sig"]
 
     def _lstat_data_file(self, name: str) -> tuple[dict[str, int] | None, str | None]:
-        path = self.root / name
+        path = os.path.join(self.root, name)  # a string join: cheaper than a Path per warm hit
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -392,30 +442,27 @@ class FeatureCache:
 
     def _verify_files(self, entry: dict[str, Any], *, always_hash: bool = False
                       ) -> tuple[str | None, dict[str, Any]]:
-        """Check each file: by its stat signature when it matches the record, else (or always,
+        """Check the data file: by its stat signature when it matches the record, else (or always,
         with ``always_hash``) by its sha256.
 
-        Returns (problem, the record with the signatures seen now)."""
-        files = {}
-        for part in ARRAYS:
-            meta = entry["files"][part]
-            path = self.root / meta["name"]
-            sig, problem = self._lstat_data_file(meta["name"])
-            if problem:
-                return problem, entry
-            assert sig is not None
-            if sig["size"] != meta["bytes"]:
-                return f"file {path} has {sig['size']} bytes, the manifest says {meta['bytes']}", entry
-            if always_hash or sig != meta["sig"]:
-                # Taken before hashing: a write during the hash leaves a signature that differs.
-                try:
-                    digest = _sha256_nofollow(path)
-                except OSError as e:
-                    return f"file {path} cannot be read ({e.strerror or e})", entry
-                if digest != meta["sha256"]:
-                    return f"file {path} is damaged (its sha256 differs from the manifest's)", entry
-            files[part] = dict(meta, sig=sig)
-        return None, dict(entry, files=files)
+        Returns (problem, the record with the signature seen now)."""
+        name, data = _file_name(entry), entry["data"]
+        path = self.root / name
+        sig, problem = self._lstat_data_file(name)
+        if problem:
+            return problem, entry
+        assert sig is not None
+        if sig["size"] != data["bytes"]:
+            return f"file {path} has {sig['size']} bytes, the manifest says {data['bytes']}", entry
+        if always_hash or sig != data["sig"]:
+            # Taken before hashing: a write during the hash leaves a signature that differs.
+            try:
+                digest = _sha256_nofollow(path)
+            except OSError as e:
+                return f"file {path} cannot be read ({e.strerror or e})", entry
+            if digest != data["sha256"]:
+                return f"file {path} is damaged (its sha256 differs from the manifest's)", entry
+        return None, dict(entry, data=dict(data, sig=sig))
 
     # --------------------------------------------------------------------- reading
     def get(self, key: str) -> dict[str, np.ndarray] | None:
@@ -464,27 +511,29 @@ class FeatureCache:
         return None if entry is None else int(entry["input_rows"])
 
     def _load(self, entry: dict[str, Any], *, fast: bool = False) -> dict[str, np.ndarray]:
-        """Memory-map an entry's arrays. ``fast`` maps them straight from the manifest's dtype,
-        shape and byte size instead of parsing each ``.npy`` header (three times fewer Python-level
-        steps on a warm start); the record was checked by :func:`record_problem`, the bytes by
-        their signature or hash, and the headers are re-checked by :meth:`validate_full`."""
+        """Memory-map an entry's file once and return its arrays as views of that map.
+
+        ``fast`` takes each array's dtype, shape and offset from the record (checked by
+        :func:`record_problem`; the bytes by their signature or hash); otherwise every ``.npy``
+        header in the file is parsed (no pickle) and must agree with the record, as
+        :meth:`validate_full` does."""
+        name = _file_name(entry)
+        path = os.path.join(self.root, name)
+        if not fast:
+            _check_headers(path, entry)
+        whole = np.memmap(path, dtype=np.uint8, mode="r")
         out = {}
         for part in ARRAYS:
             meta = entry["files"][part]
-            path = self.root / meta["name"]
             dtype, shape = np.dtype(meta["dtype"]), tuple(int(n) for n in meta["shape"])
             if dtype.hasobject:
-                raise ValueError(f"{meta['name']}: object dtype is never accepted")
-            nbytes = dtype.itemsize * math.prod(shape)
-            if fast and nbytes and int(meta["bytes"]) > nbytes:
-                out[part] = np.memmap(path, dtype=dtype, mode="r", offset=int(meta["bytes"]) - nbytes,
-                                      shape=shape)
-                continue
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            if arr.shape != shape or arr.dtype != dtype:
-                raise ValueError(f"{meta['name']} is {arr.dtype}{list(arr.shape)}, manifest says "
-                                 f"{meta['dtype']}{meta['shape']}")
-            out[part] = arr
+                raise ValueError(f"{name}: object dtype is never accepted")
+            start = int(meta["offset"])
+            end = start + dtype.itemsize * math.prod(shape)
+            if end > len(whole):
+                raise ValueError(f"{name}: the {part} array ends at byte {end}, past the file's end")
+            # Slices and views of a memmap stay memmaps: one map per entry, not one per array.
+            out[part] = whole[start:end].view(dtype).reshape(shape)
         return out
 
     def known_identity(self, source: Source) -> str | None:
@@ -516,25 +565,17 @@ class FeatureCache:
     # --------------------------------------------------------------------- writing
     def put(self, key: str, symbol: str, fs: FeatureSet, *, input_rows: int | None = None
             ) -> dict[str, np.ndarray]:
-        """Write an entry's data files atomically; it is committed by the next :meth:`commit`.
+        """Write an entry's data file atomically; it is committed by the next :meth:`commit`.
 
         ``input_rows``: how many bars the input had (default: the feature rows)."""
-        files = {}
-        arrays = {"features": fs.features, "label": fs.label, "time": fs.time}
-        for part in ARRAYS:
-            data = _npy_bytes(arrays[part])
-            name = data_file_name(symbol, key, part)
-            # No folder fsync per file: the manifest's commit fsyncs the folder after these renames,
-            # and an entry counts only once that manifest is durable.
-            atomic_write_bytes(self.root / name, data, sync_dir=False)
-            files[part] = {"name": name, "shape": list(arrays[part].shape),
-                           "dtype": str(arrays[part].dtype), "bytes": len(data),
-                           "sha256": hashlib.sha256(data).hexdigest(),
-                           # after the rename: the signature of the file under its final name
-                           "sig": stat_signature(os.lstat(self.root / name))}
-        rows = int(fs.features.shape[0])
-        entry = {"symbol": symbol, "rows": rows, "created": now_iso(), "files": files,
-                 "input_rows": rows if input_rows is None else int(input_rows)}
+        return self.adopt(key, write_entry(self.root, key, symbol, fs, input_rows=input_rows))
+
+    def adopt(self, key: str, entry: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Take the record of a data file that :func:`write_entry` wrote (in this process or a
+        preparation worker's) as pending for the next :meth:`commit`; returns its arrays."""
+        problem = record_problem(key, entry)
+        if problem:  # a worker's bug, never user input: fail loudly rather than commit it
+            raise ValueError(f"write_entry produced a malformed record: {problem}")
         with self._lock:
             self.entries[key] = entry
             self._pending.add(key)
@@ -601,8 +642,8 @@ class FeatureCache:
 
     def _remove_files(self, entry: dict[str, Any]) -> None:
         """Remove a dropped (damaged) entry's files, so that they do not stay behind as orphans."""
-        for meta in entry["files"].values():
-            self._unlink_data_file(meta["name"])
+        for name in {meta["name"] for meta in entry["files"].values()}:
+            self._unlink_data_file(name)
 
     def _unlink_data_file(self, name: str) -> int:
         """Remove a data file (a symbolic link: only the link). Returns the bytes removed."""
@@ -759,10 +800,36 @@ class FeatureCache:
 
 
 def _same_content(a: object, b: object) -> bool:
-    """Two records describe the same bytes (same name and sha256 for every file)."""
+    """Two records describe the same bytes (same file name, array offsets and sha256)."""
     def content(e: object) -> object:
-        if not isinstance(e, dict) or not isinstance(e.get("files"), dict):
+        if not (isinstance(e, dict) and isinstance(e.get("files"), dict) and isinstance(e.get("data"), dict)):
             return None
-        return sorted((p, m.get("name"), m.get("sha256")) for p, m in e["files"].items()
-                      if isinstance(m, dict))
+        arrays = sorted((p, m.get("name"), m.get("offset")) for p, m in e["files"].items()
+                        if isinstance(m, dict))
+        return arrays, e["data"].get("sha256")
     return a is not None and content(a) is not None and content(a) == content(b)
+
+
+def _file_name(entry: Mapping[str, Any]) -> str:
+    """The data file of a checked record (every array names the same one)."""
+    return entry["files"]["features"]["name"]
+
+
+def _check_headers(path: str, entry: Mapping[str, Any]) -> None:
+    """Parse every ``.npy`` header of an entry's file in turn (never unpickling anything) and
+    check that each agrees with the record: dtype, shape, C order and where its data starts."""
+    fmt = np.lib.format
+    with open(path, "rb") as fh:
+        for part in ARRAYS:
+            meta = entry["files"][part]
+            version = fmt.read_magic(fh)
+            reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = reader(fh, max_header_size=_MAX_NPY_HEADER)
+            if dtype.hasobject:
+                raise ValueError(f"{os.path.basename(path)}: object dtype is never accepted")
+            if (list(shape), str(dtype), fortran, fh.tell()) != (meta["shape"], meta["dtype"], False,
+                                                                 meta["offset"]):
+                raise ValueError(f"{os.path.basename(path)}: its {part} array is {dtype}{list(shape)} at "
+                                 f"byte {fh.tell()}, the manifest says {meta['dtype']}{meta['shape']} at "
+                                 f"byte {meta['offset']}")
+            fh.seek(meta["offset"] + dtype.itemsize * math.prod(shape))
