@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,7 +20,13 @@ from conftest import ohlcv_frame
 from indicator_transformer.config import DataConfig, FeatureConfig
 from indicator_transformer.data.cache import MANIFEST, FeatureCache
 from indicator_transformer.data.prepare import prepare, resolve_sources
-from indicator_transformer.data.sources import Source, discover_files, synthetic_sources, synthetic_symbol
+from indicator_transformer.data.sources import (
+    DataNote,
+    Source,
+    discover_files,
+    synthetic_sources,
+    synthetic_symbol,
+)
 from indicator_transformer.errors import EXIT_USAGE, DataError, DataErrors
 from indicator_transformer.shutdown import SignalHandler
 
@@ -239,7 +246,7 @@ def test_sigint_during_preparation_commits_completed_symbols_and_exits_130(tmp_p
     def written() -> set[str]:
         if not cache.is_dir():
             return set()
-        return {p.name for p in cache.iterdir() if p.name.endswith(".features.npy")}
+        return {p.name for p in cache.iterdir() if p.name.endswith(".entry.npy")}
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and len(written()) < 20:
@@ -431,3 +438,94 @@ def test_a_cache_hit_too_short_for_a_longer_window_is_the_same_data_error_as_a_m
 
     assert [str(e) for e in hit.value.errors] == [str(e) for e in miss.value.errors]
     assert f"only {bars} rows" in str(hit.value) and "window 20" in str(hit.value)
+
+
+# --------------------------------------------------------------------------- issue 11: worker processes
+@pytest.mark.parametrize("pool", ["process", "thread"])
+def test_bad_files_and_flat_volume_warnings_are_reported_alike_by_worker_processes_and_threads(
+        tmp_path, make_data_dir, small_features, pool):
+    data = make_data_dir(3, 300)
+    expected = _write_bad_files(data)
+    flat = data / "S001.csv"
+    lines = flat.read_text().splitlines()
+    flat.write_text("\n".join([lines[0]] + [",".join([*ln.split(",")[:5], "0"]) for ln in lines[1:]]) + "\n")
+
+    with pytest.warns(DataNote, match="S001.csv: volume is zero in every row"), \
+            pytest.raises(DataErrors) as info:
+        _run(discover_files(data), small_features, tmp_path / "cache", pool=pool)
+
+    assert sorted(Path(e.path).stem for e in info.value.errors) == sorted(expected)
+    assert all(where in str(info.value) for where in expected.values())
+    assert _manifest_symbols(tmp_path / "cache") == {"S000", "S001", "S002"}
+
+
+def test_worker_processes_compute_the_same_cache_as_threads_and_a_warm_start_hits_it(tmp_path, make_data_dir,
+                                                                                      small_features):
+    sources = discover_files(make_data_dir(6, 300))
+    threads = _run(sources, small_features, tmp_path / "t", pool="thread")
+    processes = _run(sources, small_features, tmp_path / "p", pool="process")
+    assert threads.fingerprint == processes.fingerprint and processes.misses == 6
+    for a, b in zip(threads.symbols, processes.symbols, strict=True):
+        np.testing.assert_array_equal(a.features, b.features)
+        np.testing.assert_array_equal(a.label, b.label)
+    # The workers' input memos reached the manifest: the warm start hashes nothing.
+    warm = _run(sources, small_features, tmp_path / "p", pool="process")
+    assert (warm.hits, warm.misses) == (6, 0)
+    assert FeatureCache(tmp_path / "p").validate_full(fix=False).consistent
+
+
+def _wait_for_entries(proc, cache: Path, count: int) -> set[int]:
+    """Wait until ``count`` entry files exist; returns the pids of the process's children then."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if cache.is_dir() and sum(p.name.endswith(".entry.npy") for p in cache.iterdir()) >= count:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "preparation ended before it could be interrupted"
+    return {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+
+
+def _alive(pids: set[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+    return alive
+
+
+def test_a_ctrl_c_to_the_whole_process_group_stops_a_process_pool_preparation_cleanly(tmp_path, spawn):
+    symbols, bars = 400, 3000  # "auto" uses worker processes for this many symbols
+    cache = tmp_path / "cache"
+    proc = spawn(_prepare_only_cmd(cache, symbols, bars), cwd=str(tmp_path), start_new_session=True)
+    workers = _wait_for_entries(proc, cache, 10)
+    assert len(workers) == 2, "expected two preparation worker processes"
+
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: every process of the group
+    out, err = proc.communicate(timeout=120)
+
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "Cleanup complete"
+    assert "Traceback" not in err  # the workers ignored it and finished their symbols
+    assert _alive(workers) == []
+    committed = _manifest_symbols(cache)
+    assert 10 <= len(committed) < symbols
+    report = FeatureCache(cache).validate_full(fix=False)
+    assert report.consistent and len(report.valid) == len(committed)
+    assert not [p for p in cache.iterdir() if p.name.endswith(".entry.npy")
+                and p.name not in {e["files"]["features"]["name"]
+                                   for e in json.loads((cache / MANIFEST).read_text())["entries"].values()}]
+
+
+def test_kill_9_of_the_parent_leaves_no_preparation_worker_process_behind(tmp_path, spawn):
+    cache = tmp_path / "cache"
+    proc = spawn(_prepare_only_cmd(cache, 400, 3000), cwd=str(tmp_path))
+    workers = _wait_for_entries(proc, cache, 4)
+    assert workers
+
+    proc.kill()
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 10
+    while _alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _alive(workers) == []

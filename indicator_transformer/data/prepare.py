@@ -1,23 +1,40 @@
 """Interruptible parallel preparation: sources -> validated bars -> features -> committed cache.
 
-Symbols are prepared in a ThreadPoolExecutor registered with the SignalHandler. The stop flag is
-checked before each submission and inside each task between its stages (hash, load, compute,
-write), so a Ctrl-C cancels what has not started, lets running tasks stop at their next stage
-boundary, and commits to the manifest everything that finished. The next run then computes only
-what is missing.
+Symbols are prepared by a pool registered with the SignalHandler: worker processes for a large
+preparation (TA-Lib holds the GIL, so threads could not compute two symbols at once), threads
+otherwise. Each task reads and hashes one input, and on a miss parses it, computes its features
+and writes its cache file; the main thread commits the records to the manifest. The stop flag is
+checked before each submission, so a Ctrl-C cancels what has not started, lets the running tasks
+finish (a thread stops at its next stage boundary: hash, load, compute, write; a worker process,
+which ignores the stop signals so that a terminal's Ctrl-C to the whole process group does not kill
+it mid-task, finishes its one symbol), and commits to the manifest everything that finished. The
+pool is shut down and joined before ``prepare`` returns, so no worker outlives it; a worker process
+also dies with its parent (``PR_SET_PDEATHSIG``) if the parent is killed outright. The next run
+computes only what is missing.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import multiprocessing
+import os
+import signal
 import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import numpy as np
 
@@ -26,10 +43,10 @@ from ..config import DataConfig, FeatureConfig
 from ..errors import DataError, DataErrors
 from ..progress import Progress
 from ..shutdown import SignalHandler
-from .cache import FeatureCache, cache_key
+from .cache import FeatureCache, cache_key, write_entry
 from .features import compute_features, required_columns, warmup_bars
 from .panel import data_file_sources
-from .sources import OHLCV, DataNote, Source, discover_files, synthetic_sources
+from .sources import OHLCV, DataNote, RawInput, Source, discover_files, synthetic_sources
 
 
 @dataclass(frozen=True)
@@ -79,6 +96,10 @@ class PreparedData:
 
 
 COMMIT_EVERY_S = 2.0  # how often preparation commits finished symbols to the manifest
+# "auto" uses worker processes from this many symbols to compute on: below it, starting the pool
+# (about 0.1 s) costs more than a second core gains.
+PROCESS_POOL_MIN_SYMBOLS = 32
+Pool = Literal["auto", "process", "thread"]
 
 
 class _Stopped(Exception):
@@ -141,11 +162,131 @@ def warn_flat_volume(src: Source, bars: OHLCV, names: list[str],
                   f"--features without them, or check the volume column)", DataNote, stacklevel=2)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What every task needs to know, the same for all symbols (sent to worker processes)."""
+
+    root: str
+    names: tuple[str, ...]
+    horizon: int
+    custom: tuple[Mapping[str, Any], ...]
+    required: frozenset[str]
+    use_adj_close: bool
+    settings: Mapping[str, Any]
+    min_rows: int
+    warmup: int
+    window: int
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What a task hands back: small, so a worker process sends a record, never the arrays."""
+
+    key: str = ""
+    hit: bool = False                        # the key was already in the cache: the main thread maps it
+    entry: dict[str, Any] | None = None      # the record of a data file the task wrote
+    rows: int = 0
+    memo: tuple[str, dict[str, int], str] | None = None  # (path, stat signature, sha256) of the input
+    notes: tuple[tuple[type[Warning], str], ...] = ()    # warnings raised in a worker process
+    error: tuple[str, str, int | None, str | None] | None = None  # a DataError from a worker process
+
+
+def _check_rows(plan: _Plan, src: Source, rows: int) -> None:
+    # The same check for a hit as for a miss: a cached entry prepared for a shorter window
+    # must not slip through when the window grows.
+    if rows < plan.min_rows:
+        raise DataError(src.where,
+                        f"only {rows} rows (expected at least {plan.min_rows}: {plan.warmup} indicator "
+                        f"warm-up + window {plan.window} + horizon {plan.horizon})")
+
+
+def _prepare_one(plan: _Plan, src: Source, known: frozenset[str],
+                 should_stop: Callable[[], bool] | None = None) -> _Outcome:
+    """One symbol: read and hash its input; unless its key is ``known`` (already cached), parse,
+    compute and write its cache file. ``should_stop`` is checked between the stages (threads)."""
+    def checkpoint() -> None:
+        if should_stop is not None and should_stop():
+            raise _Stopped
+    checkpoint()
+    # Read once: the key comes from the hash of exactly the bytes that are parsed, so a file
+    # that changes on disk meanwhile can never put its features under another content's key.
+    raw = src.read()
+    key = cache_key(raw.sha256, src.symbol, plan.settings)
+    # Remembered only for inputs that were used: nothing is kept of a bad file.
+    memo = (raw.path, raw.signature, raw.sha256) if raw.path is not None and raw.signature is not None \
+        else None
+    if key in known:
+        return _Outcome(key, hit=True, memo=memo)
+    checkpoint()
+    bars = src.parse(raw, use_adj_close=plan.use_adj_close, required=plan.required)
+    _check_rows(plan, src, len(bars))
+    warn_flat_volume(src, bars, list(plan.names), plan.custom)
+    checkpoint()
+    fs = compute_features(bars, plan.names, plan.horizon, plan.custom)
+    checkpoint()
+    entry = write_entry(plan.root, key, src.symbol, fs, input_rows=len(bars))
+    return _Outcome(key, entry=entry, rows=len(bars), memo=memo)
+
+
+def _in_worker_process(plan: _Plan, src: Source, known: frozenset[str]) -> _Outcome:
+    """:func:`_prepare_one` in a worker process: its warnings and data errors travel back as data
+    (a DataError does not survive pickling; warnings in a child would bypass the parent's filters)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out = _prepare_one(plan, src, known)
+        except DataError as e:
+            return _Outcome(error=(e.path, e.problem, e.row, e.column))
+    notes = tuple((w.category, str(w.message)) for w in caught)
+    return _Outcome(out.key, out.hit, out.entry, out.rows, out.memo, notes)
+
+
+def _init_worker_process(parent: int) -> None:
+    """A preparation worker ignores the stop signals: a Ctrl-C in a terminal reaches the whole
+    process group, and the parent decides (it cancels what has not started and waits for the
+    running symbols). On Linux the kernel kills the worker when the parent dies, even by kill -9,
+    so it never outlives it."""
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1  # noqa: N806 - the kernel's name
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the call (we were re-parented)
+        os._exit(0)
+
+
+def _use_processes(pool: Pool, workers: int, pending: Sequence[Source]) -> bool:
+    """Worker processes when asked, or ("auto") for enough plain file or synthetic symbols on
+    Linux with 2+ workers. A panel's symbols stay in threads (each task would pickle the whole
+    panel), as do Source subclasses (they may hold what cannot cross a process boundary)."""
+    plain = all(type(s) is Source and s.panel is None for s in pending)
+    if pool == "process":
+        if not plain:
+            raise ValueError("pool='process' needs plain file or synthetic sources")
+        return True
+    return (pool == "auto" and workers >= 2 and sys.platform.startswith("linux") and plain
+            and len(pending) >= PROCESS_POOL_MIN_SYMBOLS)
+
+
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    # fork: the worker starts in milliseconds with every module already imported, and runs no code
+    # of the parent's other threads (it only reads, computes with NumPy/TA-Lib and writes a file).
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_init_worker_process, initargs=(os.getpid(),))
+
+
 def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache, *,
             handler: SignalHandler | None = None, workers: int = 2, skip_bad_files: bool = False,
             use_adj_close: bool = False, stream: TextIO | None = None,
-            show_progress: bool = True) -> PreparedData:
-    """Prepare every source's features through ``cache`` with ``workers`` threads.
+            show_progress: bool = True, pool: Pool = "auto") -> PreparedData:
+    """Prepare every source's features through ``cache`` with ``workers`` threads or processes
+    (``pool``: "auto" picks processes for a large preparation on Linux, see :func:`_use_processes`).
 
     Raises :class:`DataErrors` listing every bad file (unless ``skip_bad_files``); good entries
     computed before that are still committed. On a stop request returns with ``interrupted=True``
@@ -156,56 +297,23 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
     names = list(features.features)
     custom = features.custom_features  # declared TA-Lib features the names may refer to
     warmup = warmup_bars(names, custom)
-    min_rows = warmup + features.window + features.horizon
+    settings = feature_settings(features, use_adj_close)
+    plan = _Plan(str(cache.root), tuple(names), int(features.horizon), tuple(custom),
+                 required_columns(names, custom), use_adj_close, settings,
+                 warmup + features.window + features.horizon, warmup, features.window)
     result = PreparedData(feature_names=names, total_sources=len(sources))
     order = {s.symbol: i for i, s in enumerate(sources)}
     done: dict[str, SymbolData] = {}
     errors: list[DataError] = []
     start = time.perf_counter()
 
-    settings = feature_settings(features, use_adj_close)
-    required = required_columns(names, custom)
-
-    def check_rows(src: Source, rows: int) -> None:
-        # The same check for a hit as for a miss: a cached entry prepared for a shorter window
-        # must not slip through when the window grows.
-        if rows < min_rows:
-            raise DataError(src.where,
-                            f"only {rows} rows (expected at least {min_rows}: {warmup} indicator "
-                            f"warm-up + window {features.window} + horizon {features.horizon})")
-
-    def cached(src: Source, identity: str) -> SymbolData | None:
-        key = cache_key(identity, src.symbol, settings)
+    def cached(src: Source, key: str) -> SymbolData | None:
         arrays = cache.get(key)
         if arrays is None:
             return None
         rows = cache.input_rows(key)
-        check_rows(src, len(arrays["label"]) + warmup if rows is None else rows)
+        _check_rows(plan, src, len(arrays["label"]) + warmup if rows is None else rows)
         return SymbolData(src.symbol, key, arrays["features"], arrays["label"], arrays["time"])
-
-    def task(src: Source) -> tuple[SymbolData, bool]:
-        def checkpoint() -> None:
-            if handler.should_stop:
-                raise _Stopped
-        checkpoint()
-        # Read once: the key comes from the hash of exactly the bytes that are parsed, so a file
-        # that changes on disk meanwhile can never put its features under another content's key.
-        raw = src.read()
-        hit = cached(src, raw.sha256)
-        if hit is not None:
-            cache.remember_input(raw)
-            return hit, True
-        checkpoint()
-        bars = src.parse(raw, use_adj_close=use_adj_close, required=required)
-        check_rows(src, len(bars))
-        warn_flat_volume(src, bars, names, custom)
-        checkpoint()
-        fs = compute_features(bars, names, features.horizon, custom)
-        checkpoint()
-        key = cache_key(raw.sha256, src.symbol, settings)
-        arrays = cache.put(key, src.symbol, fs, input_rows=len(bars))
-        cache.remember_input(raw)  # only for inputs that were used: nothing is kept of a bad file
-        return SymbolData(src.symbol, key, arrays["features"], arrays["label"], arrays["time"]), False
 
     def failed(exc: DataError) -> None:
         # A problem of a whole panel file (a missing column) is the same for each of its symbols:
@@ -218,23 +326,43 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
             warnings.warn(f"skipping bad file: {exc}", stacklevel=3)
         progress.update(1)
 
-    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
-    handler.register_executor(executor)
+    def finished(src: Source, out: _Outcome) -> SymbolData | None:
+        """The main thread's half of a task: map a hit or adopt a written file (None: the cached
+        entry turned out damaged and was dropped; the symbol must be computed after all)."""
+        for category, message in out.notes:
+            warnings.warn(message, category, stacklevel=2)
+        if out.error is not None:
+            path, problem, row, column = out.error
+            raise DataError(path, problem, row=row, column=column)
+        if out.hit:
+            sd = cached(src, out.key)
+            if sd is None:
+                return None
+        else:
+            assert out.entry is not None
+            arrays = cache.adopt(out.key, out.entry)
+            sd = SymbolData(src.symbol, out.key, arrays["features"], arrays["label"], arrays["time"])
+        if out.memo is not None:
+            path, sig, sha = out.memo
+            cache.remember_input(RawInput(sha, None, path, sig))
+        return sd
+
     progress = Progress(len(sources), "prepare", unit="sym", stream=stream, enabled=show_progress)
     running: dict[Future, Source] = {}
     bars_done = 0
     last_commit = time.monotonic()
+    executor: Executor | None = None
     try:
         # Fast path in this thread: inputs whose identity is known without hashing and whose entry
         # is cached only need their arrays mapped. Handing them to the pool would cost more in
-        # thread hand-offs than the work itself (a warm start would be several times slower).
+        # hand-offs than the work itself (a warm start would be several times slower).
         pending: deque[Source] = deque()
         for src in sources:
             if handler.should_stop:
                 break
             try:
                 identity = known_identity(cache, src)
-                hit = cached(src, identity) if identity is not None else None
+                hit = cached(src, cache_key(identity, src.symbol, settings)) if identity is not None else None
             except DataError as e:
                 failed(e)
                 continue
@@ -245,12 +373,28 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
             result.hits += 1
             bars_done += len(hit.label)
             progress.update(1)
+        # The keys already cached per symbol: a task that hashes its input to one of them maps it
+        # instead of computing (an input whose stat signature changed but not its bytes).
+        known: dict[str, set[str]] = {}
+        for key, entry in list(cache.entries.items()):
+            known.setdefault(entry["symbol"], set()).add(key)
+        recompute: set[str] = set()  # symbols whose cached entry was found damaged meanwhile
+        if pending and not handler.should_stop:
+            if _use_processes(pool, workers, pending):
+                executor = _process_pool(workers)
+                task: Callable[..., _Outcome] = _in_worker_process
+            else:
+                executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
+                task = functools.partial(_prepare_one, should_stop=lambda: handler.should_stop)
+            handler.register_executor(executor)  # type: ignore[arg-type]  # any Executor shuts down alike
         while pending or running:
             # Keep at most 2 x workers tasks queued: a stop then has little to cancel, and the
             # flag is checked before every submission.
             while pending and len(running) < 2 * workers and not handler.should_stop:
                 src = pending.popleft()
-                running[handler.register_future(executor.submit(task, src))] = src
+                keys = frozenset() if src.symbol in recompute else frozenset(known.get(src.symbol, ()))
+                assert executor is not None
+                running[handler.register_future(executor.submit(task, plan, src, keys))] = src
             if handler.should_stop:
                 pending.clear()
             # A future cancelled before it started (by the stop request or the executor's
@@ -259,8 +403,8 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
             running = {f: s for f, s in running.items() if not f.cancelled()}
             if not running:
                 break
-            finished, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
-            for fut in finished:
+            complete, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+            for fut in complete:
                 src = running.pop(fut)
                 if fut.cancelled():
                     continue
@@ -272,10 +416,19 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
                     continue
                 if exc is not None:
                     raise exc
-                sd, hit = fut.result()
+                out = fut.result()
+                try:
+                    sd = finished(src, out)
+                except DataError as e:
+                    failed(e)
+                    continue
+                if sd is None:
+                    recompute.add(src.symbol)
+                    pending.appendleft(src)
+                    continue
                 done[src.symbol] = sd
-                result.hits += hit
-                result.misses += not hit
+                result.hits += out.hit
+                result.misses += not out.hit
                 faults.point("prepare_symbol", len(done))
                 bars_done += len(sd.label)  # a running total: summing over done is O(symbols^2)
                 progress.update(1, bars_per_s=round(bars_done / max(progress.elapsed, 1e-9)))
@@ -286,10 +439,12 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
                 last_commit = time.monotonic()
                 faults.point("prepare_commit", len(done))
     finally:
-        # Let running tasks reach a stage boundary (they never leave a partial file), then commit
-        # what completed - also on Ctrl-C and on errors: finished work is never thrown away.
-        executor.shutdown(wait=True, cancel_futures=True)
-        handler.register_executor(None)
+        # Let running tasks finish or reach a stage boundary (they never leave a partial file) and
+        # join every worker, then commit what completed - also on Ctrl-C and on errors: finished
+        # work is never thrown away, and no worker outlives this call.
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+            handler.register_executor(None)
         progress.close()
         cache.commit()
     result.interrupted = handler.should_stop
