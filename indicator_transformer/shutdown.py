@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from types import FrameType
 from typing import Any
 
@@ -178,7 +178,7 @@ class SignalHandler:
     Attributes:
         shutdown_requested: a stop was requested (by a signal or :meth:`request_shutdown`).
         signal_received: the number of the first signal, or None.
-        executor: the registered ThreadPoolExecutor, shut down on request.
+        executor: the registered executor (thread or process pool), shut down on request.
         active_futures: registered futures not yet done; pending ones are cancelled on request.
     """
 
@@ -193,7 +193,7 @@ class SignalHandler:
         self.shutdown_requested = False
         self.signal_received: int | None = None
         self.signal_count = 0
-        self.executor: ThreadPoolExecutor | None = None
+        self.executor: Executor | None = None
         self.active_futures: list[Future[Any]] = []
         self._lock = threading.RLock()
         self._previous: dict[int, Any] = {}
@@ -298,7 +298,7 @@ class SignalHandler:
             self.shutdown_requested = True
 
     # ----------------------------------------------------------------- registry
-    def register_executor(self, executor: ThreadPoolExecutor | None) -> None:
+    def register_executor(self, executor: Executor | None) -> None:
         """Track the executor to shut down on request (None unregisters)."""
         with self._lock:
             self.executor = executor

@@ -386,7 +386,7 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
             else:
                 executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
                 task = functools.partial(_prepare_one, should_stop=lambda: handler.should_stop)
-            handler.register_executor(executor)  # type: ignore[arg-type]  # any Executor shuts down alike
+            handler.register_executor(executor)
         while pending or running:
             # Keep at most 2 x workers tasks queued: a stop then has little to cancel, and the
             # flag is checked before every submission.
