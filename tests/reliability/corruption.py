@@ -130,7 +130,7 @@ def corrupt_trial(trial: Trial) -> None:
             named = ((victim.name in err or "manifest.json" in err) if target == "manifest"
                      else (victim.name in err or f"cache entry {symbol}" in err))
             trial.check(named, f"the resume did not report the damaged {victim.name}:\n{tail(err)}")
-        trial.check_cache_consistent()
+        trial.check_cache_consistent(command=True)
     trial.check_files()
     trial.check_equals_reference(CFG)
 
@@ -291,7 +291,7 @@ def hostile_trial(trial: Trial) -> None:
     trial.check(after == before, f"files outside the cache and models folders changed: {sorted(before)} -> "
                                  f"{sorted(after)}")
     trial.check_files()
-    trial.check_cache_consistent()
+    trial.check_cache_consistent(command=True)
     trial.check_equals_reference(CFG)
     if expect_refused is not None and expect_refused.exists() and expect_refused.name != "best.pth":
         trial.check(checkpoint_problem(expect_refused) is not None, "the hostile checkpoint verifies")

@@ -40,11 +40,11 @@ VALIDATE = "validate_cache.py"
 TMP_SUFFIX = ".tmp"  # atomic.py's temporary files: ".<final>.<pid>.<random>.tmp"
 
 # The single-process configuration: 3 symbols x 600 bars, window 8 -> 18 steps per epoch, 4
-# validation and 4 test batches, about a second of training: trials stay fast.
+# validation and 1 test batch, about a second of training: trials stay fast.
 EPOCHS = 2
 STEPS_PER_EPOCH = 18
-VAL_BATCHES = 4
-TEST_BATCHES = 4
+VAL_BATCHES = 1   # evaluation batches hold 1024 windows (trainer.EVAL_BATCH): one batch each
+TEST_BATCHES = 1
 BASE = ["--symbols", "3", "--bars", "600", "--epochs", str(EPOCHS), "--window", "8", "--batch-size", "64",
         "--d-model", "8", "--heads", "2", "--layers", "1", "--no-progress", "--no-plots"]
 EXIT_BY_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129, signal.SIGUSR1: 138}
@@ -305,10 +305,19 @@ class Trial:
         return self.run(["--cache-dir", str(cache), *([] if fix else ["--dry-run"])], script=VALIDATE,
                         timeout=120)
 
-    def check_cache_consistent(self, cache: Path | None = None) -> None:
-        """``validate_cache.py --dry-run`` finds nothing to repair."""
+    def check_cache_consistent(self, cache: Path | None = None, *, command: bool = False) -> None:
+        """The cache has nothing to repair: ``validate_cache.py --dry-run`` when ``command``, else the
+        same validation in-process (a child interpreter costs seconds of CPU on a loaded machine;
+        the kinds that damage the cache run the command)."""
         cache = cache or self.root / "cache"
         if not cache.exists():
+            return
+        if not command:
+            from indicator_transformer.data.cache import FeatureCache
+
+            report = FeatureCache(cache).validate_full(fix=False)
+            self.check(report.consistent, f"the cache {cache} is not consistent: {report.problems} "
+                                          f"{report.manifest_problem or ''}")
             return
         res = self.validate_cache(cache, fix=False)
         self.check(res.child.proc.returncode == 0 and "Cache is consistent" in res.stdout,
@@ -331,8 +340,12 @@ class Trial:
         models = models or self.root / "models"
         ref = self.campaign.reference(config, distributed=distributed)
         final = f"checkpoint_epoch_{epochs_of(config)}.pth"
-        problem = compare_models(ref / final, models / final)
-        self.check(problem is None, f"final model differs from the uninterrupted run's: {problem}")
+        if not (models / final).exists() and compare_models(ref / final, models / "best.pth") is None:
+            self.check(False, f"{final} is missing after the resume (an uninterrupted run writes it); "
+                              f"best.pth holds the same final training state bit for bit")
+        else:
+            problem = compare_models(ref / final, models / final)
+            self.check(problem is None, f"final model differs from the uninterrupted run's: {problem}")
         problem = compare_models(ref / "best.pth", models / "best.pth", full=False)
         self.check(problem is None, f"best.pth differs from the uninterrupted run's: {problem}")
         a, b = report_figures(ref / "evaluation.json"), report_figures(models / "evaluation.json")
