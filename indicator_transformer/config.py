@@ -27,7 +27,8 @@ out-of-memory kill, never a setting someone could mean:
     dropout in [0, 1), model parameters <= 10**9
     custom_features: see data/features.py (zscore window 2..5000)
     epochs 1..1_000_000, batch_size 1..65_536, lr in (0, 1], weight_decay in [0, 1],
-    grad_clip > 0, warmup_steps and checkpoint_every 0..10**9, keep 2..1_000_000, cost_bps 0..10_000
+    grad_clip > 0, warmup_steps and checkpoint_every 0..10**9, keep 2..1_000_000, cost_bps 0..10_000,
+    precision fp32 or bf16, threads 0..1024 (0: torch's default)
     every float finite; paths (data_dir, cache_dir, models_dir) non-blank, without NUL characters,
     at most 4096 characters (PATH_MAX) and four different folders (runs_dir too); device auto, cpu,
     cuda or cuda:N
@@ -59,6 +60,7 @@ DEFAULT_FEATURES: tuple[str, ...] = (
 
 SPLIT_POLICIES = ("auto", "global", "per-symbol")
 NORMALISATIONS = ("per-symbol", "global")
+PRECISIONS = ("fp32", "bf16")
 SEED_LIMIT = 2**63  # seeds are 0 <= s < 2**63: what torch.manual_seed and NumPy's SeedSequence take
 MAX_PARAMETERS = 10**9  # beyond this the weights and AdamW state alone need more than 16 GB
 MAX_SYNTHETIC_BARS = 10**9  # symbols x bars of the built-in market
@@ -281,6 +283,11 @@ class TrainConfig(_Section):
     keep: int = 3
     runs_dir: str | None = None      # None: "runs" beside models_dir (runlog.py)
     cost_bps: float = 0.0            # trading cost in the report's strategy figures
+    # Arithmetic of the training step: fp32, or bf16 autocast (matrix products in bfloat16, the
+    # loss, optimizer and weights in fp32). Validation and test always run in fp32.
+    precision: str = "fp32"
+    # Intra-op threads of the training process (0: torch's default, the cores or OMP_NUM_THREADS).
+    threads: int = 0
 
     def validate(self) -> None:
         """See the module docstring for the bounds."""
@@ -302,6 +309,8 @@ class TrainConfig(_Section):
         _check(0 <= self.cost_bps <= 10_000, "cost_bps", self.cost_bps,
                "a number of basis points in [0, 10000]")
         self.cost_bps = float(self.cost_bps) + 0.0  # -0.0 -> 0.0: printed as it was meant
+        _check(self.precision in PRECISIONS, "precision", self.precision, " or ".join(PRECISIONS))
+        _check_int(self, "threads", 0, 1024, "an integer from 0 (torch's default) to 1024")
 
 
 def _same_folder(a: str, b: str) -> bool:
@@ -399,7 +408,8 @@ class Config:
 
 # Keys added after checkpoints were first written, with the value that behaved as before: an older
 # checkpoint (or a saved configuration) without them still loads. Any other missing key is damage.
-ADDED_LATER: dict[str, dict[str, Any]] = {"data": {"data_file": None}, "features": {"custom_features": []}}
+ADDED_LATER: dict[str, dict[str, Any]] = {"data": {"data_file": None}, "features": {"custom_features": []},
+                                          "train": {"precision": "fp32", "threads": 0}}
 
 
 def _section_values(d: dict[Any, Any], name: str, klass: type) -> dict[str, Any]:

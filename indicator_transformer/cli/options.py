@@ -109,6 +109,15 @@ RUNTIME_FLAGS = [
                         "runs, beside --models-dir)"),
     ("--cost-bps", float, "trading cost in basis points per unit traded, charged in the report's "
                           "strategy figures (printed with them)"),
+    # A runtime setting like --device: a resume may change it (the trainer then says that the
+    # continuation is no longer bit for bit the uninterrupted run); stored in every checkpoint.
+    ("--precision", str, "arithmetic of the training steps: fp32, or bf16 (autocast: matrix products "
+                         "in bfloat16, weights, loss and optimizer in fp32; validation and test always "
+                         "fp32). bf16 pays only on hardware with native bfloat16 (AVX512-BF16/AMX CPUs, "
+                         "recent GPUs); elsewhere it is slower"),
+    ("--threads", int, "intra-op threads of training, 0 = torch's default (the cores, or "
+                       "OMP_NUM_THREADS); 1 is much faster on a machine busy with other work. A resume "
+                       "with another thread count is not bit for bit the uninterrupted run"),
 ]
 # train's --epochs (resume has its own, which counts more epochs from the checkpoint).
 EPOCHS_FLAG = ("--epochs", int, "training epochs")

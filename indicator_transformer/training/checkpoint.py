@@ -102,7 +102,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], data: bytes | None 
 # ----------------------------------------------------------------------------- reading
 # Settings added after checkpoints were first written, with the value that reproduces how those
 # checkpoints were trained (not today's default): a resume must cut and scale the data as before.
-OLD_SETTING_VALUES = {"features": {"split": "global", "normalise": "global"}}
+OLD_SETTING_VALUES = {"features": {"split": "global", "normalise": "global"},
+                      # trained before these settings existed: in fp32, with torch's thread count
+                      "train": {"precision": "fp32", "threads": 0}}
 
 
 def _fill_old_settings(state: Any) -> None:
@@ -250,6 +252,9 @@ def validate_state(state: Any, *, sealed: bool = True) -> None:
     _check_rng(state["rng"])
     _check_rank_rngs(state)
     _check_sampler(state["sampler"], state)
+    # The intra-op thread count the steps ran with (since --threads; older files do not say).
+    _need(_is_int(state.get("threads", 1)) and 1 <= state.get("threads", 1) <= 1_000_000, "threads",
+          "an integer >= 1", state.get("threads"))
     cfg = _check_config(state["config"])
     n_features = _check_normalisation(state["normalisation"])
     names = state.get("feature_names", list(cfg.features.features))

@@ -103,6 +103,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """bf16 needs a device that computes in it: every CPU does (natively with AVX512-BF16 or AMX,
+    emulated and slower elsewhere); on CUDA, Ampere or later."""
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not support "
+                        f"bfloat16 (use --precision fp32)")
+
+
 @dataclass
 class FitResult:
     """How :meth:`Trainer.fit` ended."""
@@ -126,8 +134,11 @@ class Trainer:
         self.stream = stream or sys.stderr
         self.show_progress = show_progress
         self.device = resolve_device(cfg.train.device)
-        self.models_dir = Path(cfg.train.models_dir)
         t, f = cfg.train, cfg.features
+        check_precision(cfg.train.precision, self.device)
+        if t.threads:  # before any tensor work: the count also decides how reductions round
+            torch.set_num_threads(t.threads)
+        self.models_dir = Path(cfg.train.models_dir)
 
         self.datasets = {k: WindowDataset(data.symbols, splits[k], f.window, norm) for k in splits}
         if len(self.datasets["train"]) == 0:
@@ -176,6 +187,13 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, warmup, total))
 
+    def _autocast(self) -> torch.autocast:
+        """The training step's arithmetic (``--precision``): bf16 autocast, or a disabled one (fp32).
+        Autocast keeps the weights, their gradients and AdamW's state in fp32 and runs matrix
+        products in bfloat16; it draws no random numbers, so resuming stays bit for bit."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.cfg.train.precision == "bf16")
+
     def _loader(self, split: str, sampler: Any) -> DataLoader:
         nw = self.cfg.train.num_workers
         return DataLoader(
@@ -215,6 +233,8 @@ class Trainer:
             # Under torchrun: every rank's RNG state, so each rank resumes with its own.
             **({"rng_ranks": per_rank, "world_size": self.dist.world_size} if per_rank else {}),
             "sampler": sampler_state,
+            # The threads the steps ran with: another count rounds differently (a resume says so).
+            "threads": torch.get_num_threads(),
             "config": self.cfg.to_dict(),
             "normalisation": self.norm.to_dict(),
             "data_fingerprint": {"fingerprint": self.data.fingerprint,
@@ -251,6 +271,24 @@ class Trainer:
             self.epoch_complete = False
         self.step_in_epoch = min(self.step_in_epoch, self.steps_per_epoch)
         self._restore_rank_rng(state)
+        self._note_arithmetic_change(state, path)
+
+    def _note_arithmetic_change(self, state: dict[str, Any], path: Path | str) -> None:
+        """A resume may change ``--precision`` or the thread count (runtime settings, like the
+        device: a line can go on where bf16 does not pay, or on a machine with more cores), but the
+        continuation then rounds differently from the uninterrupted run: say so, once. Checkpoints
+        older than these settings were trained in fp32 (checkpoint.py fills it) and did not record
+        their thread count (nothing to compare)."""
+        saved = state["config"].get("train", {}).get("precision", "fp32")
+        mine = self.cfg.train.precision
+        changes = [f"--precision {saved} -> {mine}"] if saved != mine else []
+        if "threads" in state and state["threads"] != torch.get_num_threads():
+            changes.append(f"threads {state['threads']} -> {torch.get_num_threads()} (--threads "
+                           f"{state['threads']} keeps them)")
+        if changes and self.dist.is_main:
+            print(f"note: resuming {path} with {'; '.join(changes)}: the result will differ slightly "
+                  f"from the uninterrupted run, which these settings would have reproduced bit for "
+                  f"bit", file=self.stream, flush=True)
 
     def _restore_rank_rng(self, state: dict[str, Any]) -> None:
         """Each rank continues with its own saved RNG state. A rank the checkpoint has no state for
@@ -370,7 +408,9 @@ class Trainer:
             for x, y in it:
                 x = x.to(self.device, non_blocking=True)      # (B, L, F)
                 y = y.to(self.device, non_blocking=True)      # (B,)
-                loss, recorded = self._loss(self.forward_model(x), y)
+                with self._autocast():
+                    pred = self.forward_model(x)
+                loss, recorded = self._loss(pred.float(), y)  # the loss itself always in fp32
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
