@@ -9,7 +9,8 @@ For each side, real subprocesses on the small synthetic market (common.SUB_*), 2
    ``on_exception.ckpt``: without it Lightning keeps only the end-of-epoch-1 checkpoint);
 3. the resume from that checkpoint (``resume_training.py``; Lightning ``fit(ckpt_path=...)``).
 The final weights of 3 are compared with those of 1: bit for bit (yes/no) and the largest absolute
-parameter difference. The result is deterministic, so there are no repeats.
+parameter difference. The result is deterministic, so there are no repeats; as a control, a second
+uninterrupted Lightning run is compared with the first.
 """
 
 from __future__ import annotations
@@ -121,6 +122,11 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     result["lightning"] = compare(work / "pl_full" / "final.pt", work / "pl_resumed" / "final.pt", None) | {
         "checkpoint": pl_ckpt.name
     }
+    # Control: a second uninterrupted Lightning run equals the first, so a difference above comes
+    # from the resume, not from run-to-run noise.
+    run_to_end(common.lightning_argv(cache, work / "pl_full2"), work)
+    control = compare(work / "pl_full" / "final.pt", work / "pl_full2" / "final.pt", None)
+    result["lightning"]["uninterrupted_runs_equal"] = control["bit_exact"]
     print(f"lightning: {result['lightning']}", flush=True)
     return result
 

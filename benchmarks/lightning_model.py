@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         on_exception=args.on_exception,
         pause_at=args.pause_at,
     )
-    trainer.fit(module, train, val, ckpt_path=args.resume)
+    # weights_only: nothing loaded from disk may run code (the project's rule, kept here too)
+    trainer.fit(module, train, val, ckpt_path=args.resume, weights_only=True if args.resume else None)
     torch.save(module.model.state_dict(), out / "final.pt")
     print(f"FIT DONE global_step {trainer.global_step}", flush=True)
     return 0

@@ -17,7 +17,7 @@ def spread(s: dict[str, Any] | None, digits: int = 0, scale: float = 1.0) -> str
     """'median (min-max)' of a common.stats() dict; the median alone for one repeat."""
     if not s or s.get("median") is None:
         return "n/a"
-    if s.get("n", 1) == 1 or s["min"] == s["max"]:
+    if s.get("n") == 1 or s["min"] == s["max"]:
         return num(s["median"], digits, scale)
     return (
         f"{num(s['median'], digits, scale)} ({num(s['min'], digits, scale)}-{num(s['max'], digits, scale)})"
@@ -135,9 +135,16 @@ def resume(a: dict[str, Any]) -> str:
         [who, "yes" if a[key]["bit_exact"] else "no", f"{a[key]['max_abs_diff']:.3g}", a[key]["checkpoint"]]
         for who, key in (("ours", "ours"), ("Lightning (resumed mid-epoch)", "lightning"))
     ]
+    control = a["lightning"].get("uninterrupted_runs_equal")
+    note = (
+        ""
+        if control is None
+        else (f" Control: two uninterrupted Lightning runs are {'' if control else 'NOT '}bit-identical.")
+    )
     return (
         f"{s['epochs']} epochs uninterrupted vs SIGINT after step {s['pause_step']} (mid epoch 2) and "
-        f"resumed.\n\n" + table(["run", "bit-exact", "largest parameter difference", "resumed from"], rows)
+        f"resumed.{note}\n\n"
+        + table(["run", "bit-exact", "largest parameter difference", "resumed from"], rows)
     )
 
 
@@ -183,28 +190,38 @@ def checkpoint(a: dict[str, Any]) -> str:
 
 
 def preparation(a: dict[str, Any]) -> str:
-    p, c = a["prepare"], a["ceiling"]
-    talib = c["talib_alone_bars_per_s"]
-    rows = [
-        [name, num(v["seconds"], 2), num(v["bars_per_s"]), f"{v['bars_per_s'] / talib:.1%}"]
-        for name, v in p.items()
-    ]
-    rows.append(["TA-Lib alone, arrays in memory, 1 thread", "-", num(talib), "100%"])
-    rows.append(
-        [
-            "our feature code, arrays in memory, 1 thread",
-            "-",
-            num(c["feature_columns_bars_per_s"]),
-            f"{c['feature_columns_bars_per_s'] / talib:.1%}",
-        ]
-    )
-    cold1, cold2, warm = (p[k]["seconds"] for k in ("cold, 1 thread", "cold, 2 threads", "warm, 2 threads"))
+    """bench_prepare.py's --json: runs (seconds per repeat, bars/s) and ratios within each repeat."""
+    runs, r = a["runs"], a["ratios"]
+    ceiling = common_median(runs["ceiling"]["bars_per_s"])
+    labels = {
+        "cold_1": "cold, 1 worker",
+        "cold_2": f"cold, {a['workers']} workers",
+        "warm_2": f"warm, {a['workers']} workers",
+        "ceiling": "TA-Lib alone, arrays in memory, 1 core",
+    }
+    rows = []
+    for key, label in labels.items():
+        rate = common_median(runs[key]["bars_per_s"])
+        rows.append(
+            [label, spread(runs[key], 3), num(rate), f"{rate / ceiling:.1%}" if rate and ceiling else "n/a"]
+        )
     return (
-        f"{c['setup']['symbols']} symbols x {c['setup']['bars']} bars, CSV input, "
-        f"{c['setup']['features']} features. 2 threads vs 1: x{cold1 / cold2:.2f}; warm start "
-        f"{100 * warm / cold2:.1f}% of a cold preparation (2 threads).\n\n"
-        + table(["measurement", "seconds", "bars/s", "of the TA-Lib ceiling"], rows)
+        f"{a['symbols']} symbols x {a['bars']} bars, CSV input, {a['repeats']} repeat(s). Within each "
+        f"repeat: {a['workers']} workers vs 1 x{spread(r['speedup_2_vs_1'], 2)}; warm start "
+        f"{spread(r['warm_fraction_of_cold_2'], 1, 100)}% of a cold preparation; the pipeline (cold, "
+        f"{a['workers']} workers) runs at {spread(r['pipeline_fraction_of_ceiling_1_core'], 2)} of the "
+        f"one-core TA-Lib ceiling ({spread(r['pipeline_fraction_of_ceiling_2_cores'], 2)} of it on "
+        f"{a['workers']} cores).\n\n"
+        + table(["measurement", "seconds", "bars/s (median)", "of the ceiling"], rows)
     )
+
+
+def common_median(xs: list[float]) -> float | None:
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
 
 
 def memory(a: dict[str, Any]) -> str:

@@ -30,29 +30,10 @@ PY = "python"  # as shown in the tables; run with sys.executable
 
 
 def prepare_result(quick: bool, tmp: Path) -> dict[str, Any]:
-    """bench_prepare.py (owned by the data work: parsed from its printed table) and the ceiling."""
-    size = ["--symbols", "40", "--bars", "2000"] if quick else ["--symbols", "500", "--bars", "5000"]
-    out: dict[str, Any] = {"commands": []}
-    text, cmd = run_script("bench_prepare.py", size, None)
-    out["commands"].append(cmd)
-    out["prepare"] = parse_prepare(text)
-    ceiling, cmd = run_script("bench_prep_ceiling.py", size, tmp / "ceiling.json")
-    out["commands"].append(cmd)
-    out["ceiling"] = ceiling
-    return out
-
-
-def parse_prepare(text: str) -> dict[str, Any]:
-    """The rows of bench_prepare.py's table: seconds and bars/s per measurement."""
-    rows: dict[str, Any] = {}
-    for line in text.splitlines():
-        for name in ("cold, 1 thread", "cold, 2 threads", "warm, 2 threads"):
-            if line.startswith(name):
-                fields = line[len(name) :].split()
-                rows[name] = {"seconds": float(fields[0]), "bars_per_s": float(fields[1].replace(",", ""))}
-    if len(rows) < 3:
-        raise RuntimeError("bench_prepare.py printed no table:\n" + text[-1500:])
-    return rows
+    """bench_prepare.py (owned by the data work), with its own TA-Lib ceiling, through its --json."""
+    args = ["--symbols", "40", "--bars", "2000", "--repeats", "1"] if quick else []
+    result, cmd = run_script("bench_prepare.py", args, tmp / "prepare.json")
+    return result | {"commands": [cmd]}
 
 
 def run_script(script: str, args: list[str], json_path: Path | None) -> tuple[Any, str]:

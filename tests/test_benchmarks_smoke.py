@@ -8,7 +8,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import render  # noqa: E402
-import run_all  # noqa: E402
 
 
 def s(median: float, lo: float | None = None, hi: float | None = None, n: int = 3) -> dict:
@@ -129,13 +128,36 @@ def test_every_area_renders_with_its_figures_and_a_failed_area_shows_its_error()
     assert "| resumed | 3.30 | 6.40 | 0.51x |" in page
 
 
-def test_bench_prepare_table_is_parsed_into_seconds_and_bars_per_second() -> None:
-    text = (
-        "measurement        seconds       bars/s  hits misses    peak RSS   over base  target\n"
-        "cold, 1 thread       10.50      238,095     0    500   300.0 MiB   100.0 MiB\n"
-        "cold, 2 threads       7.00      357,143     0    500   310.0 MiB   110.0 MiB  speedup x1.50\n"
-        "warm, 2 threads       0.35    7,142,857   500      0   200.0 MiB    10.0 MiB  5.0% of cold\n"
-    )
-    rows = run_all.parse_prepare(text)
-    assert rows["cold, 2 threads"] == {"seconds": 7.0, "bars_per_s": 357143.0}
-    assert rows["warm, 2 threads"]["seconds"] == 0.35
+def test_bench_prepare_json_renders_its_rows_against_the_ta_lib_ceiling() -> None:
+    def runs(seconds: list[float], rate: float) -> dict:
+        return {
+            "seconds": seconds,
+            "bars_per_s": [rate] * len(seconds),
+            **s(sorted(seconds)[1], min(seconds), max(seconds)),
+        }
+
+    ratio = {"per_repeat": [1.4], "min": 1.3, "median": 1.4, "max": 1.5}
+    prep = {
+        "symbols": 500,
+        "bars": 5000,
+        "repeats": 3,
+        "workers": 2,
+        "commands": ["python p"],
+        "wall_s": 5,
+        "load_after": "-",
+        "runs": {
+            "cold_1": runs([10, 11, 12], 250_000),
+            "cold_2": runs([7, 8, 9], 350_000),
+            "warm_2": runs([0.3, 0.4, 0.5], 7_000_000),
+            "ceiling": runs([1, 1, 1], 2_500_000),
+        },
+        "ratios": {
+            "speedup_2_vs_1": ratio,
+            "warm_fraction_of_cold_2": {"min": 0.04, "median": 0.05, "max": 0.06},
+            "pipeline_fraction_of_ceiling_1_core": ratio,
+            "pipeline_fraction_of_ceiling_2_cores": ratio,
+        },
+    }
+    page = render.render(FAKE | {"areas": {"preparation": prep}})
+    assert "| cold, 2 workers | 8.000 (7.000-9.000) | 350,000 | 14.0% |" in page
+    assert "warm start 5.0 (4.0-6.0)% of a cold preparation" in page
