@@ -1,6 +1,6 @@
 """Interrupt: a real SIGINT mid-epoch to a real training process, ours vs Lightning (two ways).
 
-    python benchmarks/bench_interrupt.py                   # --num-workers 0 and 2, 3 repeats
+    python benchmarks/bench_interrupt.py                   # --num-workers 0 and 2, 2 repeats
     python benchmarks/bench_interrupt.py --quick --json /tmp/intr.json
 
 Each child trains the small synthetic market (common.SUB_*: 4 x 1500 bars, batch 256, default
@@ -120,12 +120,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="1 repeat")
-    p.add_argument("--repeats", type=int, default=None, help="default 3 (quick 1)")
+    p.add_argument("--repeats", type=int, default=None, help="default 2 (quick 1)")
     p.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[0, 2])
     p.add_argument("--json", default=None)
     p.add_argument("--keep-work", action="store_true")
     args = p.parse_args(argv)
-    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.repeats = args.repeats or (1 if args.quick else 2)
     work = Path(tempfile.mkdtemp(prefix="bench_interrupt_"))
     try:
         result = run(args, work)

@@ -102,10 +102,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="1 repeat")
-    p.add_argument("--repeats", type=int, default=None, help="default 3 (quick 1)")
+    p.add_argument("--repeats", type=int, default=None, help="default 2 (quick 1)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.repeats = args.repeats or (1 if args.quick else 2)
     work = Path(tempfile.mkdtemp(prefix="bench_startup_"))
     try:
         result = run(args, work)

@@ -1,6 +1,6 @@
 """Training throughput (samples/s): our Trainer vs a bare PyTorch loop vs a Lightning Trainer.
 
-    python benchmarks/bench_throughput.py                 # 16 x 2500 market (the CLI default), 5 repeats
+    python benchmarks/bench_throughput.py                 # 16 x 2500 market (the CLI default), 3 repeats
     python benchmarks/bench_throughput.py --quick --json /tmp/tp.json
 
 One epoch of each, in this process, on the same model class (``IndicatorTransformer`` with the
@@ -171,12 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--symbols", type=int, default=None, help="default 16 (quick 8)")
     p.add_argument("--bars", type=int, default=None, help="default 2500 (quick 1500)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=None, help="default 5 (quick 1)")
+    p.add_argument("--repeats", type=int, default=None, help="default 3 (quick 1)")
     p.add_argument("--json", default=None, help="write the figures here")
     args = p.parse_args(argv)
     args.symbols = args.symbols or (8 if args.quick else 16)
     args.bars = args.bars or (1500 if args.quick else 2500)
-    args.repeats = args.repeats or (1 if args.quick else 5)
+    args.repeats = args.repeats or (1 if args.quick else 3)
     with tempfile.TemporaryDirectory(prefix="bench_throughput_") as tmp:
         result = run(args, Path(tmp))
     for name, s in result["samples_per_s"].items():
