@@ -10,6 +10,7 @@ either the old complete file or the new complete file under the final name, neve
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import faults, shutdown
+from .errors import StorageFull
 
 TMP_SUFFIX = ".tmp"
 
@@ -62,6 +64,10 @@ def fsync_dir(folder: str | Path) -> None:
         os.close(fd)
 
 
+# A full disk, a full quota, a file-size limit: the user can act on these, no traceback.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], *, sync_dir: bool = True) -> Path:
     """Write a file through ``write(fileobj)`` so that ``path`` is always complete or absent/old.
 
@@ -75,9 +81,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], *, sync_di
     """
     path = Path(path)
     folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             write(fh)
             fh.flush()
@@ -87,9 +93,13 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], *, sync_di
             os.replace(tmp, path)
             if sync_dir:
                 fsync_dir(folder)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            raise StorageFull(f"{path}: could not be written: {os.strerror(e.errno)}. Its previous version "
+                              f"(if any) is intact; free some space in {folder} and run the command "
+                              f"again (a stopped training continues with resume_training.py)") from None
         raise
     return path
 

@@ -60,3 +60,10 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite: reported without a traceback, exit code 1."""
 
     exit_code = EXIT_FAILURE
+
+
+class StorageFull(UserError):
+    """A write failed for lack of space (or a file-size limit): one clear message naming the file,
+    exit code 1. The file's previous version is intact (every write is atomic)."""
+
+    exit_code = EXIT_FAILURE

@@ -526,14 +526,32 @@ def _start_line(trainer: Trainer, state: dict[str, Any], path: Path, models_dir:
     first move every file that is not on the start's history out of the way."""
     extra = [] if evaluation_belongs(models_dir, state) else [models_dir / EVALUATION_FILE]
     plan = ckpt.plan_resume(models_dir, state, path, extra)
-    moved = ckpt.move_aside(models_dir, plan.move_aside, plan.label, plan.known)
+    present = [f for f in plan.move_aside if f.is_file() or f.is_symlink()]  # what there is to move
+    moved = ckpt.move_aside(models_dir, present, plan.label, plan.known)
     trainer.lineage = plan.lineage
+    _restore_epoch_checkpoint(state, path, models_dir, stream)
     if plan.forked:
         print(f"note: {path} is not the newest checkpoint of its line: starting line "
               f"{plan.lineage['line'][:8]} from it", file=stream, flush=True)
     if moved is not None:
-        print(f"note: moved {len(plan.move_aside)} file(s) that are not on this checkpoint's history to "
+        print(f"note: moved {len(present)} file(s) that are not on this checkpoint's history to "
               f"{moved} (nothing was deleted)", file=stream, flush=True)
+
+
+def _restore_epoch_checkpoint(state: dict[str, Any], path: Path, models_dir: Path, stream: TextIO) -> None:
+    """At the end of an epoch that set a new best, best.pth is written first and
+    checkpoint_epoch_<E>.pth second, from the same bytes. A kill between the two leaves best.pth
+    the newest checkpoint, and a resume continues from it: write the missing epoch checkpoint
+    from it first, so the models folder holds what an uninterrupted run's does."""
+    if path.name != ckpt.BEST_NAME or not state.get("epoch_complete") or path.parent.absolute() != \
+            models_dir.absolute():
+        return
+    target = models_dir / ckpt.epoch_checkpoint_name(int(state["epoch"]))
+    if target.exists() or target.is_symlink():
+        return
+    ckpt.save_checkpoint(target, {}, data=path.read_bytes())
+    print(f"note: {target.name} was not written completely (the run was killed while writing it); "
+          f"restored it from {path.name}, which holds the same end-of-epoch state", file=stream, flush=True)
 
 
 def _load_best(trainer: Trainer, data: PreparedData, best: Path, stream: TextIO) -> str:

@@ -241,7 +241,7 @@ class ConsoleLog:
             if self._handler is not None:
                 _logger.removeHandler(self._handler)
                 self._handler.close()
-            handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+            handler = _LogFile(path, mode="a", encoding="utf-8")
             fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
             fmt.converter = _utc_struct_time
             handler.setFormatter(fmt)
@@ -300,6 +300,20 @@ def console_log() -> Iterator[ConsoleLog]:
             yield log
     finally:
         _current = None
+
+
+class _LogFile(logging.FileHandler):
+    """train.log: a failed write (a full disk) is said once on the console, not as logging's
+    traceback after every line; the console itself goes on."""
+
+    _failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if not self._failed:
+            self._failed = True
+            err = sys.exc_info()[1]
+            sys.stderr.write(f"warning: {self.baseFilename}: could not append to the run log ({err}); "
+                             f"the console output goes on\n")
 
 
 def attach_console_log(path: Path) -> None:

@@ -184,3 +184,46 @@ def test_a_write_pause_meant_for_another_rank_does_not_pause_this_one(tmp_path: 
     assert p.stderr.readline().startswith("PAUSED before_commit x.json")
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=30)
+
+
+def _file_size_limit(limit: int):
+    def preexec() -> None:
+        import resource
+
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return preexec
+
+
+def test_a_write_that_runs_out_of_space_is_one_clear_error_and_the_old_file_stays(tmp_path: Path) -> None:
+    target = tmp_path / "state.bin"
+    target.write_bytes(b"old")
+    code = ("from indicator_transformer.atomic import atomic_write_bytes\n"
+            "from indicator_transformer.errors import StorageFull\n"
+            f"try:\n    atomic_write_bytes({str(target)!r}, b'x' * 100_000)\n"
+            "except StorageFull as e:\n    print(e)\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                       preexec_fn=_file_size_limit(10_000))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{target}: could not be written: File too large") and "intact" in r.stdout
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["state.bin"]
+
+
+def test_training_on_a_full_disk_stops_with_one_error_line_and_keeps_what_was_written(tmp_path: Path) -> None:
+    from conftest import REPO_ROOT, child_env
+    from trainproc import SMALL
+
+    base = [sys.executable, "train_indicator_transformer.py", *SMALL, "--cache-dir", str(tmp_path / "cache"),
+            "--models-dir", str(tmp_path / "models")]
+    prep = subprocess.run([*base, "--prepare-only"], cwd=REPO_ROOT, env=child_env(), capture_output=True,
+                          text=True, timeout=300, preexec_fn=_file_size_limit(1 << 30))
+    assert prep.returncode == 0, prep.stderr
+    r = subprocess.run([*base, "--checkpoint-every", "5"], cwd=REPO_ROOT, env=child_env(),
+                       capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(20_000))
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    error = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "checkpoint_epoch_1_step_5.pth: could not be written" in error[0], r.stderr
+    assert not list((tmp_path / "models").glob("*.pth")) and not list((tmp_path / "models").glob(".*"))

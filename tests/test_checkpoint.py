@@ -371,3 +371,20 @@ def test_resuming_an_archived_checkpoint_with_later_files_beside_it_starts_a_new
     start = archive / "checkpoint_epoch_1.pth"
     plan = ckpt.plan_resume(tmp_path / "models", ckpt.load_checkpoint(start), start)
     assert plan.forked and plan.lineage["line"] != load(start)["lineage"]["line"]
+
+
+def test_a_symlinked_checkpoint_is_never_followed_but_listed_as_unusable_and_skipped(real_run, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(real_run / "models" / "checkpoint_epoch_1.pth", models)
+    outside = tmp_path / "elsewhere" / "finished.pth"
+    outside.parent.mkdir()
+    shutil.copy(real_run / "models" / "checkpoint_epoch_2.pth", outside)
+    (models / "checkpoint_epoch_9.pth").symlink_to(outside)
+    assert [p.name for p in ckpt.checkpoint_files(models)] == ["checkpoint_epoch_1.pth"]
+    chosen, skipped = ckpt.select_for_resume(models)
+    assert chosen is not None and chosen.path.name == "checkpoint_epoch_1.pth"
+    assert [i.path.name for i in skipped] == ["checkpoint_epoch_9.pth"]
+    assert "symbolic link" in skipped[0].error and "never followed" in skipped[0].error
+    ckpt.apply_retention(models, 1, newest=models / "checkpoint_epoch_1.pth")
+    assert outside.exists()  # retention never deletes through a link

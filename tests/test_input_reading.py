@@ -109,3 +109,25 @@ def test_a_bad_row_of_a_csv_panel_after_blank_lines_is_reported_with_the_files_o
         bad.load()
     assert (info.value.row, info.value.column) == (34, "High")
     assert path.read_text().splitlines()[34] == lines[34]
+
+
+def _times_csv(path, times):
+    lines = ["time,open,high,low,close,volume"] + [f"{t},1,2,0.5,1.5,10" for t in times]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_column_mixing_times_with_and_without_a_zone_is_refused_naming_the_first_row_that_differs(tmp_path):
+    naive = [f"2020-01-{d:02d}T12:00:00" for d in range(1, 21)]
+    zoned = [t + "+02:00" for t in naive]
+    with pytest.raises(DataError, match=r"row 11.*'2020-01-11T12:00:00\+02:00' has a time zone"):
+        load_ohlcv_file(_times_csv(tmp_path / "A.csv", naive[:10] + zoned[10:]))
+    with pytest.raises(DataError, match=r"row 11.*'2020-01-11T12:00:00' lacks a time zone"):
+        load_ohlcv_file(_times_csv(tmp_path / "B.csv", zoned[:10] + naive[10:]))
+
+
+def test_times_that_all_carry_a_zone_may_use_different_offsets_and_are_put_on_utc(tmp_path):
+    times = [f"2020-01-{d:02d}T12:00:00{'+02:00' if d < 10 else 'Z'}" for d in range(1, 21)]
+    sym = load_ohlcv_file(_times_csv(tmp_path / "C.csv", times))
+    assert str(pd.Timestamp(int(sym.time[0]))) == "2020-01-01 10:00:00"
+    assert str(pd.Timestamp(int(sym.time[-1]))) == "2020-01-20 12:00:00"

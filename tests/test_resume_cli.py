@@ -164,3 +164,30 @@ def test_a_data_location_flag_replaces_the_other_kind_recorded_in_the_checkpoint
                     "--no-progress", *common])
     assert r.returncode == 0, r.stderr
     assert "not both" not in r.stderr and str(panel) in r.stderr
+
+
+def test_a_kill_while_the_last_epoch_checkpoint_is_written_is_repaired_by_the_resume(tmp_path: Path) -> None:
+    """best.pth is written first and checkpoint_epoch_2.pth second, from the same bytes: a kill
+    between the two leaves best.pth the newest checkpoint. The resume continues from it and first
+    writes the missing epoch checkpoint, so the folder ends as an uninterrupted run's does."""
+    from conftest import child_env
+
+    args = [*SMALL, "--cache-dir", str(tmp_path / "cache"), "--models-dir", str(tmp_path / "models")]
+    child = Child(subprocess.Popen([sys.executable, "train_indicator_transformer.py", *args], cwd=REPO_ROOT,
+                                   env=pause_env("before_commit:checkpoint_epoch_2.pth"),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=default_sigint))
+    child.wait_for("PAUSED before_commit checkpoint_epoch_2.pth")
+    child.proc.kill()
+    child.finish(timeout=60)
+    models = tmp_path / "models"
+    assert not (models / "checkpoint_epoch_2.pth").exists()
+    best = load(models / "best.pth")
+    assert best["epoch"] == 2 and best["epoch_complete"], "this configuration's epoch 2 must be its best"
+    r = subprocess.run([sys.executable, "train_indicator_transformer.py", *args, "--resume", "auto"],
+                       cwd=REPO_ROOT, env=child_env(), capture_output=True, text=True, timeout=300,
+                       preexec_fn=default_sigint)
+    assert r.returncode == 0, r.stderr
+    assert "restored it from best.pth" in r.stderr
+    assert load(models / "checkpoint_epoch_2.pth")["global_step"] == best["global_step"]
+    assert (models / "evaluation.json").exists()

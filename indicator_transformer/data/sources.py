@@ -494,6 +494,8 @@ _EXPECTED_TIME = "expected a date such as 2024-01-31 or 2024-01-31 09:30:00"
 # an order only the whole column can tell. Anything may follow after a space or a T (a time of day).
 _AB_DATE = re.compile(r"^(\d{1,2})([/.\-])(\d{1,2})\2(\d{4}|\d{2})(?=$|[ T])")
 _ISO_DATE = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}(?=$|[ T])")
+# A time zone at the end of a date/time text: Z, +02:00, -0500 (the sign is never part of a date).
+_ZONE_SUFFIX = r"(?:\d(?:Z|z)|[+-]\d{2}:?\d{2})$"
 # Tried on the first value when pandas cannot infer its format (spreadsheet dates such as 02-Jan-24).
 _MORE_FORMATS = ("%d-%b-%y", "%d-%b-%Y", "%d %b %y", "%d %b %Y", "%b %d, %Y", "%b %d %Y", "%d/%b/%Y",
                  "%d-%B-%Y", "%d %B %Y", "%B %d, %Y")
@@ -594,6 +596,12 @@ def _parse_text_times(texts, ) -> tuple[object, TimeFormat | None, str | None]:
     if problem or form.fmt is None:
         return pd.Series(pd.NaT, index=texts.index, dtype="datetime64[us, UTC]"), form, problem
     parsed = pd.to_datetime(texts.where(present), format=form.fmt, errors="coerce", utc=True)
+    # One column, one kind of time: with utc=True pandas would read the naive texts among zoned
+    # ones (or the other way round) as UTC, silently shifting them by the zone's offset. Texts of
+    # the other kind than the column's first do not fit its format (named row by row).
+    zoned = texts.str.contains(_ZONE_SUFFIX) & present
+    if zoned.any() and not zoned[present].all():
+        parsed = parsed.where(zoned == bool(zoned[present].iloc[0]))
     return parsed, form, None
 
 
@@ -661,6 +669,10 @@ def time_values(series) -> tuple[np.ndarray, np.ndarray | None, Callable[[int], 
             return f"missing date/time ({_EXPECTED_TIME})"
         if form is None or form.fmt is None or not isinstance(value, str):
             return f"unparseable date/time {value!r} ({_EXPECTED_TIME})"
+        if bool(re.search(_ZONE_SUFFIX, value.strip())) != bool(re.search(_ZONE_SUFFIX, form.example)):
+            return (f"date/time {value!r} {'has' if re.search(_ZONE_SUFFIX, value.strip()) else 'lacks'} a "
+                    f"time zone, unlike the column's first time {form.example!r} (a column mixing times "
+                    f"with and without a zone cannot be put on one clock)")
         return (f"unparseable date/time {value!r} (expected the column's one format {form.describe()}, as in "
                 f"{form.example!r}; best write dates as YYYY-MM-DD (ISO 8601))")
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import math
 import mmap
+import os
 import pickle
 import re
 import secrets
@@ -578,11 +579,19 @@ def parse_name(name: str) -> tuple[int, int | None, bool] | None:
 
 
 def checkpoint_files(models_dir: str | Path) -> list[Path]:
-    """Every ``*.pth`` in the folder except in-flight temporary files."""
+    """Every ``*.pth`` in the folder except in-flight temporary files and symbolic links (a link
+    could make a resume read, and retention delete, a file outside the folder: see
+    :func:`linked_checkpoints`)."""
     d = Path(models_dir)
     if not d.is_dir():
         return []
-    return sorted(p for p in d.glob("*.pth") if p.is_file() and not is_temp_file(p))
+    return sorted(p for p in d.glob("*.pth") if not p.is_symlink() and p.is_file() and not is_temp_file(p))
+
+
+def linked_checkpoints(models_dir: str | Path) -> list[Path]:
+    """``*.pth`` names in the folder that are symbolic links: never followed, listed as unusable."""
+    d = Path(models_dir)
+    return sorted(p for p in d.glob("*.pth") if p.is_symlink()) if d.is_dir() else []
 
 
 def list_checkpoints(models_dir: str | Path) -> list[CheckpointInfo]:
@@ -597,6 +606,9 @@ def list_checkpoints(models_dir: str | Path) -> list[CheckpointInfo]:
             infos.append(CheckpointInfo(p, size, state=state, sealed=sealed))
         except CheckpointError as e:
             infos.append(CheckpointInfo(p, size, error=str(e).split(": ", 1)[-1]))
+    for p in linked_checkpoints(models_dir):
+        infos.append(CheckpointInfo(p, 0, error=f"a symbolic link (to {os.readlink(p)}): never followed; "
+                                                f"copy the file here to use it"))
     return sorted(infos, key=_age_key)
 
 
