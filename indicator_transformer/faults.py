@@ -3,9 +3,9 @@
 Set ``INDICATOR_TRANSFORMER_PAUSE_AT`` to ``"<point>:<n>"`` (several separated by commas), or to
 ``"<point>:<n>@<k>"`` to pause only the k-th time that point is reached with that value (for example
 ``before_commit:best.pth@2``, the second write of best.pth). When the program reaches that point
-with that value, it prints ``PAUSED <point> <n>`` to stderr and waits
-(up to 60 s) until a new signal arrives - a real one, sent by the test - then carries on, so
-the signal lands exactly there. Points:
+with that value, it prints ``PAUSED <point> <n>`` to stderr and waits (up to 60 s, or
+``INDICATOR_TRANSFORMER_PAUSE_TIMEOUT`` seconds) until a new signal arrives - a real one, sent by
+the test - then carries on, so the signal lands exactly there. Points:
 
     train_step       after optimizer step n (n = global step)
     val_batch        after validation batch n of an epoch (n counts from 1)
@@ -28,7 +28,12 @@ import time
 from typing import Any
 
 ENV = "INDICATOR_TRANSFORMER_PAUSE_AT"
-TIMEOUT_S = 60.0
+# A pause ends by itself after this long (INDICATOR_TRANSFORMER_PAUSE_TIMEOUT seconds: a test that
+# signals another process than the paused one sets it short).
+try:
+    TIMEOUT_S = max(float(os.environ.get("INDICATOR_TRANSFORMER_PAUSE_TIMEOUT", "60")), 0.0)
+except ValueError:
+    TIMEOUT_S = 60.0
 
 
 def _parse(spec: str) -> dict[str, dict[str, int]]:

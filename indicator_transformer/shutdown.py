@@ -284,11 +284,14 @@ class SignalHandler:
 
     def agree(self, signum: int) -> bool:
         """Adopt the stop the ranks agreed on (the MAX of their :attr:`pending_signal`; 0 = go
-        on) and return :attr:`should_stop`. A rank that saw no signal stops too, and every rank
-        exits with the agreed signal's code."""
-        if signum:
-            self.signal_received = signum
-            self.shutdown_requested = True
+        on) and return whether to stop. A rank that saw no signal stops too, and every rank exits
+        with the agreed signal's code. A signal that arrived *during* the agreement (after this
+        rank contributed 0) does not stop this rank alone: the others go on, so it goes on too, and
+        the request is contributed at the next agreement, where every rank stops together."""
+        if not signum:
+            return False
+        self.signal_received = signum
+        self.shutdown_requested = True
         return self.should_stop
 
     def request_shutdown(self, signum: int | None = None) -> None:

@@ -278,3 +278,30 @@ def test_bad_data_ends_every_rank_with_exit_code_2(tmp_path: Path) -> None:
     assert "exitcode  : 1" not in child.stderr, child.stderr  # no rank reports a crash
     assert "exitcode  : 2" in child.stderr, child.stderr
     assert not any("Traceback" in line for rank in logs.values() for line in rank)
+
+
+@pytest.mark.parametrize(("paused", "signalled", "point"), [(0, 1, "val_batch:1"), (1, 0, "train_step:20")])
+def test_a_signal_to_a_rank_blocked_in_the_stop_agreement_stops_every_rank_one_step_later(
+        paused: int, signalled: int, point: str, cache_dir: Path, tmp_path: Path) -> None:
+    """The signalled rank waits in the agreement for the paused one and has contributed 0: the
+    agreement says go on, so it goes on with the others (it used to stop alone and enter another
+    collective than its peer: a gloo 'collective mismatch' abort and no checkpoint)."""
+    models = tmp_path / "models"
+    child = _torchrun(tmp_path, cache_dir, models,
+                      env={"INDICATOR_TRANSFORMER_PAUSE_AT": point,
+                           "INDICATOR_TRANSFORMER_PAUSE_TIMEOUT": "3",
+                           "INDICATOR_TRANSFORMER_PAUSE_RANKS": str(paused)})
+    _wait_paused(child, 1)
+    family = _family(child.proc)
+    time.sleep(0.5)  # the other rank is inside the agreement's all-reduce by now
+    _workers(child.proc)[signalled].send_signal(signal.SIGTERM)
+    child.finish(timeout=120)
+    _wait_until(lambda: not pids_alive(family), 30)
+    assert child.stderr.count("exitcode  : 143") == 2, child.stderr
+    saved = list(models.glob("*interrupted*"))
+    assert len(saved) == 1, sorted(p.name for p in models.iterdir())
+    logs = _rank_logs(tmp_path)
+    assert logs[0][-1] == logs[1][-1] == "Cleanup complete", logs
+    text = "\n".join(line for lines in logs.values() for line in lines)
+    assert "Traceback" not in text and "terminate called" not in text
+    assert load(saved[0])["global_step"] in ((STEPS_PER_EPOCH, 21) if paused == 0 else (21,))

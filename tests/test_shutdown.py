@@ -476,3 +476,15 @@ def test_ranks_agree_on_the_largest_signal_and_a_rank_without_one_adopts_it():
     assert quiet.agree(agreed) and termed.agree(agreed)
     assert quiet.exit_code == termed.exit_code == 143
     assert not SignalHandler().agree(0)
+
+
+def test_a_signal_that_arrives_during_the_ranks_agreement_does_not_stop_this_rank_alone() -> None:
+    from indicator_transformer.shutdown import SignalHandler
+
+    handler = SignalHandler()
+    handler.request_shutdown(signal.SIGTERM)  # arrived after this rank contributed 0
+    assert handler.agree(0) is False  # the others go on: so does this rank
+    assert handler.pending_signal == signal.SIGTERM  # contributed at the next agreement
+    assert handler.agree(signal.SIGTERM) is True
+    quiet = SignalHandler()
+    assert quiet.agree(signal.SIGINT) is True and quiet.exit_code == 130  # a peer's stop stops it too
