@@ -3,7 +3,11 @@
 
 import sys
 
-from indicator_transformer.cli.resume import main
+try:
+    from indicator_transformer.cli.resume import main
+except KeyboardInterrupt:  # Ctrl-C while the libraries load: nothing was started or written yet
+    print("Interrupted during start-up: nothing was written", file=sys.stderr)
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

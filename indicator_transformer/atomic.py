@@ -129,8 +129,10 @@ def iter_temp_files(folder: str | Path) -> Iterator[Path]:
             yield p
 
 
-def remove_stale_temp_files(folder: str | Path, *, include_live: bool = False) -> list[Path]:
-    """Remove temporary files whose writer process is gone (or all of them with ``include_live``).
+def remove_stale_temp_files(folder: str | Path, *, include_live: bool = False,
+                            dry_run: bool = False) -> list[Path]:
+    """Remove temporary files whose writer process is gone (or all of them with ``include_live``);
+    with ``dry_run`` only list them.
 
     Files of a live writer are kept so that two processes sharing a folder never delete each
     other's in-flight writes.
@@ -139,6 +141,9 @@ def remove_stale_temp_files(folder: str | Path, *, include_live: bool = False) -
     for p in iter_temp_files(folder):
         pid = _temp_owner_pid(p)
         if not include_live and pid is not None and _pid_alive(pid):
+            continue
+        if dry_run:
+            removed.append(p)
             continue
         with contextlib.suppress(OSError):
             p.unlink()

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,6 +183,7 @@ def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: Tex
     else:  # one console for the job: the other ranks print errors and shutdown lines only
         stream = _quiet()
         opts = dataclasses.replace(opts, show_progress=False)
+        warnings.filterwarnings("ignore")  # rank 0 reads the same data and warns once for the job
     started = time.perf_counter()
     data = _prepare_once(cfg, handler, stream, opts)
     if data is None:

@@ -683,3 +683,21 @@ def test_opening_a_cache_path_that_is_a_regular_file_is_a_user_error_not_a_trace
     with pytest.raises(UserError, match="is not a folder"):
         FeatureCache(path).open()
     assert path.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(("part", "shift"), [("time", 8), ("label", -64), ("features", 16)])
+def test_a_resealed_manifest_whose_array_offset_was_moved_is_never_read_at_the_shifted_place(
+        tmp_path, part, shift):
+    # The manifest's digest detects damage, not a deliberate edit that recomputes it: the warm
+    # path must still not read an array where the file does not have one.
+    root = tmp_path / "cache"
+    sources, expected = _prepared(root)
+    doc = _manifest(root)
+    key = expected["SYN002"][0]
+    doc["entries"][key]["files"][part]["offset"] += shift
+    _write_manifest(root, doc)
+    with pytest.warns(CacheWarning, match="SYN002"):
+        result = prepare(sources, FeatureConfig(window=8), FeatureCache(root).open(), show_progress=False)
+    assert result.misses == 1  # recomputed, not used
+    _assert_same_arrays(result, expected)
+    assert FeatureCache(root).validate_full(fix=False).consistent

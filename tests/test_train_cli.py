@@ -233,3 +233,18 @@ def test_a_toml_value_of_the_wrong_type_exits_2_naming_the_file_and_key(run_pyth
     r = run_python(["train_indicator_transformer.py", "--config", str(cfg), "--models-dir", str(tmp_path)])
     assert r.returncode == 2, r.stderr
     assert f"{cfg}: invalid value for '{key}'" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("script", ["train_indicator_transformer.py", "resume_training.py",
+                                    "validate_cache.py"])
+def test_ctrl_c_while_the_libraries_load_exits_130_without_a_traceback(script: str, tmp_path: Path) -> None:
+    from conftest import REPO_ROOT, child_env, default_sigint
+
+    proc = subprocess.Popen([sys.executable, script, "--cache-dir", str(tmp_path / "cache")], cwd=REPO_ROOT,
+                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
+    time.sleep(0.4)  # importing torch takes longer: the signal lands in the imports
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err

@@ -101,10 +101,14 @@ def test_orphaned_data_files_and_stale_temp_files_are_removed(run_python, cache_
     notes = cache_dir / "NOTES.txt"  # not a cache file: none of our business
     notes.write_text("my notes")
 
+    dry = _validate(run_python, "--cache-dir", str(cache_dir), "--dry-run")
+    assert _row(dry.stdout, "temporary")[-2:] == ["would", "remove"] and stale.exists()  # nothing touched
+    assert _row(dry.stdout, "orphaned")[-2:] == ["would", "remove"] and orphan.exists()
+
     res = _validate(run_python, "--cache-dir", str(cache_dir))
     assert res.returncode == 0, res.stderr
     assert _count(res.stdout, "orphaned") == 1 and _row(res.stdout, "orphaned")[-1] == "removed"
-    assert _count(res.stdout, "temporary") == 1
+    assert _count(res.stdout, "temporary") == 1 and _row(res.stdout, "temporary")[-1] == "removed"
     assert _count(res.stdout, "valid") == SYMBOLS
     assert not orphan.exists() and not stale.exists()
     assert notes.read_text() == "my notes"

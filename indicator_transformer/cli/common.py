@@ -34,7 +34,12 @@ def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespa
     global _as_program
     _as_program = argv is None  # console scripts and the entry files pass no argv
     warnings.formatwarning = _format_warning
-    args = parser.parse_args(argv)  # exits 2 with a usage message on bad flags
+    try:
+        args = parser.parse_args(argv)  # exits 2 with a usage message on bad flags
+    except SystemExit as e:
+        if _as_program and distributed.under_torchrun():
+            _exit_now(e.code if isinstance(e.code, int) else 2)
+        raise
     # Every console line of the command (errors and Cleanup complete included) also goes to the
     # run's train.log once the pipeline names its run folder; nothing is written before that.
     with console_log():
@@ -49,7 +54,7 @@ def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespa
         except Exception:
             traceback.print_exc()
             code = EXIT_FAILURE
-    if _as_program and distributed.used():
+    if _as_program and (distributed.used() or distributed.under_torchrun()):
         _exit_now(code)
     return code
 
@@ -62,7 +67,9 @@ def is_program() -> bool:
 def _exit_now(code: int) -> NoReturn:
     """End a torchrun rank after everything is written, flushed and closed, without the
     interpreter's teardown: destroying the process group's threads there rarely aborted a
-    finished rank (SIGABRT), which torchrun reports as a failure and may even restart."""
+    finished rank (SIGABRT), which torchrun reports as a failure and may even restart; and a rank
+    that is still tearing down when another one's exit makes torchrun SIGTERM the rest is reported
+    as killed (-15) instead of with its own exit code."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

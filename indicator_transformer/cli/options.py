@@ -100,7 +100,8 @@ RUNTIME_FLAGS = [
     ("--device", str, "auto (cuda when available), cpu, cuda or cuda:N"),
     ("--models-dir", str, "where checkpoints go"),
     ("--cache-dir", str, "feature cache folder"),
-    ("--prep-workers", int, "threads preparing features"),
+    ("--prep-workers", int, "parallel workers preparing features (processes on Linux from 32 "
+                            "symbols, otherwise threads)"),
     ("--checkpoint-every", int, "also checkpoint every N optimizer steps; 0 = only at epoch end"),
     ("--keep", int, "how many periodic checkpoints to keep, at least 2; interrupted ones and "
                     "best.pth are never deleted"),

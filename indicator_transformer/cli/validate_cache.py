@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
          action if report.missing else "-"],
         ["orphaned", str(len(report.orphaned)), human_bytes(report.bytes["orphaned"]),
          action if report.orphaned else "-"],
-        ["temporary", str(len(report.temp_removed)), "-", "removed" if report.temp_removed else "-"],
+        ["temporary", str(len(report.temp_removed)), "-", action if report.temp_removed else "-"],
     ]
     print(f"Cache {args.cache_dir}:")
     print_table(["status", "entries/files", "bytes", "action"], rows)

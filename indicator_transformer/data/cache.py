@@ -523,6 +523,7 @@ class FeatureCache:
             _check_headers(path, entry)
         whole = np.memmap(path, dtype=np.uint8, mode="r")
         out = {}
+        header_at = 0
         for part in ARRAYS:
             meta = entry["files"][part]
             dtype, shape = np.dtype(meta["dtype"]), tuple(int(n) for n in meta["shape"])
@@ -532,6 +533,14 @@ class FeatureCache:
             end = start + dtype.itemsize * math.prod(shape)
             if end > len(whole):
                 raise ValueError(f"{name}: the {part} array ends at byte {end}, past the file's end")
+            # Where the record puts the array must be where the file has it: its .npy header
+            # starts where the previous array ended and ends (with a newline) where its data
+            # starts. Three byte compares: a hand-edited record is not read at a shifted offset.
+            if bytes(whole[header_at:header_at + len(NPY_MAGIC)]) != NPY_MAGIC or start <= header_at \
+                    or whole[start - 1] != 0x0A:
+                raise ValueError(f"{name}: the {part} array is not at byte {start} as the manifest says "
+                                 f"(no .npy header ends there)")
+            header_at = end
             # Slices and views of a memmap stay memmaps: one map per entry, not one per array.
             out[part] = whole[start:end].view(dtype).reshape(shape)
         return out
@@ -679,7 +688,7 @@ class FeatureCache:
         if not os.path.lexists(self.manifest_path):
             self._refuse_foreign_folder("repair")  # without a manifest, be sure the folder is ours
         with self._locked():
-            report.temp_removed = remove_stale_temp_files(self.root)
+            report.temp_removed = remove_stale_temp_files(self.root, dry_run=not fix)
             doc = self._read_manifest()
             report.manifest_problem = doc.problem
             if doc.problem:
@@ -813,6 +822,9 @@ def _same_content(a: object, b: object) -> bool:
 def _file_name(entry: Mapping[str, Any]) -> str:
     """The data file of a checked record (every array names the same one)."""
     return entry["files"]["features"]["name"]
+
+
+NPY_MAGIC = b"\x93NUMPY"
 
 
 def _check_headers(path: str, entry: Mapping[str, Any]) -> None:
