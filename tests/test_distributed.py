@@ -225,44 +225,45 @@ def test_ranks_whose_launcher_is_killed_stop_with_one_checkpoint_instead_of_trai
     assert not (models / "evaluation.json").exists()
 
 
+def _signal_one_rank_while_rank_0_evaluates(tmp_path: Path, cache_dir: Path, rank: int, sig: int) -> float:
+    """Pause rank 0 in the final test evaluation (rank 1 waits for it), send ``sig`` to ``rank``;
+    the seconds until the launcher exited, once no process of the job is left."""
+    child = _torchrun(tmp_path, cache_dir, tmp_path / "models",
+                      env={"INDICATOR_TRANSFORMER_PAUSE_AT": "test_batch:1",
+                           "INDICATOR_TRANSFORMER_PAUSE_RANKS": "0"})
+    _wait_paused(child, 1)
+    family = _family(child.proc)
+    sent = time.monotonic()
+    _workers(child.proc)[rank].send_signal(sig)
+    child.finish(timeout=60)
+    took = time.monotonic() - sent
+    _wait_until(lambda: not pids_alive(family), 30)
+    tmp_path.joinpath("launcher.err").write_text(child.stderr)
+    return took
+
+
 def test_sigterm_to_one_rank_during_rank_0s_final_evaluation_stops_both_at_once(cache_dir: Path,
                                                                                 tmp_path: Path) -> None:
     """Rank 1 waits while rank 0 evaluates: a stop only rank 1 receives is passed on to rank 0
     (it used to wait 20 s and then give up, leaving rank 0 to be killed by torchrun)."""
-    models = tmp_path / "models"
-    child = _torchrun(tmp_path, cache_dir, models, env={"INDICATOR_TRANSFORMER_PAUSE_AT": "test_batch:1",
-                                                        "INDICATOR_TRANSFORMER_PAUSE_RANKS": "0"})
-    _wait_paused(child, 1)
-    family = _family(child.proc)
-    sent = time.monotonic()
-    _workers(child.proc)[1].send_signal(signal.SIGTERM)
-    child.finish(timeout=60)
-    took = time.monotonic() - sent
-    _wait_until(lambda: not pids_alive(family), 30)
+    took = _signal_one_rank_while_rank_0_evaluates(tmp_path, cache_dir, 1, signal.SIGTERM)
     assert took < 12, f"{took:.1f}s"  # one relay poll and the teardown, not the 20 s give-up
-    assert child.stderr.count("exitcode  : 143") == 2, child.stderr
+    launcher = (tmp_path / "launcher.err").read_text()
+    assert launcher.count("exitcode  : 143") == 2, launcher
     logs = _rank_logs(tmp_path)
     assert any("Another rank received SIGTERM" in line for line in logs[0]), logs[0]
     assert any("Evaluation stopped" in line for line in logs[0]), logs[0]
     assert logs[0][-1] == logs[1][-1] == "Cleanup complete"
+    models = tmp_path / "models"
     assert not (models / "evaluation.json").exists() and (models / "checkpoint_epoch_2.pth").exists()
 
 
 def test_rank_0_killed_during_the_final_evaluation_ends_the_waiting_rank_at_once(cache_dir: Path,
                                                                                  tmp_path: Path) -> None:
-    models = tmp_path / "models"
-    child = _torchrun(tmp_path, cache_dir, models, env={"INDICATOR_TRANSFORMER_PAUSE_AT": "test_batch:1",
-                                                        "INDICATOR_TRANSFORMER_PAUSE_RANKS": "0"})
-    _wait_paused(child, 1)
-    family = _family(child.proc)
-    sent = time.monotonic()
-    _workers(child.proc)[0].send_signal(signal.SIGKILL)
-    child.finish(timeout=60)
-    took = time.monotonic() - sent
-    _wait_until(lambda: not pids_alive(family), 30)
+    took = _signal_one_rank_while_rank_0_evaluates(tmp_path, cache_dir, 0, signal.SIGKILL)
     assert took < 12, f"{took:.1f}s"
     assert any("rank 0 exited during evaluation" in line or "exit code 143" in line
-               for line in _rank_logs(tmp_path)[1]), child.stderr
+               for line in _rank_logs(tmp_path)[1]), (tmp_path / "launcher.err").read_text()
 
 
 def test_bad_data_ends_every_rank_with_exit_code_2(tmp_path: Path) -> None:
