@@ -46,7 +46,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -55,6 +54,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import common
 import numpy as np
 import torch
 from torch import nn
@@ -281,16 +281,6 @@ def bf16_native() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def print_table(cands: list[Candidate]) -> None:
     head = (f"{'option':<20} {'samples/s min / median / max':>30}   "
             f"{'ratio to bare fp32 min / median / max':>38}  results")
@@ -306,7 +296,7 @@ def report(cands: list[Candidate], args: argparse.Namespace, notes: list[str]) -
     """The JSON document (shape in the module docstring)."""
     return {
         "benchmark": "training options",
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+        "machine": {"cpu": common.cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "threads": torch.get_num_threads(), "bf16_native": bf16_native(),
                     "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
@@ -338,7 +328,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    print(f"cpu: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} "
+    print(f"cpu: {common.cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
           f"({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, native bf16: "
           f"{'yes' if bf16_native() else 'no'}; load {load_average()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_options_") as tmp:

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -137,15 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--keep-work", action="store_true")
     args = p.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="bench_resume_"))
-    try:
-        result = run(args, work)
-    finally:
-        common.Child.kill_all()
-        if not args.keep_work:
-            shutil.rmtree(work, ignore_errors=True)
-    common.write_json(args.json, result)
-    return 0
+    return common.run_area(args, "bench_resume_", run, keep=args.keep_work)
 
 
 if __name__ == "__main__":

@@ -234,8 +234,9 @@ class LineReader(threading.Thread):
             now = time.perf_counter()
             line = raw.rstrip("\n")
             self.lines.append((now, line))
-            if PAUSED_RE.search(line):
-                self.pauses += 1
+            found = len(PAUSED_RE.findall(line))  # two ranks' lines can arrive run together
+            if found:
+                self.pauses += found
                 self.paused_at = self.paused_at or now  # the window ends at the first rank's pause
                 if self.pauses >= self.expected:
                     self.paused.set()
@@ -360,12 +361,20 @@ def scale_section(args: argparse.Namespace) -> dict[str, object]:
         preps[n] = {"seconds": seconds, "summary": summary, "load": load_average()}
         print(f"prepare {n} x {args.bars}: {seconds:.1f} s  {summary}  (load {preps[n]['load']})", flush=True)
         for w in args.workers:
-            out = Path(args.work_dir) / f"run_{n}_{w}"
-            cmd = [sys.executable, *train_cmd(n, args.bars, cache, w, out, args)]
-            res = run_paused_training(f"{n} sym, {w} workers", cmd, args.steps, args.batch_size, args)
-            runs.append(res)
-            print_run(res)
+            for ranks in args.scale_ranks:
+                out = Path(args.work_dir) / f"run_{n}_{w}_{ranks}"
+                launcher = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                                "--standalone", f"--nproc_per_node={ranks}"]
+                cmd = [*launcher, *train_cmd(n, args.bars, cache, w, out, args)]
+                res = run_paused_training(_scale_label(n, w, ranks), cmd, args.steps, args.batch_size, args,
+                                          ranks=ranks)
+                runs.append(res)
+                print_run(res)
     return {"prepare": preps, "runs": [asdict(r) for r in runs], "growth": growth(runs, args)}
+
+
+def _scale_label(symbols: int, workers: int, ranks: int) -> str:
+    return f"{symbols} sym, {workers} workers" + (f", {ranks} ranks" if ranks > 1 else "")
 
 
 def print_run(res: ChildResult) -> None:
@@ -385,11 +394,13 @@ def growth(runs: list[ChildResult], args: argparse.Namespace) -> dict[str, dict[
     out: dict[str, dict[str, float]] = {}
     lo, hi = min(args.symbols), max(args.symbols)
     for w in args.workers:
-        a = next((r for r in runs if r.label == f"{lo} sym, {w} workers"), None)
-        b = next((r for r in runs if r.label == f"{hi} sym, {w} workers"), None)
-        if a and b and a.paused and b.paused:
-            out[str(w)] = {key: (getattr(b.memory, key) - getattr(a.memory, key)) / MB
-                           for key in ("rss", "rss_anon", "pss_anon", "uss", "main_rss_anon")}
+        for ranks in args.scale_ranks:
+            a = next((r for r in runs if r.label == _scale_label(lo, w, ranks)), None)
+            b = next((r for r in runs if r.label == _scale_label(hi, w, ranks)), None)
+            if a and b and a.paused and b.paused:
+                key = str(w) if ranks == 1 else f"{w}, {ranks} ranks"
+                out[key] = {k: (getattr(b.memory, k) - getattr(a.memory, k)) / MB
+                            for k in ("rss", "rss_anon", "pss_anon", "uss", "main_rss_anon")}
     return out
 
 
@@ -455,7 +466,7 @@ def print_table(result: dict[str, object], args: argparse.Namespace) -> None:
         for r in scale["runs"]:  # type: ignore[index]
             m = r["memory"]
             n, w = r["label"].split(" sym, ")
-            print(f"| {n} | {w.split()[0]} | {fmt(r['samples_per_s'])} | {m['rss'] / MB:,.0f} | "
+            print(f"| {n} | {w.replace(' workers', '')} | {fmt(r['samples_per_s'])} | {m['rss'] / MB:,.0f} | "
                   f"{m['rss_anon'] / MB:,.0f} | {m['pss_anon'] / MB:,.0f} | {m['uss'] / MB:,.0f} | "
                   f"{m['main_rss_anon'] / MB:,.0f} | {m['max_processes']} | {r['exit_code']} | {r['load']} |")
         lo, hi = min(args.symbols), max(args.symbols)
@@ -508,6 +519,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="50,200,500 symbols x 2000 bars, fewer steps")
     p.add_argument("--workers", type=int_list, default=[0, 2], help="--num-workers values (default 0,2)")
     p.add_argument("--steps", type=int, default=None, help="SIGTERM at this step (default 120; quick 60)")
+    p.add_argument("--scale-ranks", type=int_list, default=[1],
+                   help="section 1 also under torchrun with these rank counts, e.g. 1,2 (default 1)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--rank-symbols", type=int, default=16)
     p.add_argument("--rank-bars", type=int, default=2500)

@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -106,14 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     args.repeats = args.repeats or (1 if args.quick else 2)
-    work = Path(tempfile.mkdtemp(prefix="bench_startup_"))
-    try:
-        result = run(args, work)
-    finally:
-        common.Child.kill_all()
-        shutil.rmtree(work, ignore_errors=True)
-    common.write_json(args.json, result)
-    return 0
+    return common.run_area(args, "bench_startup_", run)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,15 @@ import io
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -291,52 +293,36 @@ def alive(pid: int) -> bool:
         return False
 
 
+def _market_argv(cache: Path, epochs: int) -> list[str]:
+    """The subprocess market, model batch and warm cache both children share."""
+    return ["--symbols", str(SUB_SYMBOLS), "--bars", str(SUB_BARS), "--epochs", str(epochs),
+            "--batch-size", str(SUB_BATCH), "--cache-dir", str(cache)]
+
+
 def ours_argv(cache: Path, models: Path, *extra: str, epochs: int = 2) -> list[str]:
     """Our training command on the subprocess market (default model, warm cache, no plots)."""
-    return [
-        sys.executable,
-        str(TRAIN_SCRIPT),
-        "--symbols",
-        str(SUB_SYMBOLS),
-        "--bars",
-        str(SUB_BARS),
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        str(SUB_BATCH),
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--no-plots",
-        "--models-dir",
-        str(models),
-        "--runs-dir",
-        str(models.parent / "runs"),
-        "--cache-dir",
-        str(cache),
-        *extra,
-    ]
+    return [sys.executable, str(TRAIN_SCRIPT), *_market_argv(cache, epochs), "--device", "cpu",
+            "--no-progress", "--no-plots", "--models-dir", str(models), "--runs-dir",
+            str(models.parent / "runs"), *extra]
 
 
 def lightning_argv(cache: Path, out: Path, *extra: str, epochs: int = 2) -> list[str]:
     """The Lightning child on the same market, model, batch and cache (lightning_model.py)."""
-    return [
-        sys.executable,
-        str(LIGHTNING_SCRIPT),
-        "--symbols",
-        str(SUB_SYMBOLS),
-        "--bars",
-        str(SUB_BARS),
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        str(SUB_BATCH),
-        "--cache-dir",
-        str(cache),
-        "--out",
-        str(out),
-        *extra,
-    ]
+    return [sys.executable, str(LIGHTNING_SCRIPT), *_market_argv(cache, epochs), "--out", str(out), *extra]
+
+
+def run_area(args: Any, prefix: str, run: Callable[[Any, Path], dict[str, Any]], keep: bool = False) -> int:
+    """An area's main: ``run(args, work)`` in a fresh temporary folder (removed unless ``keep``),
+    every child it started killed on the way out, its result written to ``args.json``."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        result = run(args, work)
+    finally:
+        Child.kill_all()
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    write_json(args.json, result)
+    return 0
 
 
 def warm_cache(work: Path) -> Path:
