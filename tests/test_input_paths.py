@@ -181,7 +181,8 @@ def test_the_two_csv_paths_agree_when_only_some_columns_are_required_and_others_
     (fast_path, fast), (slow_path, slow) = results
     if isinstance(fast, DataError) or isinstance(slow, DataError):
         assert str(fast).replace(str(fast_path), "<f>") == str(slow).replace(str(slow_path), "<f>")
-        assert "volume" not in str(fast) and "open" not in str(fast)
+        message = str(fast).replace(str(fast_path), "<f>")  # a temporary path may hold "open" (popen-gw0)
+        assert "volume" not in message and "open" not in message
         return
     for name in ("time", "high", "low", "close"):
         np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)

@@ -143,6 +143,11 @@ def check_graceful_stop(trial: Trial, proc: Proc, signum: int, code: int, *, pha
                                   f"{tail(proc.stderr)}")
     if code == 0:
         return
+    if not _reached_handler(proc) and (proc.last_line() or "").startswith("Interrupted"):
+        # A Ctrl-C while the libraries load (before the handler exists): exit 130, nothing started.
+        trial.note(f"{name} at start-up, before the handler: '{proc.last_line()}'")
+        trial.check_no_traceback(proc, f"{name} at start-up")
+        return
     trial.check(proc.last_line() == "Cleanup complete",
                 f"{name} during {phase}: last line {proc.last_line()!r}, expected 'Cleanup complete'")
     trial.check_no_traceback(proc, f"{name} during {phase}")
