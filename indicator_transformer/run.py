@@ -82,8 +82,8 @@ class RunOptions:
     target_epochs: int | None = None
     allow_data_change: bool = False
     plots: bool = True
-    # A torchrun restart that found no checkpoint: continue the run folder the failed attempt
-    # opened (the newest one without a summary) instead of leaving it orphaned beside a new one.
+    # --resume auto that found no checkpoint (a torchrun restart, a requeued job): continue the run
+    # folder the failed attempt opened (the newest one without a summary), not orphan it.
     adopt_unfinished_run: bool = False
 
 
@@ -363,7 +363,7 @@ def _quiet() -> TextIO:
 def open_run_folder(trainer: Trainer, state: dict[str, Any] | None, models_dir: Path,
                     stream: TextIO, adopt_unfinished: bool = False) -> RunFolder:
     """The run folder: the checkpoint's (a resume appends to it), the unfinished one of the attempt
-    a torchrun restart replaces (``adopt_unfinished``), or a new one; from here on the console is
+    a restart without a checkpoint replaces (``adopt_unfinished``), or a new one; from here on the console is
     also logged to its train.log."""
     runs = runs_dir_for(trainer.cfg.train.runs_dir, models_dir)
     record = state.get("run") if state is not None else None
@@ -375,7 +375,7 @@ def open_run_folder(trainer: Trainer, state: dict[str, Any] | None, models_dir: 
     attach_console_log(run.root / LOG_NAME)
     what = "new run" if run.segment == 0 else f"resume {run.segment} of this run"
     if record is not None and state is None:
-        what = "new run, in the folder of the attempt torchrun restarted"
+        what = "new run, in the folder of the unfinished previous attempt"
     print(f"Run folder: {run.root} ({what})", file=stream, flush=True)
     if run.segment > 0 and not run.existed:
         print(f"note: the run folder {run.root} did not exist, so its train.log starts here; if the run "

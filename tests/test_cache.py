@@ -701,3 +701,26 @@ def test_a_resealed_manifest_whose_array_offset_was_moved_is_never_read_at_the_s
     assert result.misses == 1  # recomputed, not used
     _assert_same_arrays(result, expected)
     assert FeatureCache(root).validate_full(fix=False).consistent
+
+
+def test_a_disk_that_fills_up_during_preparation_leaves_no_data_file_that_no_manifest_names(tmp_path):
+    from indicator_transformer.errors import StorageFull
+
+    probe = tmp_path / "probe"
+    _prepared(probe, symbols=1)
+    entry_bytes = sum(p.stat().st_size for p in probe.glob("*.entry.npy"))
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    size = -(-entry_bytes // 4096) * 4096  # room for one entry, none for a second or the manifest
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(fs)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        root = fs / "cache"
+        with pytest.raises(StorageFull, match="No space left on device"):
+            prepare(synthetic_sources(3, 300, seed=2), FeatureConfig(window=8), FeatureCache(root).open(),
+                    show_progress=False, workers=1)
+        # The entry that was written could not be committed: its file is gone, freeing its space.
+        assert not list(root.glob("*.entry.npy")) and not list(root.glob(".*.tmp"))
+    finally:
+        subprocess.run(["umount", "-l", str(fs)], capture_output=True)

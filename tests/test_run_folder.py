@@ -207,7 +207,7 @@ def test_a_restart_without_a_checkpoint_continues_the_killed_attempts_run_folder
                        preexec_fn=default_sigint)
     assert r.returncode == 0, r.stderr
     assert _run_folder(tmp_path) == folder  # the same folder, not an orphan beside a new one
-    assert "in the folder of the attempt torchrun restarted" in r.stderr
+    assert "in the folder of the unfinished previous attempt" in r.stderr
     log = (folder / "train.log").read_text()
     assert log.count("Run folder:") == 2 and "Report:" in log
     assert json.loads((folder / "summary.json").read_text())["status"] == "completed"

@@ -110,8 +110,9 @@ def _resume_auto(cfg: Config, handler: SignalHandler, opts: Any) -> int:
         if distributed.current().is_main:
             print(f"--resume auto: no checkpoint in {cfg.train.models_dir}; starting a new run",
                   file=sys.stderr, flush=True)
-        return run_pipeline(cfg, handler, dataclasses.replace(
-            opts, adopt_unfinished_run=distributed.restart_count() > 0))
+        # The attempt that died before its first checkpoint (a torchrun restart, or a requeued
+        # job) opened a run folder: continue it rather than leave it orphaned beside a new one.
+        return run_pipeline(cfg, handler, dataclasses.replace(opts, adopt_unfinished_run=True))
     path = Path(chosen)
     state = ckpt.load_checkpoint(path)
     _check_same_settings(cfg, Config.from_dict(state["config"], source=str(path)), path)

@@ -69,7 +69,7 @@ from filelock import FileLock
 
 from ..atomic import atomic_write_bytes, is_temp_file, remove_stale_temp_files
 from ..clock import now_iso
-from ..errors import UserError
+from ..errors import StorageFull, UserError
 from ..integrity import json_digest
 from .features import FEATURE_CODE_VERSION, FeatureSet
 from .sources import RawInput, Source, stat_signature
@@ -635,14 +635,25 @@ class FeatureCache:
                     if k not in merged:  # else another writer recomputed it meanwhile
                         self._remove_files(v)
                 committed = len(self._pending)
+                new_keys = {k for k in self._pending if k not in doc.entries}
                 self._pending.clear()
                 self._refresh.clear()
                 self._dropped.clear()
                 self._rewrite = False
                 self.entries.update(merged)
-            atomic_write_bytes(self.manifest_path, manifest_bytes({
-                "format_version": CACHE_FORMAT_VERSION, "updated": now_iso(), "entries": merged,
-                "inputs": inputs}))
+            try:
+                atomic_write_bytes(self.manifest_path, manifest_bytes({
+                    "format_version": CACHE_FORMAT_VERSION, "updated": now_iso(), "entries": merged,
+                    "inputs": inputs}))
+            except StorageFull:
+                # The disk is full: remove the data files only this commit would have listed. They
+                # free the space they took, and no file is left that no manifest names.
+                with self._lock:
+                    for k in new_keys:
+                        entry = self.entries.pop(k, None)
+                        if entry is not None:
+                            self._remove_files(entry)
+                raise
         return committed
 
     def _dropped_record(self, key: str, entry: object) -> bool:

@@ -334,7 +334,10 @@ def csv_header(data: bytes) -> list[str]:
     head = data[:1 << 16]
     end = head.find(b"\n")
     head = head if end < 0 else head[:end]
-    return next(csv.reader([head.decode("utf-8", errors="replace").lstrip("\ufeff")]), [])
+    try:
+        return next(csv.reader([head.decode("utf-8", errors="replace").lstrip("\ufeff")]), [])
+    except csv.Error:  # binary junk (a bare carriage return, ...): no header, said by the caller's checks
+        return []
 
 
 def _check_separator(path: Path, data: bytes) -> None:

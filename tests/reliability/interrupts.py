@@ -206,6 +206,13 @@ def multi_signal_trial(trial: Trial) -> None:
     trial.check_no_process_left(proc)
     # A second signal may abandon a temporary file (never a final name): allowed, files verify.
     trial.check_files(temp_allowed=True)
+    if "abandoning pending work" in proc.stderr and (trial.root / "cache").exists():
+        # A hard exit, like kill -9, may leave computed entries no manifest lists yet: never used,
+        # and validate_cache.py removes them (the resume below recomputes them anyway).
+        fixed = trial.validate_cache(fix=True)
+        trial.check(fixed.child.proc.returncode == 0 and "Cache is consistent" in fixed.stdout,
+                    f"validate_cache.py after a hard exit: exit {fixed.child.proc.returncode}\n"
+                    f"{fixed.stdout[-600:]}")
     trial.check_cache_consistent()
     if code != 0:
         resume_to_end(trial, cfg)
