@@ -131,3 +131,10 @@ def test_times_that_all_carry_a_zone_may_use_different_offsets_and_are_put_on_ut
     sym = load_ohlcv_file(_times_csv(tmp_path / "C.csv", times))
     assert str(pd.Timestamp(int(sym.time[0]))) == "2020-01-01 10:00:00"
     assert str(pd.Timestamp(int(sym.time[-1]))) == "2020-01-20 12:00:00"
+
+
+def test_a_binary_file_whose_first_line_holds_a_bare_carriage_return_is_a_data_error(tmp_path):
+    path = tmp_path / "JUNK.csv"
+    path.write_bytes(b"ab\rcd,\x00\x01" + bytes(range(256)) * 12)
+    with pytest.raises(DataError, match="JUNK.csv"):
+        load_ohlcv_file(path)
