@@ -111,6 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(areas) - set(AREAS))
     if unknown:
         p.error(f"--only: unknown area(s) {', '.join(unknown)}; choose from {', '.join(AREAS)}")
+    if args.out:  # checked before minutes of benchmarks, not after
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            p.error(f"--out {args.out}: is a file; expected a folder for BENCHMARKS.md and results.json")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".run_all_write_test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            p.error(f"--out {args.out}: cannot write there ({e.strerror or e})")
     shown = " ".join(["python benchmarks/run_all.py", *(argv if argv is not None else sys.argv[1:])])
     results: dict[str, Any] = {
         "command": shown,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import faults, shutdown
-from .errors import StorageFull
+from .errors import StorageFull, UserError
 
 TMP_SUFFIX = ".tmp"
 
@@ -96,6 +96,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], *, sync_di
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, IsADirectoryError):
+            raise UserError(f"{path}: is a folder, where this file is to be written; move it away and run "
+                            f"the command again") from None
         if isinstance(e, OSError) and e.errno in NO_SPACE:
             raise StorageFull(f"{path}: could not be written: {os.strerror(e.errno)}. Its previous version "
                               f"(if any) is intact; free some space in {folder} and run the command "

@@ -67,3 +67,10 @@ class StorageFull(UserError):
     exit code 1. The file's previous version is intact (every write is atomic)."""
 
     exit_code = EXIT_FAILURE
+
+
+class PreparationFailed(UserError):
+    """Preparation could not go on for a reason outside the data (a worker process died): one
+    message, exit code 1; what finished is committed."""
+
+    exit_code = EXIT_FAILURE

@@ -227,3 +227,12 @@ def test_training_on_a_full_disk_stops_with_one_error_line_and_keeps_what_was_wr
     error = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "checkpoint_epoch_1_step_5.pth: could not be written" in error[0], r.stderr
     assert not list((tmp_path / "models").glob("*.pth")) and not list((tmp_path / "models").glob(".*"))
+
+
+def test_a_folder_where_a_file_is_to_be_written_is_one_clear_error(tmp_path: Path) -> None:
+    from indicator_transformer.errors import UserError
+
+    (tmp_path / "entry.npy").mkdir()
+    with pytest.raises(UserError, match="entry.npy: is a folder"):
+        atomic_write_bytes(tmp_path / "entry.npy", b"data")
+    assert [p.name for p in tmp_path.iterdir()] == ["entry.npy"]  # no temporary file left

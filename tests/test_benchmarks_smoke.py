@@ -161,3 +161,14 @@ def test_bench_prepare_json_renders_its_rows_against_the_ta_lib_ceiling() -> Non
     page = render.render(FAKE | {"areas": {"preparation": prep}})
     assert "| cold, 2 workers | 8.000 (7.000-9.000) | 350,000 | 14.0% |" in page
     assert "warm start 5.0 (4.0-6.0)% of a cold preparation" in page
+
+
+def test_run_all_refuses_an_out_path_that_is_a_file_before_running_anything(tmp_path) -> None:
+    import subprocess
+
+    target = tmp_path / "afile"
+    target.write_text("mine")
+    cmd = [sys.executable, "benchmarks/run_all.py", "--only", "checkpoint", "--out", str(target)]
+    r = subprocess.run(cmd, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "is a file" in r.stderr, r.stderr
+    assert target.read_text() == "mine" and "== checkpoint" not in r.stdout

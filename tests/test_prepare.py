@@ -529,3 +529,40 @@ def test_kill_9_of_the_parent_leaves_no_preparation_worker_process_behind(tmp_pa
     while _alive(workers) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert _alive(workers) == []
+
+
+def test_a_named_pipe_swapped_in_for_an_input_file_is_a_data_error_not_a_hang(tmp_path):
+    from indicator_transformer.data.sources import Source
+
+    fifo = tmp_path / "B39.csv"
+    os.mkfifo(fifo)  # nobody ever writes to it: a blocking open would wait for ever
+    src = Source(symbol="B39", path=fifo)
+    t0 = time.monotonic()
+    with pytest.raises(DataError, match="B39.csv: is not a regular file"):
+        src.read()
+    assert time.monotonic() - t0 < 5
+
+
+def test_kill_9_of_a_preparation_worker_is_one_error_line_and_the_finished_symbols_stay(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, child_env, default_sigint
+
+    env = dict(child_env(), INDICATOR_TRANSFORMER_PAUSE_AT="prepare_symbol:2",
+               INDICATOR_TRANSFORMER_PAUSE_TIMEOUT="3")
+    cmd = [sys.executable, "train_indicator_transformer.py", "--prepare-only", "--symbols", "40", "--bars",
+           "400", "--prep-workers", "2", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
+    for line in proc.stderr:
+        if line.startswith("PAUSED prepare_symbol 2"):
+            break
+    workers = psutil.Process(proc.pid).children()
+    assert workers, "the preparation must run in worker processes here"
+    workers[0].kill()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1, err
+    assert "Traceback" not in err
+    assert "error: a preparation worker process died" in err and "committed to the cache" in err
+    assert FeatureCache(tmp_path / "cache").validate_full(fix=True).valid  # what finished is kept

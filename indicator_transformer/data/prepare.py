@@ -33,6 +33,7 @@ from concurrent.futures import (
     ThreadPoolExecutor,
     wait,
 )
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
@@ -40,7 +41,7 @@ import numpy as np
 
 from .. import faults
 from ..config import DataConfig, FeatureConfig
-from ..errors import DataError, DataErrors
+from ..errors import DataError, DataErrors, PreparationFailed
 from ..progress import Progress
 from ..shutdown import SignalHandler
 from .cache import FeatureCache, cache_key, write_entry
@@ -438,6 +439,10 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
                 cache.commit()
                 last_commit = time.monotonic()
                 faults.point("prepare_commit", len(done))
+    except BrokenProcessPool:
+        raise PreparationFailed(f"a preparation worker process died (killed, or out of memory); the "
+                                f"{len(done)} finished symbol(s) are committed to the cache, run the "
+                                f"command again to compute the rest") from None
     finally:
         # Let running tasks finish or reach a stage boundary (they never leave a partial file) and
         # join every worker, then commit what completed - also on Ctrl-C and on errors: finished

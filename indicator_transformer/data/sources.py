@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import stat
 import threading
 import warnings
 from collections import OrderedDict
@@ -136,10 +137,15 @@ class Source:
         if self.path is None:
             return RawInput(self.identity())
         try:
-            with open(self.path, "rb") as fh:
+            # O_NONBLOCK: a named pipe swapped in since discovery must not block this open for ever.
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with open(fd, "rb") as fh:
                 # fstat before reading: a write during the read changes the ctime after this point,
                 # so a signature remembered with this hash never matches the changed file.
-                sig = stat_signature(os.fstat(fh.fileno()))
+                st = os.fstat(fh.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise DataError(self.path, "is not a regular file (expected a CSV or Parquet file)")
+                sig = stat_signature(st)
                 data = fh.read()
         except OSError as e:  # removed or unreadable since discovery: a bad input, not a crash
             raise DataError(self.path, f"cannot be read ({e.strerror or e})") from None

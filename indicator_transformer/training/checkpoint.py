@@ -254,8 +254,8 @@ def validate_state(state: Any, *, sealed: bool = True) -> None:
     _check_rank_rngs(state)
     _check_sampler(state["sampler"], state)
     # The intra-op thread count the steps ran with (since --threads; older files do not say).
-    _need(_is_int(state.get("threads", 1)) and 1 <= state.get("threads", 1) <= 1_000_000, "threads",
-          "an integer >= 1", state.get("threads"))
+    _need(_is_int(state.get("threads", 1)) and 1 <= state.get("threads", 1) <= 1024, "threads",
+          "an integer from 1 to 1024 (the range --threads accepts)", state.get("threads"))
     cfg = _check_config(state["config"])
     n_features = _check_normalisation(state["normalisation"])
     names = state.get("feature_names", list(cfg.features.features))
