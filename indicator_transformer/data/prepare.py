@@ -388,6 +388,7 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
                 executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prepare")
                 task = functools.partial(_prepare_one, should_stop=lambda: handler.should_stop)
             handler.register_executor(executor)
+        fatal: BaseException | None = None  # the first unexpected error of a task
         while pending or running:
             # Keep at most 2 x workers tasks queued: a stop then has little to cancel, and the
             # flag is checked before every submission.
@@ -416,7 +417,11 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
                     failed(exc)
                     continue
                 if exc is not None:
-                    raise exc
+                    # Keep what the other tasks finish (their files are written: adopt them so the
+                    # final commit lists them), submit nothing more, then raise this.
+                    fatal = fatal or exc
+                    pending.clear()
+                    continue
                 out = fut.result()
                 try:
                     sd = finished(src, out)
@@ -439,6 +444,8 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
                 cache.commit()
                 last_commit = time.monotonic()
                 faults.point("prepare_commit", len(done))
+        if fatal is not None:
+            raise fatal
     except BrokenProcessPool:
         raise PreparationFailed(f"a preparation worker process died (killed, or out of memory); the "
                                 f"{len(done)} finished symbol(s) are committed to the cache, run the "
