@@ -303,15 +303,18 @@ def test_kill_9_during_preparation_keeps_the_symbols_of_the_last_periodic_commit
                                                                                 run_python):
     from conftest import child_env
 
-    symbols, bars = 400, 3000
+    # Large enough that a periodic commit (every 2 s) comes before the end even on a fast machine:
+    # the first one pauses the process, which is then killed there.
+    symbols, bars = 600, 5000
     cache = tmp_path / "cache"
     env = child_env()
     env["INDICATOR_TRANSFORMER_PAUSE_AT"] = "prepare_commit:*"
     proc = spawn(_prepare_only_cmd(cache, symbols, bars), cwd=str(tmp_path), env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None and not (cache / MANIFEST).exists():
-        time.sleep(0.01)
-    time.sleep(0.2)  # the manifest is committed; the process now waits at the pause point
+    for line in proc.stderr:
+        if line.startswith("PAUSED prepare_commit"):
+            break
+    else:
+        raise AssertionError(f"no periodic commit before the end (exit {proc.wait()})")
     proc.kill()
     proc.communicate(timeout=60)
 
