@@ -76,8 +76,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     save_med = common.stats(save["ours"])["median"]
     spe = trainer.steps_per_epoch
     return {
-        "command": common.command_line(),
-        "machine": common.machine(),
+        **common.result_header(),
         "setup": {
             "symbols": args.symbols,
             "bars": args.bars,

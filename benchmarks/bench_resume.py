@@ -84,12 +84,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     spe = common.steps_per_epoch(work)
     pause = spe + spe // 2
     result: dict[str, Any] = {
-        "command": common.command_line(),
-        "machine": common.machine(),
+        **common.result_header(),
         "setup": {
-            "symbols": common.SUB_SYMBOLS,
-            "bars": common.SUB_BARS,
-            "batch_size": common.SUB_BATCH,
+            **common.sub_market(),
             "epochs": 2,
             "steps_per_epoch": spe,
             "pause_step": pause,

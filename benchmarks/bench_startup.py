@@ -83,12 +83,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     rounds = [one_round(cache, work, r, ours_ckpt, pl_ckpt, k) for r in range(args.repeats)]
     series = {name: [x[name] for x in rounds if x[name] is not None] for name in rounds[0]}
     return {
-        "command": common.command_line(),
-        "machine": common.machine(),
+        **common.result_header(),
         "setup": {
-            "symbols": common.SUB_SYMBOLS,
-            "bars": common.SUB_BARS,
-            "batch_size": common.SUB_BATCH,
+            **common.sub_market(),
             "resume_step": k,
             "repeats": args.repeats,
         },

@@ -146,8 +146,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     n = setup.train_windows
     rates = {name: [n / s for s in v] for name, v in times.items()}
     return {
-        "command": common.command_line(),
-        "machine": common.machine(),
+        **common.result_header(),
         "setup": {
             "symbols": args.symbols,
             "bars": args.bars,

@@ -362,3 +362,13 @@ def command_line() -> str:
     script = Path(sys.argv[0]).resolve()
     shown = script.relative_to(REPO_ROOT) if script.is_relative_to(REPO_ROOT) else script
     return " ".join(["python", str(shown), *sys.argv[1:]])
+
+
+def result_header() -> dict[str, Any]:
+    """What every area's JSON starts with: the exact command and the machine."""
+    return {"command": command_line(), "machine": machine()}
+
+
+def sub_market() -> dict[str, int]:
+    """The subprocess market of the interrupt, resume and start-up areas, for their ``setup``."""
+    return {"symbols": SUB_SYMBOLS, "bars": SUB_BARS, "batch_size": SUB_BATCH}
