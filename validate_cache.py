@@ -3,11 +3,10 @@
 
 import sys
 
-try:
+from indicator_transformer.startup import deferred_interrupt
+
+with deferred_interrupt():  # a Ctrl-C while the libraries load ends in a clean exit 130, never mid-import
     from indicator_transformer.cli.validate_cache import main
-except KeyboardInterrupt:  # Ctrl-C while the libraries load: nothing was started or written yet
-    print("Interrupted during start-up: nothing was written", file=sys.stderr)
-    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -235,16 +235,44 @@ def test_a_toml_value_of_the_wrong_type_exits_2_naming_the_file_and_key(run_pyth
     assert f"{cfg}: invalid value for '{key}'" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("script", ["train_indicator_transformer.py", "resume_training.py",
-                                    "validate_cache.py"])
-def test_ctrl_c_while_the_libraries_load_exits_130_without_a_traceback(script: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("script", "delay"), [("train_indicator_transformer.py", 0.15),
+                                              ("train_indicator_transformer.py", 0.4),
+                                              ("train_indicator_transformer.py", 0.9),
+                                              ("resume_training.py", 0.4), ("validate_cache.py", 0.4)])
+def test_ctrl_c_while_the_libraries_load_exits_130_without_a_traceback(script: str, delay: float,
+                                                                       tmp_path: Path) -> None:
+    """The delays land in different imports (numpy, torch, ours). A KeyboardInterrupt raised inside numpy's
+    import was once swallowed by torch's C++ numpy import, leaving numpy half-initialised: the run went on
+    training and died at the first validation with "module 'numpy' has no attribute 'matrix'"."""
     from conftest import REPO_ROOT, child_env, default_sigint
 
-    proc = subprocess.Popen([sys.executable, script, "--cache-dir", str(tmp_path / "cache")], cwd=REPO_ROOT,
-                            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=default_sigint)
-    time.sleep(0.4)  # importing torch takes longer: the signal lands in the imports
+    out = tmp_path / "out"
+    argv = [sys.executable, script, "--cache-dir", str(out / "cache")]
+    if script != "validate_cache.py":
+        argv += ["--models-dir", str(out / "models"), "--runs-dir", str(out / "runs")]
+    proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    time.sleep(delay)  # importing torch takes about 2 s: the signal lands in the imports
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+    assert "Interrupted during start-up: nothing was written" in err
+    assert not out.exists()
+
+
+def test_a_second_ctrl_c_while_the_libraries_load_ends_the_process_at_once(tmp_path: Path) -> None:
+    from conftest import REPO_ROOT, child_env, default_sigint
+
+    argv = [sys.executable, "train_indicator_transformer.py", "--models-dir", str(tmp_path / "m")]
+    proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.1)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert time.monotonic() - sent < 1.0  # not after the remaining imports
+    assert err.count("Interrupted during start-up") == 1 and "Traceback" not in err

@@ -1,0 +1,54 @@
+"""Ctrl-C while the heavy libraries load: defer it to a clean exit 130 instead of raising inside an import.
+
+A KeyboardInterrupt raised in the middle of ``import numpy`` (or of torch, which imports numpy from C++ and
+*swallows* a failure of it with a warning) can leave a half-initialised module behind: a later ``import
+numpy`` then builds a new module while submodules already loaded still point at the half-made one, and the
+run dies much later with ``module 'numpy' has no attribute 'matrix'``. So while the libraries load, SIGINT
+only records that it came; once they are loaded the entry point exits 130 without having written anything.
+A second Ctrl-C during the imports ends the process at once: nothing has been written yet, so nothing is
+lost.
+
+This module imports only the standard library, so it is cheap to import before everything else.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+MESSAGE = "Interrupted during start-up: nothing was written"
+EXIT_CODE = 130  # 128 + SIGINT, as for a Ctrl-C at any other time
+
+
+@contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives inside the block; exit 130 cleanly after the block if one came.
+
+    Only the main thread can install signal handlers; elsewhere (and when SIGINT is ignored, as for a
+    process started in the background by a non-interactive shell) the block runs unchanged.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+        yield
+        return
+    came: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        if came:  # the second Ctrl-C: the user does not want to wait for the imports to finish
+            os.write(2, (MESSAGE + "\n").encode())
+            os._exit(EXIT_CODE)
+        came.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if came:
+        print(MESSAGE, file=sys.stderr)
+        sys.exit(EXIT_CODE)
+
