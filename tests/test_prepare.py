@@ -546,7 +546,6 @@ def test_a_named_pipe_swapped_in_for_an_input_file_is_a_data_error_not_a_hang(tm
     assert time.monotonic() - t0 < 5
 
 
-@pytest.mark.slow  # opt-in: the parent sometimes waits for ever after the kill (open defect, see the note)
 def test_kill_9_of_a_preparation_worker_is_one_error_line_and_the_finished_symbols_stay(tmp_path):
     import subprocess
     import sys
@@ -570,3 +569,6 @@ def test_kill_9_of_a_preparation_worker_is_one_error_line_and_the_finished_symbo
     assert "Traceback" not in err
     assert "error: a preparation worker process died" in err and "committed to the cache" in err
     assert FeatureCache(tmp_path / "cache").validate_full(fix=True).valid  # what finished is kept
+    # The survivor ignores the pool's SIGTERM; it was blocked on the task queue's lock held by the
+    # killed worker, and the shutdown waited for it for ever (3 runs in 10) until it was SIGKILLed.
+    assert [w.pid for w in workers[1:] if psutil.pid_exists(w.pid)] == []

@@ -282,6 +282,21 @@ def _process_pool(workers: int) -> ProcessPoolExecutor:
                                initializer=_init_worker_process, initargs=(os.getpid(),))
 
 
+def _kill_surviving_workers(executor: Executor | None) -> None:
+    """SIGKILL the workers still alive in a broken process pool, so that its shutdown can join them.
+
+    When one worker dies, the pool's manager thread fails every future and then stops the other
+    workers with SIGTERM, which ours ignore (see :func:`_init_worker_process`); a survivor blocked on
+    the task queue's lock, left held by the dead worker, would then never exit, and the pool's
+    shutdown would wait for it for ever. Its task's result is lost with the pool anyway; a file it
+    was writing has a temporary name, never a final one (``validate_cache.py`` removes it).
+    """
+    processes = getattr(executor, "_processes", None) or {}  # the pool's {pid: Process} (CPython 3.9+)
+    for proc in list(processes.values()):
+        if proc.is_alive():
+            proc.kill()
+
+
 def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache, *,
             handler: SignalHandler | None = None, workers: int = 2, skip_bad_files: bool = False,
             use_adj_close: bool = False, stream: TextIO | None = None,
@@ -447,6 +462,7 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
         if fatal is not None:
             raise fatal
     except BrokenProcessPool:
+        _kill_surviving_workers(executor)
         raise PreparationFailed(f"a preparation worker process died (killed, or out of memory); the "
                                 f"{len(done)} finished symbol(s) are committed to the cache, run the "
                                 f"command again to compute the rest") from None
