@@ -546,29 +546,46 @@ def test_a_named_pipe_swapped_in_for_an_input_file_is_a_data_error_not_a_hang(tm
     assert time.monotonic() - t0 < 5
 
 
-def test_kill_9_of_a_preparation_worker_is_one_error_line_and_the_finished_symbols_stay(tmp_path):
+def _kill_a_worker_when_paused_at(tmp_path, symbol: int):
+    """Run a 40-symbol preparation in worker processes, pause the parent after ``symbol`` symbols,
+    kill -9 one worker; return (exit code, stderr, the workers)."""
     import subprocess
     import sys
 
     from conftest import REPO_ROOT, child_env, default_sigint
 
-    env = dict(child_env(), INDICATOR_TRANSFORMER_PAUSE_AT="prepare_symbol:2",
+    env = dict(child_env(), INDICATOR_TRANSFORMER_PAUSE_AT=f"prepare_symbol:{symbol}",
                INDICATOR_TRANSFORMER_PAUSE_TIMEOUT="3")
     cmd = [sys.executable, "train_indicator_transformer.py", "--prepare-only", "--symbols", "40", "--bars",
            "400", "--prep-workers", "2", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True,
                             preexec_fn=default_sigint)
     for line in proc.stderr:
-        if line.startswith("PAUSED prepare_symbol 2"):
+        if line.startswith(f"PAUSED prepare_symbol {symbol}"):
             break
     workers = psutil.Process(proc.pid).children()
     assert workers, "the preparation must run in worker processes here"
     workers[0].kill()
     err = proc.stderr.read()
-    assert proc.wait(timeout=120) == 1, err
+    return proc.wait(timeout=120), err, workers
+
+
+def test_kill_9_of_a_preparation_worker_is_one_error_line_and_the_finished_symbols_stay(tmp_path):
+    code, err, workers = _kill_a_worker_when_paused_at(tmp_path, 2)
+    assert code == 1, err
     assert "Traceback" not in err
     assert "error: a preparation worker process died" in err and "committed to the cache" in err
     assert FeatureCache(tmp_path / "cache").validate_full(fix=True).valid  # what finished is kept
     # The survivor ignores the pool's SIGTERM; it was blocked on the task queue's lock held by the
     # killed worker, and the shutdown waited for it for ever (3 runs in 10) until it was SIGKILLed.
     assert [w.pid for w in workers[1:] if psutil.pid_exists(w.pid)] == []
+
+
+def test_kill_9_of_an_idle_preparation_worker_after_the_last_symbol_still_ends_the_preparation(tmp_path):
+    # No future was pending any more, so no BrokenProcessPool reached the loop: the shutdown waited
+    # for ever for the survivor (8 hangs in 21 tries in the attack of this session).
+    code, err, workers = _kill_a_worker_when_paused_at(tmp_path, 39)  # symbol 40 ends during the pause
+    assert code == 0, err
+    assert "Prepared 40/40 symbols" in err and "Traceback" not in err
+    assert len(json.loads((tmp_path / "cache" / MANIFEST).read_text())["entries"]) == 40
+    assert [w.pid for w in workers if psutil.pid_exists(w.pid)] == []

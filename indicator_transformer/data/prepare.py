@@ -282,19 +282,30 @@ def _process_pool(workers: int) -> ProcessPoolExecutor:
                                initializer=_init_worker_process, initargs=(os.getpid(),))
 
 
-def _kill_surviving_workers(executor: Executor | None) -> None:
-    """SIGKILL the workers still alive in a broken process pool, so that its shutdown can join them.
+def _shut_down(executor: Executor) -> None:
+    """Shut the pool down and join everything it started, even when a worker process died.
 
-    When one worker dies, the pool's manager thread fails every future and then stops the other
-    workers with SIGTERM, which ours ignore (see :func:`_init_worker_process`); a survivor blocked on
-    the task queue's lock, left held by the dead worker, would then never exit, and the pool's
-    shutdown would wait for it for ever. Its task's result is lost with the pool anyway; a file it
-    was writing has a temporary name, never a final one (``validate_cache.py`` removes it).
+    When one worker dies, the pool's manager thread fails the futures still pending and stops the
+    other workers with SIGTERM, which ours ignore (see :func:`_init_worker_process`); a survivor
+    blocked on the task queue's lock, left held by the dead worker, then never exits, and a plain
+    ``shutdown(wait=True)`` waits for it for ever - also when no future was pending any more (the
+    worker died once every symbol was handed back). So the wait is a loop: as soon as a worker has
+    died, the survivors are SIGKILLed. Their results are lost with the pool anyway; a file one was
+    writing has a temporary name, never a final one (``validate_cache.py`` removes it).
     """
-    processes = getattr(executor, "_processes", None) or {}  # the pool's {pid: Process} (CPython 3.9+)
-    for proc in list(processes.values()):
-        if proc.is_alive():
-            proc.kill()
+    if not isinstance(executor, ProcessPoolExecutor):
+        executor.shutdown(wait=True, cancel_futures=True)
+        return
+    # The pool's own bookkeeping (CPython 3.9+): its {pid: Process} and its manager thread.
+    workers = list((getattr(executor, "_processes", None) or {}).values())
+    manager = getattr(executor, "_executor_manager_thread", None)
+    executor.shutdown(wait=False, cancel_futures=True)
+    while manager is not None and manager.is_alive():
+        if any(w.exitcode not in (None, 0) for w in workers):  # one died: the pool is broken
+            for w in workers:
+                if w.is_alive():
+                    w.kill()
+        manager.join(0.1)
 
 
 def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache, *,
@@ -462,7 +473,6 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
         if fatal is not None:
             raise fatal
     except BrokenProcessPool:
-        _kill_surviving_workers(executor)
         raise PreparationFailed(f"a preparation worker process died (killed, or out of memory); the "
                                 f"{len(done)} finished symbol(s) are committed to the cache, run the "
                                 f"command again to compute the rest") from None
@@ -471,7 +481,7 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
         # join every worker, then commit what completed - also on Ctrl-C and on errors: finished
         # work is never thrown away, and no worker outlives this call.
         if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            _shut_down(executor)
             handler.register_executor(None)
         progress.close()
         cache.commit()
