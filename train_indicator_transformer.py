@@ -3,10 +3,8 @@
 
 import sys
 
-from indicator_transformer.startup import deferred_interrupt
-
-with deferred_interrupt():  # a Ctrl-C while the libraries load ends in a clean exit 130, never mid-import
-    from indicator_transformer.cli.train import main
+# startup imports only the standard library; it holds a Ctrl-C until torch and NumPy are loaded.
+from indicator_transformer.startup import train
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(train())

@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli.main import main
+from .startup import tool
 
-sys.exit(main())
+sys.exit(tool())

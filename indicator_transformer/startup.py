@@ -13,6 +13,7 @@ This module imports only the standard library, so it is cheap to import before e
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -52,3 +53,42 @@ def deferred_interrupt() -> Iterator[None]:
         print(MESSAGE, file=sys.stderr)
         sys.exit(EXIT_CODE)
 
+
+
+def launch(command: str) -> int:
+    """Import ``indicator_transformer.cli.<command>`` with a Ctrl-C held, then run its ``main``.
+
+    Every way in goes through here (the entry files, the installed console scripts, ``python -m``),
+    so none of them can be interrupted in the middle of importing torch or NumPy. A command that
+    imports torch later, before its SignalHandler is installed, holds a Ctrl-C there the same way
+    (``cli/train.py``); once the handler is installed a Ctrl-C is a stop request.
+    """
+    with deferred_interrupt():
+        module = importlib.import_module(f"{__package__}.cli.{command}")
+    try:
+        return module.main()
+    except KeyboardInterrupt:
+        # Only reachable before the command installs its SignalHandler (building the parser,
+        # reading the flags): plain Python, nothing half-imported and nothing written yet.
+        print(MESSAGE, file=sys.stderr)
+        return EXIT_CODE
+
+
+def train() -> int:
+    """The ``train_indicator_transformer`` command."""
+    return launch("train")
+
+
+def resume() -> int:
+    """The ``resume_training`` command."""
+    return launch("resume")
+
+
+def validate_cache() -> int:
+    """The ``validate_cache`` command."""
+    return launch("validate_cache")
+
+
+def tool() -> int:
+    """The ``indicator-transformer`` command (config, features, predict, evaluate, ...)."""
+    return launch("main")

@@ -238,7 +238,8 @@ def test_a_toml_value_of_the_wrong_type_exits_2_naming_the_file_and_key(run_pyth
 @pytest.mark.parametrize(("script", "delay"), [("train_indicator_transformer.py", 0.15),
                                               ("train_indicator_transformer.py", 0.4),
                                               ("train_indicator_transformer.py", 0.9),
-                                              ("resume_training.py", 0.4), ("validate_cache.py", 0.4)])
+                                              ("resume_training.py", 0.4), ("validate_cache.py", 0.4),
+                                              ("indicator-transformer", 0.4), ("-m", 0.4)])
 def test_ctrl_c_while_the_libraries_load_exits_130_without_a_traceback(script: str, delay: float,
                                                                        tmp_path: Path) -> None:
     """The delays land in different imports (numpy, torch, ours). A KeyboardInterrupt raised inside numpy's
@@ -247,8 +248,13 @@ def test_ctrl_c_while_the_libraries_load_exits_130_without_a_traceback(script: s
     from conftest import REPO_ROOT, child_env, default_sigint
 
     out = tmp_path / "out"
-    argv = [sys.executable, script, "--cache-dir", str(out / "cache")]
-    if script != "validate_cache.py":
+    if script == "indicator-transformer":  # the installed console script (pip install -e)
+        argv = [str(Path(sys.executable).with_name(script)), "features"]
+    elif script == "-m":
+        argv = [sys.executable, "-m", "indicator_transformer", "features"]
+    else:
+        argv = [sys.executable, script, "--cache-dir", str(out / "cache")]
+    if script.endswith(".py") and script != "validate_cache.py":
         argv += ["--models-dir", str(out / "models"), "--runs-dir", str(out / "runs")]
     proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .. import startup
 from ..config import Config, flag_name
 from ..errors import EXIT_FAILURE, UserError
 from ..runlog import console_log
@@ -48,8 +49,8 @@ def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespa
         except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             code = e.exit_code
-        except KeyboardInterrupt:  # only reachable when no SignalHandler is installed
-            print("Interrupted", file=sys.stderr, flush=True)
+        except KeyboardInterrupt:  # only reachable before a SignalHandler is installed: nothing written
+            print(startup.MESSAGE, file=sys.stderr, flush=True)
             code = 130
         except Exception:
             traceback.print_exc()

@@ -32,6 +32,7 @@ from typing import Any
 from ..config import Config, build_config, load_toml, toml_value
 from ..errors import CheckpointError, UserError
 from ..shutdown import SignalHandler
+from ..startup import deferred_interrupt
 from .common import check_folders, run_command, run_with_handler
 from .options import FIXED_ON_RESUME, add_common_switches, add_setting_flags, flag_values
 
@@ -75,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(load_toml(args.config) if args.config is not None else {}, flag_values(args),
                        args.config)
     check_folders(cfg, models=not args.prepare_only)
-    from ..run import RunOptions, in_job, run_pipeline  # torch loads here, after the cheap checks
+    with deferred_interrupt():  # torch loads here, after the cheap checks (see startup.py)
+        from ..run import RunOptions, in_job, run_pipeline
     from ..training import distributed
 
     opts = RunOptions(prepare_only=args.prepare_only, show_progress=not args.no_progress,

@@ -42,9 +42,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that use it, which all run once training has started:
+# the commands import this module at start-up, and a usage error is reported before the 1-2 s
+# import of torch instead of after it.
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TIMEOUT_ENV = "INDICATOR_TRANSFORMER_DIST_TIMEOUT"
@@ -132,6 +137,7 @@ def init(device: str = "auto") -> Dist:
     if world <= 1:
         _current = Dist(rank, world, local)
         return _current
+    import torch
     import torch.distributed as dist
 
     use_cuda = device != "cpu" and torch.cuda.is_available()
@@ -212,6 +218,8 @@ def collective() -> Any:
 
 
 def _device() -> torch.device:
+    import torch
+
     return torch.device("cuda", torch.cuda.current_device()) if _current.backend == "nccl" \
         else torch.device("cpu")
 
@@ -230,6 +238,7 @@ def agree_stop(signum: int) -> int:
     request seen by any rank stops every rank, and all exit with the same code. One rank: as is."""
     if not _current.enabled:
         return signum
+    import torch
     import torch.distributed as dist
 
     flag = torch.tensor([signum], dtype=torch.int32, device=_device())
@@ -255,6 +264,7 @@ def all_gather_rows(t: torch.Tensor) -> list[torch.Tensor]:
     order. Pads to the longest for the collective and cuts the padding off again."""
     if not _current.enabled:
         return [t]
+    import torch
     import torch.distributed as dist
 
     dev = _device()
@@ -277,6 +287,8 @@ def gather_states(state: dict[str, Any]) -> list[dict[str, Any]]:
     sends can never execute code here."""
     if not _current.enabled:
         return [state]
+    import torch
+
     buf = io.BytesIO()
     torch.save(state, buf)
     mine = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
@@ -287,6 +299,8 @@ def broadcast_text(text: str | None) -> str | None:
     """Rank 0's ``text`` (or None) on every rank."""
     if not _current.enabled:
         return text
+    import torch
+
     data = b"\x00" if text is None else b"\x01" + text.encode("utf-8")
     got = all_gather_rows(torch.frombuffer(bytearray(data), dtype=torch.uint8))[0].numpy().tobytes()
     return None if got[:1] == b"\x00" else got[1:].decode("utf-8")
