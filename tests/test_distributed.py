@@ -9,6 +9,7 @@ Each rank's console goes to ``<log dir>/<run id>/attempt_<n>/<rank>/stderr.log``
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -276,8 +277,10 @@ def test_bad_data_ends_every_rank_with_exit_code_2(tmp_path: Path) -> None:
     assert code != 0
     logs = _rank_logs(tmp_path)
     assert any("error:" in line for line in logs[0]) and "AAA.csv" in "\n".join(logs[0]), logs[0]
-    assert "exitcode  : 1" not in child.stderr, child.stderr  # no rank reports a crash
-    assert "exitcode  : 2" in child.stderr, child.stderr
+    # No rank reports a crash (exit code 1). Rank 1 may be 2 (it saw rank 0's failure first) or 143
+    # (torchrun's SIGTERM after rank 0's exit came first): "exitcode  : 1" alone matched 143.
+    assert not re.search(r"exitcode\s*:\s*1\b", child.stderr), child.stderr
+    assert re.search(r"exitcode\s*:\s*2\b", child.stderr), child.stderr
     assert not any("Traceback" in line for rank in logs.values() for line in rank)
 
 
