@@ -281,7 +281,7 @@ class Trainer:
         their thread count (nothing to compare)."""
         saved = state["config"].get("train", {}).get("precision", "fp32")
         mine = self.cfg.train.precision
-        changes = [f"--precision {saved} -> {mine}"] if saved != mine else []
+        changes = [f"--precision {saved} -> {mine} (--precision {saved} keeps it)"] if saved != mine else []
         if "threads" in state and state["threads"] != torch.get_num_threads():
             changes.append(f"threads {state['threads']} -> {torch.get_num_threads()} (--threads "
                            f"{state['threads']} keeps them)")
