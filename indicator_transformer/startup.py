@@ -48,7 +48,9 @@ def deferred_interrupt() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        # After a held Ctrl-C the process is on its way out: another one during the exit must not
+        # turn exit code 130 into death by the signal.
+        signal.signal(signal.SIGINT, signal.SIG_IGN if came else previous)
     if came:
         print(MESSAGE, file=sys.stderr)
         sys.exit(EXIT_CODE)
@@ -65,6 +67,9 @@ def launch(command: str) -> int:
     """
     with deferred_interrupt():
         module = importlib.import_module(f"{__package__}.cli.{command}")
+        # Building any command's parser declares the features through TA-Lib (NumPy, pandas): load
+        # them here too, not unguarded between this block and the command's SignalHandler.
+        importlib.import_module(f"{__package__}.data.features")
     try:
         return module.main()
     except KeyboardInterrupt:

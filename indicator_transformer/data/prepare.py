@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections import deque
@@ -282,30 +283,46 @@ def _process_pool(workers: int) -> ProcessPoolExecutor:
                                initializer=_init_worker_process, initargs=(os.getpid(),))
 
 
-def _shut_down(executor: Executor) -> None:
+class _PoolWatch:
+    """The worker processes and manager thread of a process pool, noted while the pool runs.
+
+    ``ProcessPoolExecutor.shutdown`` forgets both (and a stop request shuts the pool down from the
+    SignalHandler before :func:`_shut_down` runs), but they are what must be watched until they end.
+    """
+
+    def __init__(self) -> None:
+        self.workers: list[multiprocessing.process.BaseProcess] = []
+        self.manager: threading.Thread | None = None
+
+    def note(self, executor: Executor) -> None:
+        """Remember the pool's workers and manager thread (once: a fork pool starts all its
+        workers at the first submission). Uses the pool's own bookkeeping (CPython 3.9+)."""
+        if self.manager is None and isinstance(executor, ProcessPoolExecutor):
+            self.workers = list((getattr(executor, "_processes", None) or {}).values())
+            self.manager = getattr(executor, "_executor_manager_thread", None)
+
+
+def _shut_down(executor: Executor, watch: _PoolWatch) -> None:
     """Shut the pool down and join everything it started, even when a worker process died.
 
     When one worker dies, the pool's manager thread fails the futures still pending and stops the
     other workers with SIGTERM, which ours ignore (see :func:`_init_worker_process`); a survivor
-    blocked on the task queue's lock, left held by the dead worker, then never exits, and a plain
-    ``shutdown(wait=True)`` waits for it for ever - also when no future was pending any more (the
-    worker died once every symbol was handed back). So the wait is a loop: as soon as a worker has
-    died, the survivors are SIGKILLed. Their results are lost with the pool anyway; a file one was
-    writing has a temporary name, never a final one (``validate_cache.py`` removes it).
+    blocked on the task queue's lock, left held by the dead worker, then never exits, and the
+    manager (and with it ``shutdown(wait=True)``, or the interpreter's exit) waits for it for ever -
+    also when no future was pending any more. So the wait is a loop: as soon as a worker has died,
+    the survivors are SIGKILLed. Their results are lost with the pool anyway; a file one was writing
+    has a temporary name, never a final one (``validate_cache.py`` removes it).
     """
     if not isinstance(executor, ProcessPoolExecutor):
         executor.shutdown(wait=True, cancel_futures=True)
         return
-    # The pool's own bookkeeping (CPython 3.9+): its {pid: Process} and its manager thread.
-    workers = list((getattr(executor, "_processes", None) or {}).values())
-    manager = getattr(executor, "_executor_manager_thread", None)
     executor.shutdown(wait=False, cancel_futures=True)
-    while manager is not None and manager.is_alive():
-        if any(w.exitcode not in (None, 0) for w in workers):  # one died: the pool is broken
-            for w in workers:
+    while watch.manager is not None and watch.manager.is_alive():
+        if any(w.exitcode not in (None, 0) for w in watch.workers):  # one died: the pool is broken
+            for w in watch.workers:
                 if w.is_alive():
                     w.kill()
-        manager.join(0.1)
+        watch.manager.join(0.1)
 
 
 def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache, *,
@@ -379,6 +396,7 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
     bars_done = 0
     last_commit = time.monotonic()
     executor: Executor | None = None
+    watch = _PoolWatch()
     try:
         # Fast path in this thread: inputs whose identity is known without hashing and whose entry
         # is cached only need their arrays mapped. Handing them to the pool would cost more in
@@ -422,7 +440,15 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
                 src = pending.popleft()
                 keys = frozenset() if src.symbol in recompute else frozenset(known.get(src.symbol, ()))
                 assert executor is not None
-                running[handler.register_future(executor.submit(task, plan, src, keys))] = src
+                try:
+                    fut = executor.submit(task, plan, src, keys)
+                except BrokenProcessPool as e:
+                    # A worker died: take in what already came back (below), then report it.
+                    fatal = fatal or e
+                    pending.clear()
+                    break
+                watch.note(executor)
+                running[handler.register_future(fut)] = src
             if handler.should_stop:
                 pending.clear()
             # A future cancelled before it started (by the stop request or the executor's
@@ -481,7 +507,7 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
         # join every worker, then commit what completed - also on Ctrl-C and on errors: finished
         # work is never thrown away, and no worker outlives this call.
         if executor is not None:
-            _shut_down(executor)
+            _shut_down(executor, watch)
             handler.register_executor(None)
         progress.close()
         cache.commit()
