@@ -4,7 +4,7 @@ A KeyboardInterrupt raised in the middle of ``import numpy`` (or of torch, which
 *swallows* a failure of it with a warning) can leave a half-initialised module behind: a later ``import
 numpy`` then builds a new module while submodules already loaded still point at the half-made one, and the
 run dies much later with ``module 'numpy' has no attribute 'matrix'``. So while the libraries load, SIGINT
-only records that it came; once they are loaded the entry point exits 130 without having written anything.
+only records that it came; once they are loaded the command exits 130 without having written anything.
 A second Ctrl-C during the imports ends the process at once: nothing has been written yet, so nothing is
 lost.
 
@@ -54,7 +54,6 @@ def deferred_interrupt() -> Iterator[None]:
     if came:
         print(MESSAGE, file=sys.stderr)
         sys.exit(EXIT_CODE)
-
 
 
 def launch(command: str) -> int:
