@@ -589,9 +589,13 @@ def test_kill_9_of_an_idle_preparation_worker_after_the_last_symbol_still_ends_t
     # No future was pending any more, so no BrokenProcessPool reached the loop: the shutdown waited
     # for ever for the survivor (8 hangs in 21 tries in the attack of this session).
     code, err, workers = _kill_a_worker_when_paused_at(tmp_path, 39)  # symbol 40 ends during the pause
-    assert code == 0, err
-    assert "Prepared 40/40 symbols" in err and "Traceback" not in err
-    assert len(json.loads((tmp_path / "cache" / MANIFEST).read_text())["entries"]) == 40
+    assert "Traceback" not in err
+    entries = json.loads((tmp_path / "cache" / MANIFEST).read_text())["entries"]
+    if code == 0:
+        assert "Prepared 40/40 symbols" in err and len(entries) == 40
+    else:  # on a loaded machine symbol 40 may not have come back before the kill: then the broken pool
+        assert code == 1 and "error: a preparation worker process died" in err, err
+        assert len(entries) == 39
     assert [w.pid for w in workers if psutil.pid_exists(w.pid)] == []
 
 
