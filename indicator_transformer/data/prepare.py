@@ -310,8 +310,9 @@ def _shut_down(executor: Executor, watch: _PoolWatch) -> None:
     blocked on the task queue's lock, left held by the dead worker, then never exits, and the
     manager (and with it ``shutdown(wait=True)``, or the interpreter's exit) waits for it for ever -
     also when no future was pending any more. So the wait is a loop: as soon as a worker has died,
-    the survivors are SIGKILLed. Their results are lost with the pool anyway; a file one was writing
-    has a temporary name, never a final one (``validate_cache.py`` removes it).
+    the survivors are SIGKILLed. Their results are lost with the pool anyway: a file one was writing
+    has a temporary name, and one it wrote but could not hand back is listed by no manifest, so
+    neither is ever read (``validate_cache.py`` removes both; the rerun computes the symbol again).
     """
     if not isinstance(executor, ProcessPoolExecutor):
         executor.shutdown(wait=True, cancel_futures=True)
