@@ -9,20 +9,56 @@ A second Ctrl-C during the imports ends the process at once: nothing has been wr
 lost.
 
 This module imports only the standard library, so it is cheap to import before everything else.
+
+For tests, ``INDICATOR_TRANSFORMER_PAUSE_AT=import:numpy`` (comma-separated, like the pause points of
+``faults.py``) pauses the first import of that top-level module, inside the guard: the process prints
+``PAUSED import numpy`` to stderr and waits until a Ctrl-C has been held (or 60 s), then imports it. A
+test thus signals the process exactly while it is loading that library, never after a guessed sleep.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
 import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 MESSAGE = "Interrupted during start-up: nothing was written"
 EXIT_CODE = 130  # 128 + SIGINT, as for a Ctrl-C at any other time
+PAUSE_ENV = "INDICATOR_TRANSFORMER_PAUSE_AT"
+PAUSE_TIMEOUT_S = 60.0
+_held = [0]  # Ctrl-Cs held so far by every deferred_interrupt block (the import pauses wait on it)
+
+
+class _ImportPause(importlib.abc.MetaPathFinder):
+    """Test seam (see the module docstring): pause the first import of each named module."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None, target: Any = None) -> None:
+        if fullname in self.names:
+            self.names.discard(fullname)
+            seen = _held[0]
+            os.write(2, f"PAUSED import {fullname}\n".encode())
+            deadline = time.monotonic() + PAUSE_TIMEOUT_S
+            while _held[0] == seen and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return None  # the ordinary finders import it
+
+
+def _install_import_pauses() -> None:
+    """Once per process, when the environment asks for it."""
+    names = {part.strip()[len("import:"):] for part in os.environ.get(PAUSE_ENV, "").split(",")
+             if part.strip().startswith("import:")}
+    if names and not any(isinstance(f, _ImportPause) for f in sys.meta_path):
+        sys.meta_path.insert(0, _ImportPause(names))
 
 
 @contextmanager
@@ -39,12 +75,14 @@ def deferred_interrupt() -> Iterator[None]:
     came: list[int] = []
 
     def hold(signum: int, frame: object) -> None:
+        _held[0] += 1
         if came:  # the second Ctrl-C: the user does not want to wait for the imports to finish
             os.write(2, (MESSAGE + "\n").encode())
             os._exit(EXIT_CODE)
         came.append(signum)
 
     signal.signal(signal.SIGINT, hold)
+    _install_import_pauses()
     try:
         yield
     finally:

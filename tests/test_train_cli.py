@@ -235,19 +235,42 @@ def test_a_toml_value_of_the_wrong_type_exits_2_naming_the_file_and_key(run_pyth
     assert f"{cfg}: invalid value for '{key}'" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize(("script", "delay"), [("train_indicator_transformer.py", 0.25),
-                                              ("train_indicator_transformer.py", 0.4),
-                                              ("train_indicator_transformer.py", 0.9),
-                                              ("resume_training.py", 0.4), ("validate_cache.py", 0.4),
-                                              ("indicator-transformer", 0.4), ("-m", 0.4)])
-def test_ctrl_c_while_the_libraries_load_exits_130_without_a_traceback(script: str, delay: float,
-                                                                       tmp_path: Path) -> None:
-    """The delays land in different imports (ours with NumPy and TA-Lib, then torch; not before 0.1 s, where
-    CPython's own start-up dies of it before any of our code runs). A KeyboardInterrupt raised inside numpy's
-    import was once swallowed by torch's C++ numpy import, leaving numpy half-initialised: the run went on
-    training and died at the first validation with "module 'numpy' has no attribute 'matrix'"."""
+def _startup_child(argv: list[str], pause_at: str) -> subprocess.Popen:
+    """A command started with an import pause (startup.py's test seam) at ``pause_at``."""
     from conftest import REPO_ROOT, child_env, default_sigint
 
+    env = {**child_env(), "INDICATOR_TRANSFORMER_PAUSE_AT": pause_at}
+    return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=default_sigint)
+
+
+def _wait_for_line(proc: subprocess.Popen, wanted: str, timeout: float = 120) -> list[str]:
+    """Read the child's stderr until a line equal to ``wanted``; the lines read so far."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if line.strip() == wanted:
+            return seen
+    raise AssertionError(f"no line {wanted!r} from the child; it wrote: {''.join(seen)[-3000:]}")
+
+
+@pytest.mark.parametrize(("script", "module"), [("train_indicator_transformer.py", "numpy"),
+                                               ("train_indicator_transformer.py", "talib"),
+                                               ("train_indicator_transformer.py", "torch"),
+                                               ("resume_training.py", "numpy"),
+                                               ("resume_training.py", "torch"),
+                                               ("validate_cache.py", "numpy"),
+                                               ("indicator-transformer", "numpy"), ("-m", "numpy")])
+def test_ctrl_c_while_the_libraries_load_exits_130_without_a_traceback(script: str, module: str,
+                                                                       tmp_path: Path) -> None:
+    """The signal lands while ``module`` is being imported: the child says so (an import pause,
+    startup.py's test seam) before the test signals it. A KeyboardInterrupt raised inside numpy's
+    import was once swallowed by torch's C++ numpy import, leaving numpy half-initialised: the run went
+    on training and died at the first validation with "module 'numpy' has no attribute 'matrix'"."""
     out = tmp_path / "out"
     if script == "indicator-transformer":  # the installed console script (pip install -e)
         argv = [str(Path(sys.executable).with_name(script)), "features"]
@@ -257,11 +280,14 @@ def test_ctrl_c_while_the_libraries_load_exits_130_without_a_traceback(script: s
         argv = [sys.executable, script, "--cache-dir", str(out / "cache")]
     if script.endswith(".py") and script != "validate_cache.py":
         argv += ["--models-dir", str(out / "models"), "--runs-dir", str(out / "runs")]
-    proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
-    time.sleep(delay)  # importing torch takes about 2 s: the signal lands in the imports
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    proc = _startup_child(argv, f"import:{module}")
+    try:
+        _wait_for_line(proc, f"PAUSED import {module}")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert "Interrupted during start-up: nothing was written" in err
@@ -269,17 +295,20 @@ def test_ctrl_c_while_the_libraries_load_exits_130_without_a_traceback(script: s
 
 
 def test_a_second_ctrl_c_while_the_libraries_load_ends_the_process_at_once(tmp_path: Path) -> None:
-    from conftest import REPO_ROOT, child_env, default_sigint
-
+    """The first Ctrl-C is held while numpy loads; the second, while TA-Lib loads (the remaining
+    imports, torch among them, take seconds), ends the process at once."""
     argv = [sys.executable, "train_indicator_transformer.py", "--models-dir", str(tmp_path / "m")]
-    proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.1)
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    proc = _startup_child(argv, "import:numpy,import:talib")
+    try:
+        _wait_for_line(proc, "PAUSED import numpy")
+        proc.send_signal(signal.SIGINT)
+        _wait_for_line(proc, "PAUSED import talib")
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 130, err
     assert time.monotonic() - sent < 1.0  # not after the remaining imports
     assert err.count("Interrupted during start-up") == 1 and "Traceback" not in err
