@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 DEFAULT_FEATURES: tuple[str, ...] = (
     "ret_1", "ret_5", "ret_10", "ret_20", "hl_range", "body", "sma20_gap", "ema50_gap",
@@ -64,19 +64,6 @@ PRECISIONS = ("fp32", "bf16")
 SEED_LIMIT = 2**63  # seeds are 0 <= s < 2**63: what torch.manual_seed and NumPy's SeedSequence take
 MAX_PARAMETERS = 10**9  # beyond this the weights and AdamW state alone need more than 16 GB
 MAX_SYNTHETIC_BARS = 10**9  # symbols x bars of the built-in market
-
-
-class ConfigError(UserError):
-    """A bad configuration value or structure. ``key`` names the setting (None: the structure),
-    ``detail`` says what is wrong, ``source`` where it came from (file, flag, checkpoint)."""
-
-    def __init__(self, detail: str, key: str | None = None, source: str | None = None) -> None:
-        self.detail, self.key, self.source = detail, key, source
-        super().__init__(f"{source}: {detail}" if source else detail)
-
-    def at(self, source: str) -> ConfigError:
-        """The same error attributed to ``source``."""
-        return ConfigError(self.detail, self.key, source)
 
 
 def _short(value: Any, limit: int = 80) -> str:

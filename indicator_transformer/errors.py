@@ -19,6 +19,19 @@ class UserError(Exception):
     exit_code = EXIT_USAGE
 
 
+class ConfigError(UserError):
+    """A bad configuration value or structure. ``key`` names the setting (None: the structure),
+    ``detail`` says what is wrong, ``source`` where it came from (file, flag, checkpoint)."""
+
+    def __init__(self, detail: str, key: str | None = None, source: str | None = None) -> None:
+        self.detail, self.key, self.source = detail, key, source
+        super().__init__(f"{source}: {detail}" if source else detail)
+
+    def at(self, source: str) -> ConfigError:
+        """The same error attributed to ``source``."""
+        return ConfigError(self.detail, self.key, source)
+
+
 class DataError(UserError):
     """Bad OHLCV input. The message names the file, the row or column, and what was expected."""
 

@@ -31,8 +31,7 @@ import numpy as np
 import talib
 import talib.abstract
 
-from ..config import ConfigError
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from .sources import OHLCV, synthetic_symbol
 
 FEATURE_CODE_VERSION = 1
