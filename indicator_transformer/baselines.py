@@ -47,12 +47,12 @@ MAX_FIT_SAMPLES = 100_000  # ridge and LightGBM fit (and choose) on even subsamp
 BATCH = 4096
 
 # Small, slow-learning trees with large leaves: returns are mostly noise, and a leaf of a few
-# samples fits that noise. Fixed seeds, deterministic=True and one fixed histogram layout make two
-# runs give identical predictions for the same num_threads.
+# samples fits that noise. The run's seed, deterministic=True and one fixed histogram layout make two
+# runs give identical predictions for the same seed and num_threads.
 LGBM_PARAMS: dict[str, Any] = {
     "objective": "regression", "learning_rate": 0.05, "num_leaves": 15, "max_bin": 63,
     "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0,
-    "seed": 0, "deterministic": True, "force_col_wise": True, "verbosity": -1,
+    "deterministic": True, "force_col_wise": True, "verbosity": -1,
 }
 LGBM_MAX_ROUNDS = 500
 LGBM_PATIENCE = 30            # rounds without a better validation MSE before stopping
@@ -258,7 +258,7 @@ def _stop_callback(should_stop: Callable[[], bool]) -> Callable[[Any], None]:
 
 
 def _fit_lightgbm(train: WindowDataset, val: WindowDataset, should_stop: Callable[[], bool],
-                  threads: int) -> tuple[lgb.Booster, dict[str, Any]] | None:
+                  threads: int, seed: int = 0) -> tuple[lgb.Booster, dict[str, Any]] | None:
     """LightGBM on the training windows' summaries, early-stopped on the validation MSE, and its
     details; None when there are no training samples. A stop request raises _Stopped."""
     idx = _even(len(train))
@@ -267,7 +267,7 @@ def _fit_lightgbm(train: WindowDataset, val: WindowDataset, should_stop: Callabl
     x, y = _summary_matrix(train, idx, should_stop)
     # About 1% of the samples per leaf (within 20..2000): a leaf must average out the noise.
     params = {**LGBM_PARAMS, "min_data_in_leaf": int(np.clip(len(idx) // 100, 20, 2000)),
-              "num_threads": int(threads)}
+              "num_threads": int(threads), "seed": lightgbm_seed(seed)}
     lgb = _lightgbm()
     data = lgb.Dataset(x, y, params=params, free_raw_data=True)
     vidx = _even(len(val))
@@ -304,14 +304,16 @@ def _predict_test(test: WindowDataset, predict: Callable[[np.ndarray], np.ndarra
 
 
 def baseline_predictions(datasets: dict[str, WindowDataset], train_mean: float, horizon: int,
-                         should_stop: Callable[[], bool], threads: int = 1) -> Baselines | None:
+                         should_stop: Callable[[], bool], threads: int = 1,
+                         seed: int = 0) -> Baselines | None:
     """Every baseline's test predictions in return space, in test-sample order, and what was
     fitted; None if a stop was requested (the caller then writes no report).
 
     ``train_mean`` is the pooled training-label mean in return space; ``threads`` is LightGBM's
-    num_threads (its predictions are reproducible for a fixed value)."""
+    num_threads (its predictions are reproducible for a fixed value); ``seed`` (the run's --seed)
+    seeds LightGBM's bagging and feature sampling, so a seed sweep samples its noise too."""
     try:
-        return _baselines(datasets, train_mean, horizon, should_stop, threads)
+        return _baselines(datasets, train_mean, horizon, should_stop, threads, seed)
     except _Stopped:
         return None
 
@@ -327,8 +329,13 @@ def symbol_means(train: WindowDataset, pooled: float) -> tuple[dict[str, float],
     return out, len(out)
 
 
+def lightgbm_seed(seed: int) -> int:
+    """LightGBM's seed (a C int) for a run seed 0 <= seed < 2**63: equal seeds give equal trees."""
+    return int(seed) % (2**31 - 1)
+
+
 def _baselines(datasets: dict[str, WindowDataset], train_mean: float, horizon: int,
-               should_stop: Callable[[], bool], threads: int) -> Baselines | None:
+               should_stop: Callable[[], bool], threads: int, seed: int) -> Baselines | None:
     train, val, test = datasets["train"], datasets["val"], datasets["test"]
     n = len(test)
     means, own = symbol_means(train, float(train_mean))
@@ -342,7 +349,7 @@ def _baselines(datasets: dict[str, WindowDataset], train_mean: float, horizon: i
                      "symbol_mean": {"symbols_with_own_mean": own},
                      "momentum": {"horizon": int(horizon)}})
     ridge = _fit_ridge(train, val, should_stop)
-    trees = _fit_lightgbm(train, val, should_stop, threads)
+    trees = _fit_lightgbm(train, val, should_stop, threads, seed)
     if ridge is None or trees is None:  # no training samples: each symbol's training mean
         for name in ("ridge", "lightgbm"):
             out.predictions[name] = test.to_returns(np.zeros(n))

@@ -6,8 +6,10 @@ undefined value (too few samples, a constant series) is NaN here and ``null`` in
 
     point metrics      mse, mse_ratio (vs the training-mean constant), ic (Pearson), rank_ic
                        (Spearman with average ranks for ties), hit_rate next to always_long
-    by symbol          the same per symbol
+    by symbol          the same per symbol, and the mean of the per-symbol ICs with its standard error
     cross-section      per-date IC and rank IC over symbols, their mean, ICIR (mean / std) and t
+    standard errors    of a correlation, a proportion, a mean and an annualised Sharpe ratio, so a
+                       report can say whether one figure is ahead of another by more than its noise
     strategies         sign-following per symbol, a top-minus-bottom quantile long-short and the
                        buy-and-hold reference: annualised return, Sharpe, max drawdown, turnover,
                        after a cost in bps; each can also give its per-date return series
@@ -77,6 +79,29 @@ def corr_t(r: float, n: int) -> float:
     return r * math.sqrt((n - 2) / (1.0 - r * r))
 
 
+def corr_se(r: float, n: int) -> float:
+    """Standard error of a correlation r over n independent samples: sqrt((1 - r^2) / (n - 2))."""
+    if not math.isfinite(r) or n < 3:
+        return NAN
+    return math.sqrt(max(1.0 - r * r, 0.0) / (n - 2))
+
+
+def proportion_se(p: float, n: int) -> float:
+    """Standard error of an observed proportion p over n trials: sqrt(p (1 - p) / n)."""
+    if n < 1 or not math.isfinite(p):
+        return NAN
+    return math.sqrt(p * (1.0 - p) / n)
+
+
+def sharpe_se(sharpe: float, periods: int, per_year: float) -> float:
+    """Standard error of an annualised Sharpe ratio estimated from ``periods`` returns (Lo, 2002,
+    for independent returns): sqrt((1 + SR_p^2 / 2) / T) per period, annualised like the ratio."""
+    if not math.isfinite(sharpe) or periods < 2 or not math.isfinite(per_year) or per_year <= 0:
+        return NAN
+    sr = sharpe / math.sqrt(per_year)  # per-period Sharpe
+    return math.sqrt((1.0 + 0.5 * sr * sr) / periods) * math.sqrt(per_year)
+
+
 def proportion_z(p: float, p0: float, n: int) -> float:
     """z of an observed proportion p against p0 over n trials (normal approximation)."""
     if n < 1 or not math.isfinite(p) or not 0.0 < p0 < 1.0:
@@ -118,16 +143,24 @@ def point_metrics(pred: np.ndarray, target: np.ndarray, train_mean: float) -> di
     hit = float(np.mean(np.sign(pred[moved]) == np.sign(target[moved]))) \
         if m and np.any(pred[moved] != 0) else NAN
     up = float(np.mean(target[moved] > 0)) if m else NAN
+    sq = (pred - target) ** 2
+    # The constant's MSE is the same for every predictor on these samples: only the model's own
+    # squared errors vary, so the ratio's error is theirs scaled by the constant's MSE.
+    mse_se = float(sq.std(ddof=1) / math.sqrt(n)) if n > 1 else NAN
     return {
         "samples": n,
         "mse": mse,
         "baseline_mse": base,
         "mse_ratio": mse / base if base > 0 else NAN,
+        "mse_ratio_se": mse_se / base if base > 0 else NAN,
         "ic": ic,
         "ic_t": corr_t(ic, n),
+        "ic_se": corr_se(ic, n),
         "rank_ic": ric,
         "rank_ic_t": corr_t(ric, n),
+        "rank_ic_se": corr_se(ric, n),
         "hit_rate": hit,
+        "hit_rate_se": proportion_se(hit, m),
         "always_long": up,
         "moves": m,
         # Against the better of a coin and always-long: beating 0.5 in a trending sample is not skill.
@@ -143,7 +176,32 @@ def by_symbol(symbols: np.ndarray, pred: np.ndarray, target: np.ndarray, train_m
     for s in sorted(set(symbols.tolist())):
         mask = symbols == s
         m = point_metrics(pred[mask], target[mask], train_mean)
-        out[str(s)] = {k: m[k] for k in ("samples", "ic", "rank_ic", "hit_rate", "always_long", "mse_ratio")}
+        out[str(s)] = {k: m[k] for k in ("samples", "ic", "ic_t", "ic_se", "rank_ic", "rank_ic_se",
+                                         "hit_rate", "always_long", "mse_ratio", "mse_ratio_se")}
+    return out
+
+
+def mean_symbol_ic(by: dict[str, dict[str, float]], inflate: float = 1.0) -> dict[str, Any]:
+    """The mean over symbols of each symbol's IC and rank IC (from :func:`by_symbol`), each with its
+    standard error sqrt(sum se_i^2) / k, the symbols taken as independent, and t = mean / se.
+
+    ``inflate`` multiplies each symbol's standard error (sqrt(horizon) for overlapping labels). A
+    symbol whose IC is undefined (constant predictions, fewer than 3 samples) is left out and
+    counted in ``symbols_without``. With one symbol this is that symbol's own IC and t. The MSE
+    ratio is averaged too (``mse_ratio_mean``), so that no symbol's return scale dominates it."""
+    out: dict[str, Any] = {}
+    for name in ("ic", "rank_ic"):
+        vals = [(r[name], r[f"{name}_se"] * inflate) for r in by.values()
+                if math.isfinite(r.get(name, NAN)) and math.isfinite(r.get(f"{name}_se", NAN))]
+        k = len(vals)
+        mean = float(np.mean([v for v, _ in vals])) if k else NAN
+        se = math.sqrt(sum(e * e for _, e in vals)) / k if k else NAN
+        out[f"{name}_mean"], out[f"{name}_se"] = mean, se
+        out[f"{name}_t"] = mean / se if k and se > 0 else NAN
+        if name == "ic":
+            out["symbols"], out["symbols_without"] = k, len(by) - k
+    ratios = [r["mse_ratio"] for r in by.values() if math.isfinite(r.get("mse_ratio", NAN))]
+    out["mse_ratio_mean"] = float(np.mean(ratios)) if ratios else NAN
     return out
 
 
@@ -167,10 +225,12 @@ def cross_sectional(times: np.ndarray, pred: np.ndarray, target: np.ndarray, min
             ics.append(ic)
             rics.append(ric)
             when.append(t[a])
-    out: dict[str, Any] = {"dates": len(ics)}
+    covered = int(sum(b - a for a, b in zip(starts, ends, strict=True) if b - a >= min_names))
+    out: dict[str, Any] = {"dates": len(ics), "coverage": covered / len(t) if len(t) else 0.0}
     for name, series in (("ic", ics), ("rank_ic", rics)):
         m, s, tt = mean_t(np.asarray(series))
         out[f"{name}_mean"], out[f"{name}_std"], out[f"{name}_t"] = m, s, tt
+        out[f"{name}_se"] = s / math.sqrt(len(series)) if len(series) > 1 and math.isfinite(s) else NAN
         out[f"{name}_ir"] = m / s if s and math.isfinite(s) and s > 0 else NAN
     out["series"] = {"time": np.asarray(when), "ic": np.asarray(ics), "rank_ic": np.asarray(rics)}
     return out
@@ -218,14 +278,18 @@ def equity_stats(returns: np.ndarray, turnover: np.ndarray, per_year: float, cos
     r = net_returns(returns, turnover, cost_bps)
     n = len(r)
     if n == 0 or not math.isfinite(per_year):
-        return {"periods": n, "ann_return": NAN, "sharpe": NAN, "max_drawdown": NAN, "turnover": NAN}
+        return {"periods": n, "years": NAN, "ann_return": NAN, "sharpe": NAN, "sharpe_se": NAN,
+                "max_drawdown": NAN, "turnover": NAN}
     equity = np.cumsum(r)                       # log-return space: additive
     peak = np.maximum.accumulate(np.r_[0.0, equity])[1:]
     sd = float(r.std(ddof=1)) if n > 1 else NAN
+    sharpe = float(r.mean() / sd * math.sqrt(per_year)) if sd and sd > 0 else NAN
     return {
         "periods": n,
+        "years": n / per_year if per_year > 0 else NAN,
         "ann_return": float(r.mean() * per_year),
-        "sharpe": float(r.mean() / sd * math.sqrt(per_year)) if sd and sd > 0 else NAN,
+        "sharpe": sharpe,
+        "sharpe_se": sharpe_se(sharpe, n, per_year),
         "max_drawdown": float(np.max(peak - equity)) if n else NAN,
         "turnover": float(np.mean(turnover)),
     }

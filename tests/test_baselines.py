@@ -226,3 +226,22 @@ def test_symbol_mean_predicts_each_symbols_own_training_mean(market) -> None:
         expected = float(np.mean(np.asarray(sd.label[lo:hi], np.float64)))
         np.testing.assert_allclose(got.predictions["symbol_mean"][sym == s], expected, rtol=1e-12)
     assert got.details["symbol_mean"]["symbols_with_own_mean"] == len(np.unique(sym))
+
+
+def test_a_sweep_over_four_seeds_changes_lightgbms_trees_and_a_seed_repeats_them(
+        market: dict[str, WindowDataset]) -> None:
+    """--seed reaches LightGBM's bagging and feature sampling: four seeds give four different
+    prediction vectors (its seed noise is sampled), the same seed the same one, and the seed
+    appears in what was fitted."""
+    mean = train_label_mean(market)
+    runs = {s: baseline_predictions(market, mean, 1, StopAfter(), threads=1, seed=s) for s in range(4)}
+    preds = {s: r.predictions["lightgbm"] for s, r in runs.items() if r is not None}
+    assert len(preds) == 4
+    assert len({p.tobytes() for p in preds.values()}) == 4
+    for s, r in runs.items():
+        assert r is not None and r.details["lightgbm"]["params"]["seed"] == s
+        # Only the stochastic baseline changes: ridge and the constants ignore the seed.
+        assert np.array_equal(r.predictions["ridge"], runs[0].predictions["ridge"])
+    again = baseline_predictions(market, mean, 1, StopAfter(), threads=1, seed=2)
+    assert again is not None and np.array_equal(again.predictions["lightgbm"], preds[2])
+    assert baselines.lightgbm_seed(2**40 + 5) == (2**40 + 5) % (2**31 - 1)

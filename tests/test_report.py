@@ -14,11 +14,11 @@ from indicator_transformer.report import (
     TestPredictions,
     best_by_metric,
     build_report,
-    format_table,
     model_beats,
     report_series,
     verdict,
 )
+from indicator_transformer.report_table import format_table
 
 DAY = 86_400 * 10**9
 START = 1_577_836_800 * 10**9  # 2020-01-01
@@ -58,7 +58,9 @@ def test_the_report_of_a_panel_holds_every_section_and_dumps_to_strict_json() ->
     assert r["cost_bps"] == 1.0 and r["periods_per_year"] == 252.0
     assert list(r["predictors"]) == ["model", "zero", "train_mean", "momentum", "ridge", "lightgbm"]
     model = r["predictors"]["model"]
-    assert set(model) == {"pooled", "by_symbol", "cross_section", "sign_strategy", "long_short"}
+    assert set(model) == {"headline", "pooled", "by_symbol", "symbol_ic", "cross_section", "sign_strategy",
+                          "long_short"}
+    assert r["headline"]["metric"] == "cs_ic" and r["headline"]["mse"] == "pooled"
     assert model["cross_section"]["dates"] == 250 and "series" not in model["cross_section"]
     assert model["long_short"]["periods"] == 250 and "series" not in model["sign_strategy"]
     assert set(r["beats"]) == {"ridge", "lightgbm"} and isinstance(r["verdict"], str)
@@ -121,7 +123,7 @@ def test_an_ic_with_a_t_below_two_is_called_noise_with_its_sample_and_date_count
     model = r["predictors"]["model"]
     assert model["pooled"]["ic_t_adj"] < 2 and model["cross_section"]["ic_t_adj"] < 2
     assert "not distinguishable from noise" in r["verdict"]
-    assert "over 120 samples" in r["verdict"] and "over 20 dates" in r["verdict"]
+    assert "over 20 dates" in r["verdict"] and "CS IC" in r["verdict"]
 
 
 def test_overlapping_labels_shrink_the_t_that_the_verdict_uses() -> None:
@@ -155,15 +157,32 @@ def test_without_ridge_or_lightgbm_the_verdict_says_nothing_strong_was_compared(
     tp = panel(n_symbols=3, n_dates=50)
     tp.preds = {k: v for k, v in tp.preds.items() if k not in ("ridge", "lightgbm")}
     r = build_report(tp)
-    assert r["beats"] == {} and r["verdict"].startswith("No ridge or LightGBM baseline was scored")
+    assert r["beats"] == {} and "No ridge or LightGBM baseline was scored" in r["verdict"]
 
 
-def test_best_names_the_first_of_equal_values_and_none_when_no_one_has_a_value() -> None:
-    preds = {"model": {"pooled": {"ic": 0.1, "mse_ratio": 0.9}},
-             "ridge": {"pooled": {"ic": 0.1, "mse_ratio": 0.8}},
-             "zero": {"pooled": {"ic": None, "mse_ratio": 1.0}}}
-    best = best_by_metric(preds)
-    assert best["ic"] == "model" and best["mse_ratio"] == "ridge" and best["hit_rate"] is None
+def test_best_marks_only_a_lead_beyond_its_standard_error_and_never_a_negative_ic() -> None:
+    def p(ic: float | None, se: float | None, mse: float = 0.99, mse_se: float = 0.001) -> dict:
+        return {"pooled": {"ic": ic, "ic_se": se, "mse_ratio": mse, "mse_ratio_se": mse_se}}
+    # A lead of 0.03 over ridge with a standard error of 0.01: clearly best.
+    assert best_by_metric({"model": p(0.05, 0.01), "ridge": p(0.02, 0.01)})["ic"] == "model"
+    # The same lead with a standard error of 0.05 (seed noise of this size): nobody is best.
+    assert best_by_metric({"model": p(0.05, 0.05), "ridge": p(0.02, 0.05)})["ic"] is None
+    # Every IC negative (the attack's -0.084 on 12 samples): never best, however far ahead.
+    assert best_by_metric({"model": p(-0.01, 0.001), "ridge": p(-0.3, 0.001)})["ic"] is None
+    # Equal values: a tie is nobody's lead.
+    assert best_by_metric({"model": p(0.1, 0.01), "ridge": p(0.1, 0.01)})["ic"] is None
+    # No standard error, or no values at all: nothing is marked.
+    assert best_by_metric({"model": p(0.1, None), "ridge": p(0.0, None)})["ic"] is None
+    assert best_by_metric({"model": p(None, None)})["hit_rate"] is None
+    # An MSE/mean above 1 is behind the training mean and never best.
+    assert best_by_metric({"model": p(0.1, 0.01, 1.02), "ridge": p(0.0, 0.01, 1.05)})["mse_ratio"] is None
+    assert best_by_metric({"model": p(0.1, 0.01, 0.95), "ridge": p(0.0, 0.01, 0.99)})["mse_ratio"] == "model"
+
+
+def test_a_negative_rank_ic_on_twelve_samples_is_not_starred() -> None:
+    r = build_report(panel(n_symbols=1, n_dates=12, model_skill=0.01, seed=11))
+    assert all(v is None for k, v in r["best"].items() if k in ("ic", "rank_ic", "headline_ic"))
+    assert any("12 samples" in w for w in r["warnings"])
 
 
 def test_the_table_marks_the_best_lists_symbols_sorted_and_truncated_and_ends_with_the_verdict() -> None:
@@ -173,9 +192,11 @@ def test_the_table_marks_the_best_lists_symbols_sorted_and_truncated_and_ends_wi
     assert all(len(line) < 110 for line in lines)
     assert lines[0] == "Test split (best checkpoint, epoch 7):"
     assert lines[1].startswith("  780 samples, 13 symbols, 60 dates; always long hits 0.")
-    assert lines[1].endswith("; cost 1.0 bps; * = best")
+    assert lines[1].endswith("; cost 1.0 bps")
+    assert lines[2].startswith("  Headline: CS IC, the correlation across symbols on each of 60 dates")
+    assert any(line.startswith("  * = ahead of every other predictor") for line in lines)
     model_row = next(line for line in lines if line.startswith("  model "))
-    assert model_row.count("*") >= 4                      # best IC, rank IC, MSE ratio, CS IC
+    assert model_row.count("*") >= 3                      # headline CS IC, MSE ratio, pooled IC
     zero_row = next(line for line in lines if line.startswith("  zero "))
     assert "*" not in zero_row and zero_row.split()[1] == "-"  # undefined IC prints as '-'
     symbol_rows = [line.split()[0] for line in lines if line.startswith("  SYM")]
@@ -252,7 +273,8 @@ def test_strategies_over_mixed_bar_frequencies_cover_one_frequency_and_say_so() 
     assert r["predictors"]["model"]["sign_strategy"]["sharpe"] == pytest.approx(expected["sharpe"])
     # Point metrics still use every sample.
     assert r["predictors"]["model"]["pooled"]["samples"] == len(tp.target)
-    assert "Note: strategy figures cover the 1h symbols only" in format_table(r, "t")
+    assert "Note: strategy and cross-sectional figures cover the 1h symbols only" in format_table(
+        r, "t").replace("\n    ", " ")
     assert build_report(panel())["strategy_scope"]["note"] is None
 
 
@@ -289,3 +311,104 @@ def test_a_symbol_with_one_test_sample_does_not_count_as_another_bar_frequency()
                           tp.train_mean, 1, 0.0, 252.0)
     r = build_report(one)
     assert r["strategy_scope"]["note"] is None and r["periods_per_year"] == 252.0
+
+
+def test_on_mixed_frequencies_the_headline_is_the_mean_symbol_ic_never_the_pooled_one() -> None:
+    """The attack's folder: pooling hourly FX with daily equities rewards predicting which asset
+    moves more. A model that only knows each symbol's volatility has a high pooled IC and no
+    per-symbol skill; the headline must show the latter."""
+    rng = np.random.default_rng(7)
+    tp = _mixed_frequency()
+    scale = np.where(np.isin(tp.symbols, ["SPX", "AAPL"]), 0.02, 0.002)
+    target = np.abs(rng.normal(size=len(tp.target))) * scale * np.sign(rng.normal(size=len(scale)) + 1.0)
+    knows_scale = scale + rng.normal(size=len(scale)) * 1e-5
+    tp = TestPredictions(tp.symbols, tp.times, target, {"model": knows_scale, "zero": np.zeros(len(scale))},
+                         0.0, 1, 0.0, 3150.0)
+    r = build_report(tp)
+    model = r["predictors"]["model"]
+    assert r["headline"]["metric"] == "symbol_ic" and r["headline"]["mse"] == "symbol_mean"
+    assert "per-symbol ICs" in r["headline"]["reason"]
+    assert model["pooled"]["ic"] > 0.1                        # the pooled IC rewards the scale
+    head = model["headline"]
+    per_symbol = [v["ic"] for v in model["by_symbol"].values()]
+    assert head["ic"] == pytest.approx(np.mean(per_symbol)) and abs(head["ic"]) < 0.1
+    assert head["over"] == "4 symbol(s)"
+    assert r["headline"]["mse_reason"].startswith("the mean of the per-symbol ratios")
+    table = format_table(r, "Test split")
+    assert "symbol IC (t)" in table and "pooled IC" in table
+    assert "Headline: symbol IC" in table
+
+
+def test_return_scales_that_differ_make_the_mse_headline_the_mean_of_the_symbol_ratios() -> None:
+    tp = panel(n_symbols=6, n_dates=100)
+    loud = np.isin(tp.symbols, ["SYM00", "SYM01"])
+    tp = TestPredictions(tp.symbols, tp.times, np.where(loud, tp.target * 20, tp.target),
+                         tp.preds, tp.train_mean, 1, 0.0, 252.0)
+    r = build_report(tp)
+    assert r["headline"]["mse"] == "symbol_mean" and r["headline"]["scale_ratio"] > 5
+    assert "return scales differ" in r["headline"]["mse_reason"]
+    mse = [v["mse_ratio"] for v in r["predictors"]["model"]["by_symbol"].values()]
+    assert r["predictors"]["model"]["headline"]["mse_ratio"] == pytest.approx(np.mean(mse))
+
+
+def test_a_model_worse_than_the_training_mean_is_told_so_first() -> None:
+    tp = panel(model_skill=0.0)
+    tp.preds["model"] = tp.preds["model"] * 10            # wild predictions: MSE/mean far above 1
+    r = build_report(tp)
+    assert r["predictors"]["model"]["headline"]["mse_ratio"] > 1
+    assert r["verdict"].startswith("The model is worse than predicting the training mean (MSE/mean ")
+    # Below 1 but behind a constant (each symbol's training mean): said too.
+    def p(mse: float, ic: float) -> dict:
+        return {"headline": {"mse_ratio": mse, "ic": ic, "ic_t_adj": 3.0, "over": "9 dates"}}
+    crafted = {"horizon": 1, "predictors": {"model": p(0.995, 0.05), "symbol_mean": p(0.990, 0.01),
+                                            "train_mean": p(1.0, math.nan)}, "beats": {"symbol_mean": False}}
+    assert verdict(crafted).startswith("The model is worse than a constant prediction: symbol_mean has a "
+                                       "lower MSE/mean (0.9900 against the model's 0.9950).")
+
+
+def test_the_baselines_fits_are_shown_with_an_edge_alpha_and_a_lightgbm_close_to_constant() -> None:
+    tp = panel(n_symbols=4, n_dates=60)
+    tp.preds["lightgbm"] = 0.0004 + 1e-6 * np.random.default_rng(0).normal(size=len(tp.target))
+    fits = {"ridge": {"alpha": 1e4, "alphas": [1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5],
+                      "chosen_by": "validation MSE", "fit_samples": 51, "features": 800},
+            "lightgbm": {"rounds": 2, "max_rounds": 500, "early_stopping": True, "fit_samples": 3000,
+                         "params": {"seed": 3}}}
+    r = build_report(tp, fits)
+    ridge, lgb = r["baseline_fits"]["ridge"], r["baseline_fits"]["lightgbm"]
+    assert "alpha 1e+04 (next to the top of its grid)" in ridge["text"]
+    assert "fitted on 51 samples of 800 inputs" in ridge["text"]
+    assert lgb["close_to_constant"] is True and "2 of 500 rounds" in lgb["text"]
+    assert "seed 3" in lgb["text"] and lgb["text"].endswith("close to constant")
+    assert any("fewer samples than inputs" in w for w in r["warnings"])
+    table = format_table(r, "Test split").replace("\n      ", " ")
+    assert "Baselines as fitted:" in table and "2 of 500 rounds" in table
+    top = dict(fits, ridge=dict(fits["ridge"], alpha=1e5))
+    assert build_report(tp, top)["baseline_fits"]["ridge"]["close_to_constant"] is True
+    assert "at the top of its grid" in build_report(tp, top)["baseline_fits"]["ridge"]["text"]
+
+
+def test_a_short_strategy_sample_carries_its_length_and_a_warning() -> None:
+    r = build_report(panel(n_symbols=4, n_dates=105))    # about 5 months of daily bars
+    ss = r["predictors"]["model"]["sign_strategy"]
+    assert ss["periods"] == 105 and 0.3 < ss["years"] < 0.5 and math.isfinite(ss["sharpe_se"])
+    assert any("a Sharpe ratio from under a year" in w for w in r["warnings"])
+    table = format_table(r, "Test split").replace("\n    ", " ")
+    assert "Sharpe figures: 105 periods of 1d bars (0.42 years)" in table
+    assert not any("under a year" in w for w in build_report(panel(n_dates=300))["warnings"])
+
+
+def test_separate_test_periods_are_listed_and_get_their_own_strategy_series() -> None:
+    a = panel(n_symbols=3, n_dates=60, seed=1)
+    late = 5 * 365 * DAY
+    tp = TestPredictions(np.r_[a.symbols, np.char.add(a.symbols, "L")], np.r_[a.times, a.times + late],
+                         np.r_[a.target, a.target], {k: np.r_[v, v] for k, v in a.preds.items()},
+                         a.train_mean, 1, 0.0, 252.0)
+    r = build_report(tp)
+    assert len(r["test_periods"]) == 2
+    assert r["test_periods"][0]["symbols"] == ["SYM00", "SYM01", "SYM02"]
+    s = report_series(tp)
+    assert len(s["periods"]) == 2
+    for period in s["periods"]:
+        t = period["sign_strategy"]["time"]
+        assert len(t) == 60 and (t.max() - t.min()) < 365 * DAY   # never stitched across the gap
+    assert "2 separate test periods" in format_table(r, "t").replace("\n    ", " ")
