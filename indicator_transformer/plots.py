@@ -88,7 +88,14 @@ def plot_losses(history: Sequence[dict[str, Any]], step_losses: Sequence[float],
     """Per-step training loss (raw, faint, and smoothed) and per-epoch train / validation loss at
     the global step where each epoch ended, over the whole history; a dashed line at each resume
     (the global step where a resumed segment began). A NaN validation loss (empty split) is left
-    out. Returns ``path``."""
+    out.
+
+    Every curve is divided by its own split's loss of predicting the training mean (the epoch
+    records' ``train_baseline`` / ``val_baseline``), so 1.0 means "no better than the constant"
+    on both. Raw, a calmer validation period (its labels vary less in training units) put the
+    validation loss far below the training loss with no model skill behind it. An older history
+    without these figures is drawn raw, and the title says why the curves may sit apart.
+    Returns ``path``."""
     fig = _figure()
     ax = fig.add_subplot()
     steps = np.asarray(step_losses, np.float64)
@@ -97,25 +104,38 @@ def plot_losses(history: Sequence[dict[str, Any]], step_losses: Sequence[float],
     if len(steps) == 0 and len(epochs) == 0:
         _empty(ax, "no training steps recorded")
         return _save(fig, path)
+    train_base = np.array([_float(e.get("train_baseline")) for e in history])
+    val_base = np.array([_float(e.get("val_baseline")) for e in history])
+    scaled = bool(len(epochs)) and bool(np.all(np.isfinite(train_base) & (train_base > 0)))
+    tb = float(train_base[-1]) if scaled else 1.0
     if len(steps):
         x = np.arange(1, len(steps) + 1)
-        ax.plot(x, steps, color="tab:blue", alpha=0.2, linewidth=0.6)
-        ax.plot(x, _moving_average(steps, max(1, min(per_epoch, len(steps) // 20))), color="tab:blue",
+        ax.plot(x, steps / tb, color="tab:blue", alpha=0.2, linewidth=0.6)
+        ax.plot(x, _moving_average(steps, max(1, min(per_epoch, len(steps) // 20))) / tb, color="tab:blue",
                 linewidth=1.2, label="train loss per step (smoothed)")
     if len(epochs):
         at = epochs * per_epoch
-        train = np.array([float(e["train_loss"]) for e in history])
+        train = np.array([float(e["train_loss"]) for e in history]) / (train_base if scaled else 1.0)
         val = np.array([_float(e.get("val_loss")) for e in history])
+        if scaled:
+            val = np.where(np.isfinite(val_base) & (val_base > 0), val / val_base, np.nan)
         ax.plot(at, train, "o-", color="tab:orange", markersize=3, label="train loss per epoch")
         if np.isfinite(val).any():
             ok = np.isfinite(val)
             ax.plot(at[ok], val[ok], "s-", color="tab:green", markersize=3, label="validation loss per epoch")
+    if scaled:
+        ax.axhline(1.0, color="0.5", linestyle=":", linewidth=1, label="predicting the training mean")
     for i, s in enumerate(resume_steps):
         ax.axvline(float(s), color="tab:red", linestyle="--", linewidth=1,
                    label="resumed here" if i == 0 else None)
     ax.set_xlabel("global step")
-    ax.set_ylabel("loss (MSE on standardised labels)")
-    ax.set_title("Training history")
+    if scaled:
+        ax.set_ylabel("loss / loss of predicting the training mean")
+        ax.set_title("Training history (each split's MSE over its own constant-prediction MSE)")
+    else:
+        ax.set_ylabel("loss (MSE on standardised labels)")
+        ax.set_title("Training history (raw MSE: validation labels may vary less than training ones, "
+                     "so the curves can sit apart)", fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize="small")
     return _save(fig, path)
@@ -154,33 +174,67 @@ def plot_predicted_vs_realised(pred: np.ndarray, target: np.ndarray, path: str |
     return _save(fig, path)
 
 
+STRATEGY_LINES = (("sign_strategy", "model: sign of prediction", "tab:blue"),
+                  ("long_short", "model: top-minus-bottom quantile", "tab:orange"),
+                  ("buy_and_hold", "buy and hold (every symbol)", "0.3"))
+MAX_PANELS = 6  # test periods drawn; more are named in the last panel's title
+
+
 def plot_strategies(series: dict[str, Any], path: str | Path) -> Path:
     """Cumulative (log) return after cost of the model's sign strategy, its long-short when
-    there is one, and buy-and-hold, over the test dates. ``series`` is what
-    :func:`indicator_transformer.report.report_series` returns. Returns ``path``."""
-    fig = _figure()
-    ax = fig.add_subplot()
-    lines = (("sign_strategy", "model: sign of prediction", "tab:blue"),
-             ("long_short", "model: top-minus-bottom quantile", "tab:orange"),
-             ("buy_and_hold", "buy and hold (every symbol)", "0.3"))
-    drawn = 0
-    for key, label, color in lines:
-        s = series.get(key)
-        if not s or len(s["time"]) == 0:
-            continue
-        ax.plot(_dates(s["time"]), np.cumsum(np.asarray(s["return"], np.float64)), label=label, color=color,
-                linewidth=1.2)
-        drawn += 1
-    if not drawn:
-        _empty(ax, "no test dates")
+    there is one, and buy-and-hold: one panel per distinct test period (``series["periods"]``,
+    symbols whose test samples overlap in time), so test periods years apart are never stitched
+    into one curve with a flat line across the gap. Each panel's title carries the period's
+    symbols, its length and the sign strategy's Sharpe, flagged when the period is under a year.
+    ``series`` is what :func:`indicator_transformer.report.report_series` returns (an older one
+    without ``periods`` is drawn as one panel). Returns ``path``."""
+    periods = [p for p in (series.get("periods") or [series]) if _period_has_data(p)]
+    if not periods:
+        fig = _figure()
+        _empty(fig.add_subplot(), "no test dates")
         return _save(fig, path)
-    _date_axis(ax)
-    ax.axhline(0.0, color="0.6", linewidth=0.6)
-    ax.set_ylabel("cumulative log return after cost")
-    ax.set_title("Strategies on the test split")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize="small")
+    shown = periods[:MAX_PANELS]
+    fig = _figure(9.0, 3.2 + 2.3 * len(shown) if len(shown) > 1 else 5.0)
+    axes = fig.subplots(len(shown), 1, squeeze=False)[:, 0]
+    for ax, period in zip(axes, shown, strict=True):
+        for key, label, color in STRATEGY_LINES:
+            s = period.get(key)
+            if not s or len(s["time"]) == 0:
+                continue
+            ax.plot(_dates(s["time"]), np.cumsum(np.asarray(s["return"], np.float64)), label=label,
+                    color=color, linewidth=1.2)
+        _date_axis(ax)
+        ax.axhline(0.0, color="0.6", linewidth=0.6)
+        ax.set_ylabel("cum. log return after cost", fontsize="small")
+        ax.set_title(_period_title(period, series.get("bar", "?")), fontsize="small")
+        ax.grid(alpha=0.3)
+    if len(periods) > len(shown):
+        axes[-1].set_xlabel(f"{len(periods) - len(shown)} more test period(s) not drawn")
+    axes[0].legend(loc="upper left", fontsize="small")
+    fig.suptitle("Strategies on the test split" + (f" ({len(periods)} separate test periods)"
+                                                   if len(periods) > 1 else ""))
     return _save(fig, path)
+
+
+def _period_has_data(period: dict[str, Any]) -> bool:
+    return any(_has((period.get(k) or {}).get("time")) for k, _, _ in STRATEGY_LINES)
+
+
+def _period_title(period: dict[str, Any], bar: str) -> str:
+    """Symbols, length and the sign Sharpe of one test period, with a warning under a year."""
+    syms = period.get("symbols") or []
+    who = (", ".join(syms[:4]) + (f" +{len(syms) - 4}" if len(syms) > 4 else "")) if syms else "every symbol"
+    n = period.get("periods_count")
+    years = _float(period.get("years"))
+    sharpe = _float(period.get("sign_sharpe"))
+    length = f"{n:,} {bar} periods" if isinstance(n, int) else ""
+    if math.isfinite(years):
+        length += f" ({years:.2f} years)"
+    text = f"{who}: {length}; sign Sharpe {sharpe:+.2f}" if math.isfinite(sharpe) else \
+        f"{who}: {length}; too few periods for a Sharpe"
+    if math.isfinite(years) and years < 1.0:
+        text += " - under a year: says little"
+    return text
 
 
 def plot_ic_over_time(times: np.ndarray, ic: np.ndarray, path: str | Path) -> Path:
@@ -211,34 +265,42 @@ def plot_ic_over_time(times: np.ndarray, ic: np.ndarray, path: str | Path) -> Pa
 # ----------------------------------------------------------------------------- all of them
 def write_plots(folder: str | Path, series: dict[str, Any], history: Sequence[dict[str, Any]],
                 step_losses: Sequence[float], steps_per_epoch: int, resume_steps: Sequence[int]
-                ) -> list[Path]:
-    """Write every plot that has data into ``folder`` and return their paths.
+                ) -> tuple[list[Path], dict[str, str]]:
+    """Write every plot that has data into ``folder``; return their paths and, for each plot not
+    drawn, why (``{file name: reason}``: the caller logs it and records it in the summary, so a
+    missing picture is never silent).
 
     A plot without data (no cross-section with a single symbol, no test samples, no steps) is not
     drawn, and a file of that name left by an earlier evaluation in the same run folder is removed:
     a stale picture beside a fresh report would be silently wrong."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    ic = series.get("ic_over_time") or {}
     plans = [
-        (LOSS_CURVES, bool(len(step_losses) or len(history)),
+        (LOSS_CURVES, None if len(step_losses) or len(history) else
+         "no training steps are recorded (an evaluation without the run's history)",
          lambda p: plot_losses(history, step_losses, steps_per_epoch, resume_steps, p)),
-        (PREDICTED_VS_REALISED, _has(series.get("pred")) and _has(series.get("target")),
+        (PREDICTED_VS_REALISED, None if _has(series.get("pred")) and _has(series.get("target")) else
+         "the test split has no samples",
          lambda p: plot_predicted_vs_realised(series["pred"], series["target"], p)),
-        (STRATEGIES, any(_has((series.get(k) or {}).get("time"))
-                         for k in ("sign_strategy", "long_short", "buy_and_hold")),
+        (STRATEGIES, None if any(_has((series.get(k) or {}).get("time")) for k, _, _ in STRATEGY_LINES) else
+         "the test split has no dates",
          lambda p: plot_strategies(series, p)),
-        (IC_OVER_TIME, _has((series.get("ic_over_time") or {}).get("ic")),
-         lambda p: plot_ic_over_time(series["ic_over_time"]["time"], series["ic_over_time"]["ic"], p)),
+        (IC_OVER_TIME, None if _has(ic.get("ic")) else
+         "no test date has 3 or more symbols, so there is no cross-sectional IC to draw (one symbol, "
+         "or symbols that never share a date, such as files covering different years)",
+         lambda p: plot_ic_over_time(ic["time"], ic["ic"], p)),
     ]
-    written = []
-    for name, has_data, draw in plans:
+    written, skipped = [], {}
+    for name, why_not, draw in plans:
         path = folder / name
-        if has_data:
+        if why_not is None:
             written.append(draw(path))
         else:
+            skipped[name] = why_not
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-    return written
+    return written, skipped
 
 
 def _has(arr: Any) -> bool:

@@ -40,7 +40,7 @@ METRICS_NAME = "metrics.csv"
 SUMMARY_NAME = "summary.json"
 RUN_NAME = re.compile(r"\d{8}T\d{6}Z(-\d{1,4})?")  # used with fullmatch: no trailing newline
 METRICS_COLUMNS = ("epoch", "segment", "train_loss", "val_loss", "val_ic", "lr", "samples_per_s", "seconds",
-                   "finished")
+                   "finished", "train_baseline", "val_baseline")
 
 _logger = logging.getLogger("indicator_transformer.console")
 _logger.propagate = False  # the console already shows these lines: only the file handler gets them

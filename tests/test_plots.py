@@ -50,8 +50,8 @@ def series(n_symbols: int, n_dates: int, seed: int = 0) -> dict:
 
 def test_write_plots_writes_four_readable_pngs_and_nothing_else(tmp_path: Path) -> None:
     hist, steps = history(4, 30)
-    paths = plots.write_plots(tmp_path, series(8, 120), hist, steps, 30, resume_steps=[45, 90])
-    assert {p.name for p in paths} == ALL
+    paths, skipped = plots.write_plots(tmp_path, series(8, 120), hist, steps, 30, resume_steps=[45, 90])
+    assert {p.name for p in paths} == ALL and skipped == {}
     assert {p.name for p in tmp_path.iterdir()} == ALL          # no temporary files left behind
     for p in paths:
         assert_png(p)
@@ -62,8 +62,10 @@ def test_one_symbol_has_no_ic_plot_and_a_stale_one_is_removed(tmp_path: Path) ->
     hist, steps = history(2, 10)
     s = series(1, 60)
     assert s["ic_over_time"] is None and s["long_short"] is None
-    paths = plots.write_plots(tmp_path, s, hist, steps, 10, resume_steps=[])
+    paths, skipped = plots.write_plots(tmp_path, s, hist, steps, 10, resume_steps=[])
     assert {p.name for p in paths} == ALL - {plots.IC_OVER_TIME}
+    # The missing plot is never silent: the caller logs this reason and records it in the summary.
+    assert list(skipped) == [plots.IC_OVER_TIME] and "3 or more symbols" in skipped[plots.IC_OVER_TIME]
     assert {p.name for p in tmp_path.iterdir()} == ALL - {plots.IC_OVER_TIME}
 
 
@@ -71,7 +73,8 @@ def test_empty_inputs_write_no_plot_and_do_not_raise(tmp_path: Path) -> None:
     empty = {"pred": np.array([]), "target": np.array([]), "long_short": None, "ic_over_time": None,
              "sign_strategy": {"time": np.array([], np.int64), "return": np.array([])},
              "buy_and_hold": {"time": np.array([], np.int64), "return": np.array([])}}
-    assert plots.write_plots(tmp_path, empty, [], [], 0, []) == []
+    paths, skipped = plots.write_plots(tmp_path, empty, [], [], 0, [])
+    assert paths == [] and set(skipped) == ALL and all(skipped.values())
     assert list(tmp_path.iterdir()) == []
 
 
@@ -133,3 +136,67 @@ def test_a_plot_killed_while_it_is_written_leaves_the_previous_file_intact(tmp_p
     assert old.read_bytes() == PNG_SIGNATURE + b"the previous, complete plot"
     leftovers = [p for p in tmp_path.iterdir() if p != old]
     assert leftovers and all(is_temp_file(p) for p in leftovers)
+
+
+def test_the_loss_plot_divides_each_split_by_its_own_constant_prediction_loss(tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    """Validation labels that vary less (a calmer period) put the raw validation loss far below
+    the training loss; divided by each split's loss of predicting the training mean, the curves
+    are comparable (1.0 = no better than the constant)."""
+    hist, steps = history(3, 20)
+    for e in hist:
+        e["train_baseline"], e["val_baseline"] = 1.0, 0.6
+        e["val_loss"] = 0.61
+    drawn: dict[str, np.ndarray] = {}
+    original = plots._save
+
+    def capture(fig, path):  # read back what the axes hold before the figure is cleared
+        for line in fig.axes[0].get_lines():
+            drawn[str(line.get_label())] = np.asarray(line.get_ydata(), float)
+        return original(fig, path)
+
+    monkeypatch.setattr(plots, "_save", capture)
+    assert_png(plots.plot_losses(hist, steps, 20, [], tmp_path / "loss.png"))
+    assert np.allclose(drawn["validation loss per epoch"], 0.61 / 0.6)
+    assert "predicting the training mean" in drawn
+    # A history from before these figures: drawn raw, the title says why the curves may differ.
+    for e in hist:
+        del e["train_baseline"], e["val_baseline"]
+    drawn.clear()
+    plots.plot_losses(hist, steps, 20, [], tmp_path / "raw.png")
+    assert np.allclose(drawn["validation loss per epoch"], 0.61)
+    assert "predicting the training mean" not in drawn
+
+
+def test_test_periods_years_apart_get_one_panel_each_with_their_length_and_sharpe(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    a = series(3, 60)
+    late = 5 * 365 * DAY
+    n = 60 * 3
+    times = np.r_[np.tile(START + np.arange(60) * DAY, 3), np.tile(START + late + np.arange(60) * DAY, 3)]
+    symbols = np.r_[np.repeat(["A", "B", "C"], 60), np.repeat(["D", "E", "F"], 60)]
+    rng = np.random.default_rng(4)
+    target = rng.normal(size=2 * n) * 0.01
+    tp = TestPredictions(symbols, times, target, {"model": target + rng.normal(size=2 * n) * 0.02},
+                         0.0, 1, 1.0, 252.0)
+    s = report_series(tp)
+    assert len(s["periods"]) == 2 and a["periods"][0]["symbols"] == ["S0", "S1", "S2"]
+    titles: list[str] = []
+    spans: list[float] = []
+    original = plots._save
+
+    def capture(fig, path):
+        for ax in fig.axes:
+            titles.append(ax.get_title())
+            for line in ax.get_lines():
+                x = line.get_xdata()
+                if len(x) > 2:
+                    spans.append(float((np.max(x) - np.min(x)) / np.timedelta64(1, "D")))
+        return original(fig, path)
+
+    monkeypatch.setattr(plots, "_save", capture)
+    assert_png(plots.plot_strategies(s, tmp_path / "s.png"))
+    assert len(titles) == 2
+    assert titles[0].startswith("A, B, C: 60 1d periods (0.24 years); sign Sharpe")
+    assert all("under a year" in t for t in titles)
+    assert max(spans) < 365                       # no curve spans the five-year gap

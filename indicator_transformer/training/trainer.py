@@ -172,6 +172,7 @@ class Trainer:
         self.global_step = 0
         self.epoch_complete = False
         self.epoch_history: list[dict[str, Any]] = []
+        self._train_baseline: float | None = None
         self.step_losses: list[float] = []
         self.best_val = float("inf")
         self._pending_losses: list[torch.Tensor] = []
@@ -480,6 +481,10 @@ class Trainer:
         self.epoch_history.append({"epoch": self.epoch, "train_loss": train_loss,
                                    "val_loss": val["loss"], "val_ic": val["ic"],
                                    "seconds": round(seconds, 3),
+                                   # Each split's loss of predicting the training mean: the plot
+                                   # divides by them so the two curves are comparable.
+                                   "train_baseline": self.train_baseline,
+                                   "val_baseline": val.get("baseline", float("nan")),
                                    # For the run folder's metrics.csv (not needed to resume):
                                    "lr": float(self.optimizer.param_groups[0]["lr"]),
                                    "samples_per_s": round(rate, 1) if math.isfinite(rate) else None,
@@ -549,7 +554,33 @@ class Trainer:
         ds = self.datasets[split]
         metrics = point_metrics(ds.to_returns(pred), ds.to_returns(target), train_mean=self.norm.label_mean)
         metrics["loss"] = loss
+        # The loss of predicting 0 (each symbol's training mean) on this split. Validation labels
+        # measured in training units vary less than 1 when the market calmed down, so the raw
+        # validation loss sits below the training loss without the model being any better.
+        metrics["baseline"] = (float(np.mean(np.square(target, dtype=np.float64))) if len(target)
+                               else float("nan"))
         return metrics
+
+    @property
+    def train_baseline(self) -> float:
+        """The training split's loss of predicting 0 (each symbol's training mean): the mean
+        squared standardised training label, about 1 by construction (computed once)."""
+        if self._train_baseline is None:
+            self._train_baseline = label_baseline(self.datasets["train"])
+        return self._train_baseline
+
+
+def label_baseline(ds: WindowDataset) -> float:
+    """Mean squared standardised label over a split's samples (NaN when empty), straight from the
+    label arrays: no windows are built."""
+    total, n = 0.0, 0
+    for s, (lo, hi) in enumerate(zip(ds.split.starts, ds.split.stops, strict=True)):
+        if hi > lo:
+            y = (np.asarray(ds.symbols[s].label[lo:hi], np.float64) - float(ds.label_mean[s])) \
+                * float(ds.label_inv_std[s])
+            total += float(np.sum(y * y))
+            n += int(hi - lo)
+    return total / n if n else float("nan")
 
 
 def _interleave(parts: list[torch.Tensor], sampler: ResumableBatchSampler) -> torch.Tensor:
