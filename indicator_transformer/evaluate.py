@@ -50,7 +50,8 @@ from .errors import CheckpointError, UserError
 from .integrity import IntegrityError, check_json, json_safe, seal_json
 from .plots import write_plots
 from .predict import load_model
-from .report import TestPredictions, build_report, format_table, report_series
+from .report import TestPredictions, build_report, report_series
+from .report_table import format_table
 from .run import prepare_data, print_layout, test_predictions
 from .runlog import SUMMARY_NAME, attach_console_log, new_run_name, runs_dir_for
 from .shutdown import SignalHandler
@@ -227,7 +228,7 @@ def score(state: dict[str, Any], cfg: Config, data: PreparedData, choice: SplitC
         how = f"fitted on this data's training split ({f.normalise})"
     datasets = {k: WindowDataset(data.symbols, splits[k], f.window, base_norm) for k in splits}
     base = baseline_predictions(datasets, base_norm.label_mean, f.horizon, lambda: handler.should_stop,
-                                threads=torch.get_num_threads())
+                                threads=torch.get_num_threads(), seed=cfg.train.seed)
     if base is None:
         return None
     tp = test_predictions(test, data, pred_std, target_std, base.predictions, base_norm.label_mean,
@@ -283,7 +284,7 @@ def evaluate(state: dict[str, Any], cfg: Config, opts: EvaluateOptions, handler:
         print(f"note: the checkpoint has no normalisation statistics for {len(names)} symbol(s), which use "
               f"the pooled ones: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}", file=stream,
               flush=True)
-    rep = build_report(scored.tp)
+    rep = build_report(scored.tp, scored.baseline_settings)
     which = "own data" if own else "other data"
     # The table is the command's result: on standard output, so `> report.txt` keeps it.
     print(format_table(rep, f"Test split ({opts.checkpoint.name}, {which})"), flush=True)
@@ -347,9 +348,12 @@ def write_report(out: Path, fresh: bool, state: dict[str, Any], tp: TestPredicti
     try:
         hist = state["loss_history"]
         segments = (state.get("run") or {}).get("segments") or []
-        plots = write_plots(out, report_series(tp), hist["epochs"], hist["steps"], state["steps_per_epoch"],
-                            [s[0] for s in segments[1:]])
+        plots, skipped = write_plots(out, report_series(tp), hist["epochs"], hist["steps"],
+                                     state["steps_per_epoch"], [s[0] for s in segments[1:]])
         doc["plots"] = [p.name for p in plots]
+        doc["plots_skipped"] = skipped
+        for name, why in skipped.items():
+            print(f"note: {name} not drawn: {why}", file=sys.stderr, flush=True)
         atomic_write_json(out / SUMMARY_NAME, seal_json(json_safe(doc)))
     except OSError as e:
         if fresh:

@@ -48,7 +48,8 @@ from .errors import CheckpointError, UserError
 from .integrity import IntegrityError, check_json, json_safe, seal_json
 from .model import count_parameters
 from .plots import plot_losses, write_plots
-from .report import TestPredictions, build_report, format_table, report_series
+from .report import TestPredictions, build_report, report_series
+from .report_table import format_table
 from .runlog import LOG_NAME, RunFolder, attach_console_log, runs_dir_for, unfinished_run
 from .shutdown import SignalHandler
 from .training import checkpoint as ckpt
@@ -66,7 +67,9 @@ def evaluation_belongs(models_dir: str | Path, state: dict[str, Any]) -> bool:
         report = check_json(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, IntegrityError):
         return False
-    owner = report.get("checkpoint")
+    # "belongs_to" names the checkpoint a report belongs to; a report written before it existed
+    # kept that under "checkpoint" (which now names the checkpoint that was evaluated).
+    owner = report.get("belongs_to", report.get("checkpoint"))
     return isinstance(owner, dict) and owner.get("line") == ckpt.lineage_of(state)["line"] \
         and owner.get("global_step") == state["global_step"]
 
@@ -282,7 +285,7 @@ def _evaluate_and_report(trainer: Trainer, data: PreparedData, summary: RunSumma
                          models_dir: Path, stream: TextIO) -> int:
     """Rank 0 (or the only process), after the last epoch: the test evaluation and every report."""
     run = summary.run
-    which = _load_best(trainer, data, models_dir / ckpt.BEST_NAME, stream)
+    which, evaluated = _load_best(trainer, data, models_dir / ckpt.BEST_NAME, stream)
     scored = score_test(trainer, data, handler)
     summary.mark("evaluation")
     if scored is None:
@@ -291,23 +294,29 @@ def _evaluate_and_report(trainer: Trainer, data: PreparedData, summary: RunSumma
         _report_interrupted(summary, "evaluation", None, stream, handler.exit_code)
         return handler.exit_code
     tp, details = scored
-    rep = build_report(tp)
+    rep = build_report(tp, details)
     pooled = {name: p["pooled"] for name, p in rep["predictors"].items()}
     evaluation = {"evaluated": which, "test": pooled.pop("model"), "baselines": pooled,
                   "verdict": rep["verdict"], "report": rep, "baseline_settings": details,
                   "history": trainer.epoch_history,
                   "global_step": trainer.global_step, "data_fingerprint": data.fingerprint,
                   "run": run.name,
+                  # The checkpoint whose model was scored (best.pth, or the final model).
+                  "checkpoint": evaluated,
                   # The checkpoint this report belongs to: resume trusts it only for that one.
-                  "checkpoint": {"line": trainer.lineage["line"], "global_step": trainer.global_step,
+                  "belongs_to": {"line": trainer.lineage["line"], "global_step": trainer.global_step,
                                  "epoch": trainer.epoch - 1}}
     print(format_table(rep, f"Test split ({which})"), file=stream, flush=True)
     # The run folder first, evaluation.json last: a resume trusts evaluation.json as the sign that
     # the report is complete, so a kill -9 before it makes the resume write everything again.
     out = models_dir / EVALUATION_FILE
-    plots = write_plots(run.root, report_series(tp), trainer.epoch_history, trainer.step_losses,
-                        trainer.steps_per_epoch, run.resume_steps()) if summary.plots_enabled else []
-    summary.finish(evaluated=which, report=rep, baseline_settings=details, plots=plots, evaluation=out)
+    plots, skipped = write_plots(run.root, report_series(tp), trainer.epoch_history, trainer.step_losses,
+                                 trainer.steps_per_epoch, run.resume_steps()) \
+        if summary.plots_enabled else ([], {})
+    for name, why in skipped.items():
+        print(f"note: {name} not drawn: {why}", file=stream, flush=True)
+    summary.finish(evaluated=which, report=rep, baseline_settings=details, plots=plots, evaluation=out,
+                   plots_skipped=skipped)
     atomic_write_json(out, seal_json(json_safe(evaluation)))
     print(f"Report: {out}; run folder {run.root} (train.log, metrics.csv, summary.json, "
           f"{len(plots)} plots)", file=stream, flush=True)
@@ -497,7 +506,8 @@ def score_test(trainer: Trainer, data: PreparedData, handler: SignalHandler
     pred_std, target_std = out  # standardised, as the model sees them
     test = trainer.datasets["test"]
     base = baseline_predictions(trainer.datasets, trainer.norm.label_mean, trainer.cfg.features.horizon,
-                                lambda: handler.should_stop, threads=torch.get_num_threads())
+                                lambda: handler.should_stop, threads=torch.get_num_threads(),
+                                seed=trainer.cfg.train.seed)
     if base is None:
         return None
     tp = test_predictions(test, data, pred_std, target_std, base.predictions, trainer.norm.label_mean,
@@ -556,12 +566,16 @@ def _restore_epoch_checkpoint(state: dict[str, Any], path: Path, models_dir: Pat
           f"restored it from {path.name}, which holds the same end-of-epoch state", file=stream, flush=True)
 
 
-def _load_best(trainer: Trainer, data: PreparedData, best: Path, stream: TextIO) -> str:
+def _load_best(trainer: Trainer, data: PreparedData, best: Path, stream: TextIO
+               ) -> tuple[str, dict[str, Any]]:
     """Put the best validation model into ``trainer.model`` when ``best.pth`` provably belongs to
     this run (same line or an ancestor at or before the fork, same data, the very best_val this
-    run recorded); otherwise say why and keep the final model. Returns what will be evaluated."""
+    run recorded); otherwise say why and keep the final model. Returns what will be evaluated, as
+    words and as a record of that checkpoint (file, line, epoch, global step)."""
+    final = {"file": "final model", "line": trainer.lineage["line"], "epoch": trainer.epoch - 1,
+             "global_step": trainer.global_step}
     if not best.exists():
-        return "final model"
+        return "final model", final
     try:
         state = ckpt.load_checkpoint(best)
         info = ckpt.CheckpointInfo(best, 0, state=state)
@@ -573,8 +587,10 @@ def _load_best(trainer: Trainer, data: PreparedData, best: Path, stream: TextIO)
                   if state["best_val"] != trainer.best_val else "")
         if not reason:
             trainer.load_weights(state, best)
-            return f"best model (epoch {state['epoch']})"
+            return f"best model (epoch {state['epoch']})", {
+                "file": best.name, "line": ckpt.lineage_of(state)["line"], "epoch": state["epoch"],
+                "global_step": state["global_step"], "best_val": state["best_val"]}
     except CheckpointError as e:
         reason = str(e)
     print(f"warning: not using {best}: {reason}; evaluating the final model", file=stream, flush=True)
-    return "final model"
+    return "final model", final

@@ -85,7 +85,7 @@ def test_resuming_an_older_checkpoint_forks_a_line_that_a_plain_resume_then_cont
     assert "Resuming from models/checkpoint_epoch_3_interrupted.pth" in r.stderr
     final = load(models / "checkpoint_epoch_4.pth")
     assert final["lineage"]["line"] == new["lineage"]["line"]
-    assert _report(models)["checkpoint"] == {"line": new["lineage"]["line"],
+    assert _report(models)["belongs_to"] == {"line": new["lineage"]["line"],
                                              "global_step": 4 * STEPS_PER_EPOCH, "epoch": 4}
     r = _run(tmp_path, "resume_training.py")
     assert r.returncode == 0 and "Nothing to do" in r.stdout
@@ -95,7 +95,7 @@ def test_resuming_an_older_checkpoint_forks_a_line_that_a_plain_resume_then_cont
     r = _run(tmp_path, "resume_training.py", "--checkpoint", str(archive / "checkpoint_epoch_3.pth"))
     assert r.returncode == 0, r.stderr
     assert f"training continues in {models}" in r.stderr
-    assert _report(models)["checkpoint"] == {"line": old_line, "global_step": 3 * STEPS_PER_EPOCH,
+    assert _report(models)["belongs_to"] == {"line": old_line, "global_step": 3 * STEPS_PER_EPOCH,
                                              "epoch": 3}
     assert not (archive / ckpt.ARCHIVE_DIR).exists() and len(list((models / ckpt.ARCHIVE_DIR).iterdir())) == 2
 
@@ -153,21 +153,26 @@ def test_best_pth_agrees_with_the_run_whatever_instant_the_process_dies(tmp_path
     best = load(models / "best.pth")
     assert best["epoch"] == best_epoch and best["best_val"] == history[1]["val_loss"]
     assert _report(models)["evaluated"] == f"best model (epoch {best_epoch})"
+    # evaluation.json names the checkpoint it scored (best.pth, epoch 2), not the run's last one.
+    scored = _report(models)["checkpoint"]
+    assert scored["file"] == "best.pth" and scored["epoch"] == best_epoch
+    assert scored["global_step"] == best["global_step"] and scored["best_val"] == best["best_val"]
+    assert _report(models)["belongs_to"]["epoch"] == len(history)
 
 
 def test_a_stale_report_does_not_end_a_resumed_run(tmp_path: Path) -> None:
     models = _train(tmp_path)
-    assert _report(models)["checkpoint"]["global_step"] == 2 * STEPS_PER_EPOCH
+    assert _report(models)["belongs_to"]["global_step"] == 2 * STEPS_PER_EPOCH
     child = _cmd(tmp_path, "resume_training.py", "--epochs", "1", env=pause_env("test_batch:1"))
     child.wait_for("PAUSED")
     child.proc.send_signal(signal.SIGINT)
     assert child.finish() == 130, child.stderr
-    assert _report(models)["checkpoint"]["global_step"] == 2 * STEPS_PER_EPOCH  # the old one, as it was
+    assert _report(models)["belongs_to"]["global_step"] == 2 * STEPS_PER_EPOCH  # the old one, as it was
 
     r = _run(tmp_path, "resume_training.py")
     assert r.returncode == 0, r.stderr
     assert "Nothing to do" not in r.stdout and "running the final evaluation" in r.stderr
-    assert _report(models)["checkpoint"]["global_step"] == 3 * STEPS_PER_EPOCH
+    assert _report(models)["belongs_to"]["global_step"] == 3 * STEPS_PER_EPOCH
     # A damaged report is not trusted either.
     report = models / "evaluation.json"
     report.write_text(report.read_text().replace('"samples": ', '"samples": 1'))
@@ -220,11 +225,14 @@ def test_the_final_evaluation_uses_best_pth_only_when_it_belongs_to_the_run(real
     trainer, data, state = _trainer_on(real_run, tmp_path)
     trainer.load_state_dict(state)
     out = io.StringIO()
-    assert _load_best(trainer, data, best, out) == f"best model (epoch {load(best)['epoch']})"
+    which, record = _load_best(trainer, data, best, out)
+    assert which == f"best model (epoch {load(best)['epoch']})"
+    assert record["file"] == "best.pth" and record["global_step"] == load(best)["global_step"]
     # A best.pth of another line (a fresh run here): refused with a warning, final model evaluated.
     trainer, data, _ = _trainer_on(real_run, tmp_path)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    assert _load_best(trainer, data, best, out) == "final model"
+    which, record = _load_best(trainer, data, best, out)
+    assert which == "final model" and record["file"] == "final model"
     assert "another line of training" in out.getvalue()
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     # Same line and best_val but another architecture: refused, never a RuntimeError.
@@ -233,5 +241,5 @@ def test_the_final_evaluation_uses_best_pth_only_when_it_belongs_to_the_run(real
     trainer.lineage, trainer.global_step, trainer.best_val = saved["lineage"], saved["global_step"], \
         saved["best_val"]
     out = io.StringIO()
-    assert _load_best(trainer, data, best, out) == "final model"
+    assert _load_best(trainer, data, best, out)[0] == "final model"
     assert "model.input.weight" in out.getvalue() or "shape" in out.getvalue()
