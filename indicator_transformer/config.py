@@ -23,6 +23,8 @@ out-of-memory kill, never a setting someone could mean:
     data_seed, seed 0 <= s < 2**63           prep_workers 1..256, num_workers 0..256
     horizon 1..100_000, window 2..8192       train_frac, val_frac in (0, 1), sum < 1
     split auto, global or per-symbol          normalise per-symbol or global
+    val_start, test_start: not set, or an ISO date/time (UTC, years 1678..2261) for every symbol,
+    or per symbol SYM=DATE,...,*=DATE; val_start needs test_start and comes before it
     d_model 1..8192, heads 1..256 (divides d_model), layers 1..256, ff_mult 1..64,
     dropout in [0, 1), model parameters <= 10**9
     custom_features: see data/features.py (zscore window 2..5000)
@@ -37,6 +39,7 @@ out-of-memory kill, never a setting someone could mean:
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import math
 import os
@@ -49,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cutoffs import ANY_SYMBOL, canonical_cuts, cut_for, parse_cuts
 from .errors import ConfigError, UserError
 
 DEFAULT_FEATURES: tuple[str, ...] = (
@@ -59,6 +63,7 @@ DEFAULT_FEATURES: tuple[str, ...] = (
 )
 
 SPLIT_POLICIES = ("auto", "global", "per-symbol")
+DATE_KEYS = ("val_start", "test_start")
 NORMALISATIONS = ("per-symbol", "global")
 PRECISIONS = ("fp32", "bf16")
 SEED_LIMIT = 2**63  # seeds are 0 <= s < 2**63: what torch.manual_seed and NumPy's SeedSequence take
@@ -103,6 +108,9 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
             return int(value)
         if t in (str, bool) and isinstance(value, t):
             return value
+        # An unquoted TOML date (test_start = 2016-01-01) is a date object: the date it says.
+        if t is str and key in DATE_KEYS and isinstance(value, datetime.date | datetime.datetime):
+            return value.isoformat()
         if typing.get_origin(t) is list and isinstance(value, list) \
                 and all(isinstance(v, typing.get_args(t)[0]) for v in value):
             return list(value)
@@ -191,6 +199,10 @@ class FeatureConfig(_Section):
     train_frac: float = 0.70
     val_frac: float = 0.15
     split: str = "auto"              # auto | global | per-symbol (data/windows.py)
+    # Date cuts (see parse_cuts): when set they replace train_frac/val_frac and the split
+    # policy; the purge gap of horizon bars stays. None: not set.
+    val_start: str | None = None
+    test_start: str | None = None
     normalise: str = "per-symbol"    # per-symbol | global statistics, fitted on training rows
 
     def validate(self) -> None:
@@ -212,6 +224,21 @@ class FeatureConfig(_Section):
         _check(0 < self.val_frac < 1 and self.train_frac + self.val_frac < 1, "val_frac",
                self.val_frac, "a fraction in (0, 1) with train_frac + val_frac < 1")
         _check(self.split in SPLIT_POLICIES, "split", self.split, " or ".join(SPLIT_POLICIES))
+        # Date cuts: canonical text, then the rule that validation comes before test everywhere.
+        for key in DATE_KEYS:
+            if getattr(self, key) is not None:
+                setattr(self, key, canonical_cuts(getattr(self, key), key))
+        _check(self.val_start is None or self.test_start is not None, "val_start", self.val_start,
+               "to be given with test_start (validation runs from val_start to test_start); or give "
+               "test_start alone")
+        if self.val_start is not None and self.test_start is not None:
+            val, test = parse_cuts(self.val_start, "val_start"), parse_cuts(self.test_start, "test_start")
+            for name in sorted(set(val) | set(test)):
+                v = cut_for(val, name, "val_start") if name in val or ANY_SYMBOL in val else None
+                t = cut_for(test, name, "test_start") if name in test or ANY_SYMBOL in test else None
+                _check(v is None or t is None or v < t, "val_start", self.val_start,
+                       f"a date before test_start for {'every symbol' if name == ANY_SYMBOL else name} "
+                       f"(test_start {self.test_start})")
         _check(self.normalise in NORMALISATIONS, "normalise", self.normalise, " or ".join(NORMALISATIONS))
 
 
@@ -395,7 +422,9 @@ class Config:
 
 # Keys added after checkpoints were first written, with the value that behaved as before: an older
 # checkpoint (or a saved configuration) without them still loads. Any other missing key is damage.
-ADDED_LATER: dict[str, dict[str, Any]] = {"data": {"data_file": None}, "features": {"custom_features": []},
+ADDED_LATER: dict[str, dict[str, Any]] = {"data": {"data_file": None},
+                                          "features": {"custom_features": [], "val_start": None,
+                                                       "test_start": None},
                                           "train": {"precision": "fp32", "threads": 0}}
 
 
@@ -424,6 +453,7 @@ def _section_values(d: dict[Any, Any], name: str, klass: type) -> dict[str, Any]
 SWITCHES: dict[str, str] = {
     "no_progress": "how one invocation shows its progress is not part of the run",
     "no_plots": "whether one invocation draws its plots is not part of the run",
+    "save_predictions": "whether one invocation writes predictions.csv is not part of the run",
     "prepare_only": "it says what one invocation does (stop after preparing), not how to train",
     "config": "a config file cannot name another one",
     "list": "it lists checkpoints instead of training",

@@ -66,6 +66,11 @@ SETTINGS: dict[tuple[type, str], Setting] = {
                                       {}, {"split": "per-symbol"}),
     (FeatureConfig, "normalise"): Setting(False, "statistics are fitted on the cached arrays after the split",
                                           {}, {"normalise": "global"}),
+    (FeatureConfig, "val_start"): Setting(False, "date cuts split the cached arrays",
+                                          {"test_start": "2004-06-01"},
+                                          {"test_start": "2004-06-01", "val_start": "2004-03-01"}),
+    (FeatureConfig, "test_start"): Setting(False, "date cuts split the cached arrays",
+                                           {}, {"test_start": "2004-06-01"}),
 }
 
 

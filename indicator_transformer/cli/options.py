@@ -76,6 +76,13 @@ FEATURE_FLAGS = [
                      "symbol: a panel sharing one calendar), per-symbol (each symbol's own history: "
                      "files covering different years), auto (global unless it leaves a symbol without "
                      "enough windows in a split; the choice and its reason are printed)"),
+    ("--val-start", str, "date cut: validation starts at the first bar at or after this UTC date or time "
+                         "(2016-01-01, 2016-01-01T09:30), or per symbol GOOG=2012-06-01,SPX=2017-01-01 "
+                         "with *=DATE for the others; needs --test-start. With date cuts the fractions and "
+                         "--split do not apply; the purge gaps of --horizon bars stay (default: not set)"),
+    ("--test-start", str, "date cut: the test split starts at the first bar at or after this date (same "
+                          "forms as --val-start); alone, validation is the last val_frac / (train_frac + "
+                          "val_frac) of each symbol's windows before it (default: not set)"),
     ("--normalise", str, "feature and label statistics, fitted on training rows only: per-symbol "
                          "(assets of different price, volatility and bar frequency train together) "
                          "or global (pooled over all symbols)"),

@@ -13,6 +13,16 @@ covering different years; ``auto`` (default) keeps global cut-offs unless they s
 split. The last h samples before a cut are dropped, so no training label reaches into the
 validation period (a gap of h bars); the same between validation and test.
 
+Date cuts (``--val-start`` / ``--test-start``, config keys ``val_start`` / ``test_start``) replace
+the fractions and the policy, for a test period fixed in the calendar (the same years for every
+model compared) or per symbol for files covering different years: validation begins at the first
+bar whose time is at or after val_start, test at the first at or after test_start, with the same
+purge gap of h end bars before each cut. ``--test-start`` alone takes validation from the windows
+before it: the last val_frac / (train_frac + val_frac) of each symbol's. A date outside a symbol's
+bars leaves the splits on that side empty for that symbol (a test date after its last bar: no
+test windows of it; before its first full window: no training or validation windows).
+:func:`split_dates` says which dates each symbol's splits cover.
+
 Normalisation (``--normalise``) is fitted on training rows only: per symbol by default (each
 symbol's own feature and label mean/std), or pooled over all symbols.
 """
@@ -28,6 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import FeatureConfig
+from ..cutoffs import ANY_SYMBOL, cut_for, parse_cuts
 from .prepare import SymbolData
 
 SPLITS = ("train", "val", "test")
@@ -64,7 +75,7 @@ class SplitChoice:
     """The splits, the policy that made them and, for ``auto``, why."""
 
     splits: dict[str, SplitIndex]
-    policy: str          # "global" or "per-symbol"
+    policy: str          # "global", "per-symbol" or "dates"
     reason: str
 
 
@@ -117,15 +128,40 @@ def per_symbol_splits(symbols: list[SymbolData], cfg: FeatureConfig) -> dict[str
     return _assemble(ranges)
 
 
+def date_splits(symbols: list[SymbolData], cfg: FeatureConfig) -> dict[str, SplitIndex]:
+    """Cuts at dates (``cfg.val_start`` / ``cfg.test_start``, per symbol where given so) on the
+    symbols' real time stamps; see the module docstring. A symbol without a date of its own and no
+    ``*`` default is a ConfigError naming the key and the symbol: a guess would put it in the wrong
+    split (:func:`choose_splits` also names entries for symbols that are not in the data)."""
+    test = parse_cuts(cfg.test_start, "test_start")
+    val = parse_cuts(cfg.val_start, "val_start") if cfg.val_start is not None else None
+    firsts, lasts = _valid_ranges(symbols, cfg)
+    share = cfg.train_frac / (cfg.train_frac + cfg.val_frac)
+    ranges = []
+    for s, f, la in zip(symbols, firsts, lasts, strict=True):
+        t = np.asarray(s.time)
+        a2 = int(np.searchsorted(t, cut_for(test, s.symbol, "test_start"), side="left"))
+        if val is not None:
+            a1 = int(np.searchsorted(t, cut_for(val, s.symbol, "val_start"), side="left"))
+        else:  # the last val share of the valid end bars before the test cut
+            a1 = f + int(max(min(a2, la) - f, 0) * share)
+        ranges.append(_cut(f, a1, a2, max(la, f), cfg.horizon))
+    return _assemble(ranges)
+
+
 def make_splits(symbols: list[SymbolData], cfg: FeatureConfig) -> dict[str, SplitIndex]:
     """Train/val/test end-bar ranges per symbol under ``cfg.split`` (see :func:`choose_splits`)."""
     return choose_splits(symbols, cfg).splits
 
 
 def choose_splits(symbols: list[SymbolData], cfg: FeatureConfig) -> SplitChoice:
-    """Apply the split policy. ``auto`` keeps global cut-offs when every symbol has enough windows
+    """Apply the split policy: date cuts when ``test_start`` is set (policy "dates"), else ``split``.
+    ``auto`` keeps global cut-offs when every symbol has enough windows
     in each split under them, and otherwise splits each symbol on its own, saying which symbol
     decided it."""
+    if getattr(cfg, "test_start", None) is not None:  # dates override the fractions and the policy
+        return SplitChoice(date_splits(symbols, cfg), "dates",
+                           _date_cuts_text(cfg, "--") + _stray_note(symbols, cfg))
     policy = getattr(cfg, "split", "global")
     if policy == "global":
         return SplitChoice(global_splits(symbols, cfg), "global", "--split global")
@@ -160,15 +196,65 @@ def _short_under_global(symbols: list[SymbolData], glob: dict[str, SplitIndex], 
 
 def require_windows(splits: dict[str, SplitIndex], cfg: FeatureConfig) -> None:
     """Refuse splits a run cannot report on: no training or no test windows (an empty validation
-    split is allowed: the run then has no validation loss, and says so)."""
+    split is allowed: the run then has no validation loss, and says so). The message names what
+    made the cuts, the dates or the fractions, since that is what the user has to change."""
     from ..errors import UserError
 
     for k in ("train", "test"):
+        if len(splits[k]) == 0 and getattr(cfg, "test_start", None) is not None:
+            raise UserError(
+                f"the {k} split has no windows ({_date_cuts_text(cfg, '')}; window {cfg.window}, "
+                f"horizon {cfg.horizon}): "
+                + ("no symbol has a full window and its label before its cut" if k == "train"
+                   else "no symbol has a full window at or after its test date")
+                + "; choose dates inside the data")
         if len(splits[k]) == 0:
             raise UserError(
                 f"the {k} split has no windows (train_frac {cfg.train_frac}, val_frac {cfg.val_frac}, "
                 f"window {cfg.window}, horizon {cfg.horizon}: each split loses the last {cfg.horizon} "
                 f"window(s) before the next one); use more bars or other fractions")
+
+
+def _date_cuts_text(cfg: FeatureConfig, prefix: str) -> str:
+    """``--val-start X --test-start Y`` (prefix "--") or ``val_start X, test_start Y`` (prefix "")."""
+    parts = [(k, getattr(cfg, k)) for k in ("val_start", "test_start") if getattr(cfg, k) is not None]
+    if prefix:
+        return " ".join(f"{prefix}{k.replace('_', '-')} {v}" for k, v in parts)
+    return ", ".join(f"{k} {v}" for k, v in parts)
+
+
+def _stray_note(symbols: list[SymbolData], cfg: FeatureConfig) -> str:
+    """``"; note: ..."`` naming date entries for symbols that are not in the data, else "". Not an
+    error (evaluating a checkpoint on other data meets it legitimately), but never silent: a typo
+    (GOGL for GOOG) leaves that symbol on the ``*`` default."""
+    names = {s.symbol for s in symbols}
+    notes = []
+    for key in ("val_start", "test_start"):
+        text = getattr(cfg, key)
+        stray = sorted(set(parse_cuts(text, key)) - names - {ANY_SYMBOL}) if text is not None else []
+        if stray:
+            notes.append(f"{key} names symbol(s) not in the data: {_names(stray)}")
+    return "".join(f"; note: {n}" for n in notes)
+
+
+def split_dates(symbols: list[SymbolData], splits: dict[str, SplitIndex]) -> dict[str, dict[str, Any]]:
+    """Per symbol name, per split: ``{"from": ISO time of its first window end bar, "to": of its last,
+    "windows": n}``, or None when the symbol has no window in that split. Times are UTC with
+    seconds precision and no zone suffix (``2016-01-04T00:00:00``). JSON-able: summary.json records
+    it and ``predict`` tags rows with it, so a row can say which split its bar belonged to."""
+    out: dict[str, dict[str, Any]] = {}
+    for i, s in enumerate(symbols):
+        row: dict[str, Any] = {}
+        for k in SPLITS:
+            lo, hi = int(splits[k].starts[i]), int(splits[k].stops[i])
+            row[k] = None if hi <= lo else {"from": _second(int(s.time[lo])),
+                                            "to": _second(int(s.time[hi - 1])), "windows": hi - lo}
+        out[s.symbol] = row
+    return out
+
+
+def _second(ns: int) -> str:
+    return str(np.datetime64(ns, "ns").astype("datetime64[s]"))
 
 
 def split_summary(symbols: list[SymbolData], splits: dict[str, SplitIndex]) -> dict[str, Any]:

@@ -1,0 +1,132 @@
+"""Date-based splits (--val-start / --test-start): cuts at real time stamps, per symbol where files
+cover different years, with the purge gap of h bars before each cut, and clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, child_env, default_sigint
+
+from indicator_transformer import cutoffs
+from indicator_transformer.config import Config, FeatureConfig, build_config, load_toml, to_toml
+from indicator_transformer.data.periods import split_dates
+from indicator_transformer.data.prepare import SymbolData
+from indicator_transformer.data.windows import choose_splits, require_windows
+from indicator_transformer.errors import ConfigError, UserError
+
+DAY = 86_400 * 10**9
+
+
+def _ns(text: str) -> int:
+    return int(np.datetime64(text, "ns").astype(np.int64))
+
+
+def symbol(name: str, start: str, bars: int) -> SymbolData:
+    """Daily bars from ``start``; the label's value is irrelevant to the cut."""
+    t = _ns(start) + np.arange(bars, dtype=np.int64) * DAY
+    return SymbolData(name, f"k-{name}", np.zeros((bars, 2), np.float32), np.zeros(bars, np.float32), t)
+
+
+def cfg(**kw) -> FeatureConfig:
+    c = FeatureConfig(features=["ret_1"], window=5, horizon=kw.pop("horizon", 3), **kw)
+    c.validate()
+    return c
+
+
+def test_one_date_for_every_symbol_cuts_at_the_first_bar_at_or_after_it_with_purge_gaps() -> None:
+    syms = [symbol("A", "2015-01-01", 800), symbol("B", "2015-06-01", 600)]
+    c = cfg(val_start="2016-01-01", test_start="2016-06-01")
+    choice = choose_splits(syms, c)
+    assert choice.policy == "dates" and "--test-start 2016-06-01T00:00:00" in choice.reason
+    sp = choice.splits
+    for i, s in enumerate(syms):
+        t = s.time
+        val0, test0 = int(sp["val"].starts[i]), int(sp["test"].starts[i])
+        assert t[val0] == _ns("2016-01-01") and t[test0] == _ns("2016-06-01")
+        # The last training label (bar t + h) ends before validation begins: h bars are purged.
+        last_train = int(sp["train"].stops[i]) - 1
+        assert t[last_train + c.horizon] < t[val0] and int(sp["train"].stops[i]) == val0 - c.horizon
+        assert int(sp["val"].stops[i]) == test0 - c.horizon
+        assert t[int(sp["val"].stops[i]) - 1 + c.horizon] < t[test0]
+
+
+def test_per_symbol_dates_for_files_covering_different_years_with_a_default() -> None:
+    syms = [symbol("GOOG", "2008-01-01", 1500), symbol("SPX", "2014-01-01", 1500),
+            symbol("X", "2014-01-01", 900)]
+    c = cfg(val_start="GOOG=2011-01-01,*=2016-06-01", test_start="GOOG=2011-06-01,*=2017-01-01", horizon=1)
+    dates = split_dates(syms, choose_splits(syms, c).splits)
+    assert dates["GOOG"]["test"]["from"] == "2011-06-01T00:00:00"
+    assert dates["GOOG"]["val"]["from"] == "2011-01-01T00:00:00"
+    assert dates["SPX"]["test"]["from"] == "2017-01-01T00:00:00"
+    assert dates["X"]["val"]["from"] == "2016-06-01T00:00:00"
+    assert dates["GOOG"]["train"]["to"] == "2010-12-30T00:00:00"  # one bar purged before 2011-01-01
+
+
+def test_a_test_date_alone_takes_validation_from_the_windows_before_it() -> None:
+    syms = [symbol("A", "2015-01-01", 1000)]
+    c = cfg(test_start="2017-01-01", horizon=1)
+    sp = choose_splits(syms, c).splits
+    before = int(sp["test"].starts[0]) - c.window + 1  # valid windows before the test cut
+    assert len(sp["val"]) == pytest.approx(before * c.val_frac / (c.train_frac + c.val_frac), abs=3)
+    assert int(sp["val"].stops[0]) == int(sp["test"].starts[0]) - 1
+
+
+def test_a_date_outside_a_symbols_bars_empties_its_splits_and_no_test_at_all_is_refused() -> None:
+    syms = [symbol("OLD", "2000-01-01", 300), symbol("NEW", "2015-01-01", 800)]
+    c = cfg(val_start="2016-01-01", test_start="2016-06-01")
+    sp = choose_splits(syms, c).splits
+    assert sp["test"].counts[0] == 0 and sp["val"].counts[0] == 0 and sp["train"].counts[0] > 0
+    late = cfg(val_start="2030-01-01", test_start="2031-01-01")
+    with pytest.raises(UserError, match=r"the test split has no windows \(val_start 2030-01-01T00:00:00"):
+        require_windows(choose_splits(syms, late).splits, late)
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"test_start": "yesterday"}, r"'test_start': 'yesterday': 'yesterday' is not an ISO date"),
+    ({"test_start": "A=2016-01-01,2016-02-01"}, "names no symbol"),
+    ({"test_start": "A=2016-01-01,A=2016-02-01"}, "'A' appears twice"),
+    ({"test_start": "2016-01-01T00:00+02:00"}, "time zone"),
+    ({"val_start": "2016-01-01"}, "to be given with test_start"),
+    ({"val_start": "2017-01-01", "test_start": "2016-01-01"}, "a date before test_start for every symbol"),
+    ({"val_start": "A=2017-01-01,*=2015-01-01", "test_start": "2016-01-01"}, "before test_start for A"),
+])
+def test_bad_dates_are_config_errors_naming_the_key(kw: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        cfg(**kw)
+
+
+def test_a_symbol_without_a_date_and_no_default_is_named() -> None:
+    c = cfg(val_start="A=2016-01-01", test_start="A=2016-06-01")
+    with pytest.raises(ConfigError, match="'test_start' gives no date for symbol B"):
+        choose_splits([symbol("A", "2015-01-01", 600), symbol("B", "2015-01-01", 600)], c)
+
+
+def test_dates_are_stored_canonically_and_round_trip_through_toml_and_old_configs_still_load(tmp_path
+                                                                                           ) -> None:
+    c = build_config({"test_start": "GOOG=2012-06-01, *=2016-01-01T09:30"}, {}, "x.toml")
+    assert c.features.test_start == "GOOG=2012-06-01T00:00:00,*=2016-01-01T09:30:00"
+    assert Config.from_dict(c.to_dict()) == c
+    import tomllib
+    (tmp_path / "c.toml").write_text(to_toml(c))
+    assert build_config(load_toml(tmp_path / "c.toml"), {}, "c.toml") == c
+    # An unquoted TOML date is a date object: read as the date it says.
+    toml = build_config(tomllib.loads("test_start = 2016-01-01\n"), {}, "x.toml")
+    assert toml.features.test_start == "2016-01-01T00:00:00"
+    old = Config().to_dict()
+    del old["features"]["val_start"], old["features"]["test_start"]
+    assert Config.from_dict(old).features.test_start is None
+    assert cutoffs.canonical_cuts("2016-01-01", "test_start") == "2016-01-01T00:00:00"
+
+
+def test_the_flags_are_in_help_and_a_bad_date_exits_2_without_a_traceback(tmp_path) -> None:
+    script = str(REPO_ROOT / "train_indicator_transformer.py")
+    help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True,
+                               env=child_env(), timeout=60).stdout
+    assert "--val-start" in help_text and "--test-start" in help_text
+    r = subprocess.run([sys.executable, script, "--test-start", "2016-13-01", "--no-progress"], cwd=tmp_path,
+                       capture_output=True, text=True, env=child_env(), timeout=60, preexec_fn=default_sigint)
+    assert r.returncode == 2 and "test_start" in r.stderr and "2016-13-01" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "models").exists()
