@@ -61,18 +61,63 @@ RECENT_BARS = 5               # the "recent mean" summary of the window
 
 
 @dataclass
+class FittedBaselines:
+    """Every baseline as fitted on one run's training data: enough to predict any window again
+    (``evaluate --all-windows`` and ``predict --baselines`` on files the model never saw).
+
+    ``ridge`` and ``lightgbm`` are None when there were no training samples: both then predict
+    each symbol's training label mean, as in the run's own report."""
+
+    train_mean: float                    # pooled training-label mean, return space
+    symbol_means: dict[str, float]       # each symbol's training-label mean, return space
+    horizon: int
+    window: int
+    ridge: Ridge | None = None
+    lightgbm: Any = None                 # lgb.Booster
+    rounds: int = 0                      # LightGBM iterations used
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)  # what was fitted, as reported
+
+    def predict(self, ds: WindowDataset, should_stop: Callable[[], bool], threads: int = 1
+                ) -> dict[str, np.ndarray]:
+        """Each baseline's predictions of every sample of ``ds``, in return space, in order. The
+        windows are normalised with ``ds``'s statistics, and standardised predictions become
+        returns with them, exactly as for the run's own test split. A stop raises FitStopped."""
+        n = len(ds)
+        sym = ds.symbol_index()
+        names = [s.symbol for s in ds.symbols]
+        out = {"zero": np.zeros(n), "train_mean": np.full(n, float(self.train_mean)),
+               "symbol_mean": np.asarray([self.symbol_means.get(names[i], float(self.train_mean))
+                                          for i in sym.tolist()], np.float64),
+               "momentum": last_returns(ds, self.horizon)}
+        if self.ridge is None or self.lightgbm is None:
+            for name in ("ridge", "lightgbm"):
+                out[name] = ds.to_returns(np.zeros(n))
+            return out
+        out["ridge"] = _predict_test(ds, self.ridge.predict, should_stop)
+        booster, rounds = self.lightgbm, self.rounds
+        out["lightgbm"] = _predict_test(
+            ds, lambda x: booster.predict(window_summaries(x, ds.window), num_iteration=rounds,
+                                          num_threads=threads), should_stop)
+        if should_stop():
+            raise FitStopped
+        return out
+
+
+@dataclass
 class Baselines:
-    """Each baseline's test predictions and what was fitted."""
+    """Each baseline's test predictions, what was fitted, and the fitted baselines themselves."""
 
     # name -> test predictions in return space, in test-sample order
     # (zero, train_mean, symbol_mean, momentum, ridge, lightgbm)
     predictions: dict[str, np.ndarray] = field(default_factory=dict)
     # name -> JSON-able fitted settings (alpha, rounds, sample counts, ...)
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fitted: FittedBaselines | None = None
 
 
-class _Stopped(Exception):
-    """A stop was requested while fitting; :func:`baseline_predictions` returns None."""
+class FitStopped(Exception):
+    """A stop was requested while fitting or predicting; :func:`baseline_predictions` returns None
+    for it, :meth:`FittedBaselines.predict` raises it."""
 
 
 def _even(n: int) -> np.ndarray:
@@ -83,10 +128,10 @@ def _even(n: int) -> np.ndarray:
 def _batches(ds: WindowDataset, idx: np.ndarray, should_stop: Callable[[], bool]
              ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(position in idx, X (B, L*F) normalised windows, y (B,) standardised labels) per batch;
-    a stop request between batches raises _Stopped."""
+    a stop request between batches raises FitStopped."""
     for a in range(0, len(idx), BATCH):
         if should_stop():
-            raise _Stopped
+            raise FitStopped
         x, y = ds.__getitems__(idx[a:a + BATCH].tolist())
         yield a, x.numpy().reshape(len(y), -1), y.numpy()
 
@@ -209,7 +254,7 @@ class _Moments:
 def _fit_ridge(train: WindowDataset, val: WindowDataset, should_stop: Callable[[], bool]
                ) -> tuple[Ridge, dict[str, Any]] | None:
     """Ridge on the training windows with the alpha of lowest validation MSE, and its details;
-    None when there are no training samples. A stop request raises _Stopped."""
+    None when there are no training samples. A stop request raises FitStopped."""
     idx = _even(len(train))
     if not len(idx):
         return None
@@ -252,7 +297,7 @@ def _stop_callback(should_stop: Callable[[], bool]) -> Callable[[Any], None]:
     """A LightGBM callback run before every boosting round: a stop request ends training."""
     def check(_env: Any) -> None:
         if should_stop():
-            raise _Stopped
+            raise FitStopped
     check.before_iteration = True  # type: ignore[attr-defined]  # LightGBM's callback protocol
     return check
 
@@ -260,7 +305,7 @@ def _stop_callback(should_stop: Callable[[], bool]) -> Callable[[Any], None]:
 def _fit_lightgbm(train: WindowDataset, val: WindowDataset, should_stop: Callable[[], bool],
                   threads: int, seed: int = 0) -> tuple[lgb.Booster, dict[str, Any]] | None:
     """LightGBM on the training windows' summaries, early-stopped on the validation MSE, and its
-    details; None when there are no training samples. A stop request raises _Stopped."""
+    details; None when there are no training samples. A stop request raises FitStopped."""
     idx = _even(len(train))
     if not len(idx):
         return None
@@ -314,7 +359,7 @@ def baseline_predictions(datasets: dict[str, WindowDataset], train_mean: float, 
     seeds LightGBM's bagging and feature sampling, so a seed sweep samples its noise too."""
     try:
         return _baselines(datasets, train_mean, horizon, should_stop, threads, seed)
-    except _Stopped:
+    except FitStopped:
         return None
 
 
@@ -337,31 +382,20 @@ def lightgbm_seed(seed: int) -> int:
 def _baselines(datasets: dict[str, WindowDataset], train_mean: float, horizon: int,
                should_stop: Callable[[], bool], threads: int, seed: int) -> Baselines | None:
     train, val, test = datasets["train"], datasets["val"], datasets["test"]
-    n = len(test)
     means, own = symbol_means(train, float(train_mean))
-    sym = test.symbol_index()
-    names = [s.symbol for s in test.symbols]
-    out = Baselines({"zero": np.zeros(n), "train_mean": np.full(n, float(train_mean)),
-                     "symbol_mean": np.asarray([means.get(names[i], float(train_mean)) for i in sym.tolist()],
-                                               np.float64),
-                     "momentum": last_returns(test, horizon)},
-                    {"train_mean": {"value": float(train_mean)},
-                     "symbol_mean": {"symbols_with_own_mean": own},
-                     "momentum": {"horizon": int(horizon)}})
+    fitted = FittedBaselines(float(train_mean), means, int(horizon), int(test.window))
+    details: dict[str, dict[str, Any]] = {"train_mean": {"value": float(train_mean)},
+                                          "symbol_mean": {"symbols_with_own_mean": own},
+                                          "momentum": {"horizon": int(horizon)}}
     ridge = _fit_ridge(train, val, should_stop)
     trees = _fit_lightgbm(train, val, should_stop, threads, seed)
     if ridge is None or trees is None:  # no training samples: each symbol's training mean
         for name in ("ridge", "lightgbm"):
-            out.predictions[name] = test.to_returns(np.zeros(n))
-            out.details[name] = {"fit_samples": 0, "note": "no training samples: predicts the label mean"}
-        return out
-    model, out.details["ridge"] = ridge
-    out.predictions["ridge"] = _predict_test(test, model.predict, should_stop)
-    booster, out.details["lightgbm"] = trees
-    rounds = out.details["lightgbm"]["rounds"]
-    out.predictions["lightgbm"] = _predict_test(
-        test, lambda x: booster.predict(window_summaries(x, test.window), num_iteration=rounds,
-                                        num_threads=threads), should_stop)
-    if should_stop():
-        raise _Stopped
-    return out
+            details[name] = {"fit_samples": 0, "note": "no training samples: predicts the label mean"}
+    else:
+        fitted.ridge, details["ridge"] = ridge
+        fitted.lightgbm, details["lightgbm"] = trees
+        fitted.rounds = int(details["lightgbm"]["rounds"])
+    fitted.details = details
+    # The run's own test predictions come from the very code that predicts with saved baselines.
+    return Baselines(fitted.predict(test, should_stop, threads), details, fitted)

@@ -33,7 +33,8 @@ import torch
 
 from . import faults, plots
 from .atomic import atomic_write_json, is_temp_file
-from .baselines import baseline_predictions
+from .baseline_store import BASELINES_FILE, BaselinesUnusable, load_baselines
+from .baselines import FitStopped, baseline_predictions, last_returns
 from .config import Config
 from .data import frequency
 from .data.cache import FeatureCache
@@ -41,6 +42,7 @@ from .data.prepare import PreparedData
 from .data.windows import (
     Normalisation,
     SplitChoice,
+    SplitIndex,
     WindowDataset,
     choose_splits,
     fit_normalisation,
@@ -199,6 +201,77 @@ def model_predictions(model: torch.nn.Module, ds: WindowDataset, should_stop: An
     return np.concatenate(preds), np.concatenate(targets)
 
 
+def every_window(data: PreparedData, window: int, horizon: int) -> SplitIndex:
+    """Every window of every symbol whose forward return is known: end bars window - 1 up to the
+    last bar with h bars after it (``evaluate --all-windows``)."""
+    lengths = np.array([len(s.label) for s in data.symbols], np.int64)
+    starts = np.full(len(lengths), window - 1, np.int64)
+    return SplitIndex(starts, np.maximum(lengths - horizon, starts))
+
+
+def score_all_windows(state: dict[str, Any], cfg: Config, data: PreparedData, checkpoint: Path,
+                      handler: SignalHandler, stream: TextIO) -> Scored | None:
+    """The model and the baselines *as fitted by the checkpoint's run* (its baselines.json) on
+    every window of ``data``; None when stopped. Without usable saved baselines only the
+    predictors that need no fit are scored, and a warning says why."""
+    f = cfg.features
+    norm = Normalisation.from_dict(state["normalisation"])
+    test = WindowDataset(data.symbols, every_window(data, f.window, f.horizon), f.window, norm)
+    if len(test) == 0:
+        raise UserError(f"no windows: every symbol has fewer than {f.window + f.horizon} bars after the "
+                        f"indicator warm-up (window {f.window}, horizon {f.horizon})")
+    model = load_model(state, cfg, len(data.feature_names))
+    out = model_predictions(model, test, lambda: handler.should_stop)
+    if out is None:
+        return None
+    pred_std, target_std = out
+    try:
+        fitted = load_baselines(checkpoint.parent, state)
+    except BaselinesUnusable as e:
+        print(f"warning: only the model and the predictors without a fit are scored: {e}", file=stream,
+              flush=True)
+        preds = {"zero": np.zeros(len(test)), "train_mean": np.full(len(test), norm.label_mean),
+                 "momentum": last_returns(test, f.horizon)}
+        settings: dict[str, Any] = {"source": str(e)}
+        how = "none saved: only zero, train_mean and momentum"
+    else:
+        try:
+            preds = fitted.predict(test, lambda: handler.should_stop, threads=torch.get_num_threads())
+        except FitStopped:
+            return None
+        settings = dict(fitted.details)
+        how = f"as fitted on the checkpoint's training data ({checkpoint.parent / BASELINES_FILE})"
+    tp = test_predictions(test, data, pred_std, target_std, preds, norm.label_mean, f.horizon,
+                          cfg.train.cost_bps)
+    return Scored(tp, settings, pooled_symbols(norm, data), how)
+
+
+def scope_warnings(state: dict[str, Any], data: PreparedData, all_windows: bool) -> list[str]:
+    """What makes an evaluation's figures mean something else than the run's own: bar sizes the
+    model never trained on, and (with --all-windows) windows it did train on."""
+    out = []
+    trained = (state.get("data_profile") or {}).get("bar_frequency")
+    if isinstance(trained, dict) and trained:
+        here = frequency.frequencies(data.symbols)
+        new = {b: syms for b, syms in here.items() if b not in trained}
+        if new:
+            out.append(f"the model was trained on {', '.join(trained)} bars; this data has "
+                       f"{frequency.describe(new)}: a {data_horizon(state)}-bar horizon spans another "
+                       f"time there, and patterns learnt on one bar size need not carry over")
+    if all_windows:
+        keys = dict((state.get("data_fingerprint") or {}).get("keys", {}))
+        seen = [s.symbol for s in data.symbols if keys.get(s.symbol) == s.key]
+        if seen:
+            out.append(f"{len(seen)} symbol(s) are the checkpoint's own training files ("
+                       f"{', '.join(seen[:6])}{' ...' if len(seen) > 6 else ''}): --all-windows scores their "
+                       f"training and validation windows too, so their figures are in-sample")
+    return out
+
+
+def data_horizon(state: dict[str, Any]) -> Any:
+    return ((state.get("config") or {}).get("features") or {}).get("horizon", "?")
+
+
 def score(state: dict[str, Any], cfg: Config, data: PreparedData, choice: SplitChoice, own: bool,
           handler: SignalHandler) -> Scored | None:
     """The model's and every baseline's predictions on the same test samples, in return space;
@@ -242,6 +315,7 @@ class EvaluateOptions:
     checkpoint: Path
     out: Path | None            # None: runs/<UTC>-evaluate beside the models folder
     show_progress: bool = True
+    all_windows: bool = False   # score every window, against the run's saved baselines
 
 
 def describe_checkpoint(path: Path, state: dict[str, Any]) -> str:
@@ -274,9 +348,14 @@ def evaluate(state: dict[str, Any], cfg: Config, opts: EvaluateOptions, handler:
     own, relation = data_relation(state, data)
     print(f"Data: {relation}", file=stream, flush=True)
     choice = choose_splits(data.symbols, cfg.features)
-    print_layout(data, choice, cfg.features.horizon, stream)
+    if opts.all_windows:
+        print(f"Scoring every window of the {len(data.symbols)} symbol(s) (--all-windows), against the "
+              f"baselines fitted by the checkpoint's run", file=stream, flush=True)
+    else:
+        print_layout(data, choice, cfg.features.horizon, stream)
     prepared_s = time.perf_counter() - tick
-    scored = score(state, cfg, data, choice, own, handler)
+    scored = (score_all_windows(state, cfg, data, opts.checkpoint, handler, stream) if opts.all_windows
+              else score(state, cfg, data, choice, own, handler))
     if scored is None or handler.should_stop:
         return _stopped("scoring", stream, handler)
     if scored.pooled_symbols:
@@ -284,10 +363,13 @@ def evaluate(state: dict[str, Any], cfg: Config, opts: EvaluateOptions, handler:
         print(f"note: the checkpoint has no normalisation statistics for {len(names)} symbol(s), which use "
               f"the pooled ones: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}", file=stream,
               flush=True)
-    rep = build_report(scored.tp, scored.baseline_settings)
+    rep = build_report(scored.tp, scored.baseline_settings,
+                       "every window" if opts.all_windows else "the test split")
+    rep["warnings"] = scope_warnings(state, data, opts.all_windows) + rep["warnings"]
     which = "own data" if own else "other data"
+    what = "Every window" if opts.all_windows else "Test split"
     # The table is the command's result: on standard output, so `> report.txt` keeps it.
-    print(format_table(rep, f"Test split ({opts.checkpoint.name}, {which})"), flush=True)
+    print(format_table(rep, f"{what} ({opts.checkpoint.name}, {which})"), flush=True)
     if handler.should_stop:  # once writing starts it finishes: every file is complete or absent
         return _stopped("the report", stream, handler)
     doc = _summary(state, cfg, opts, data, choice, own, relation, scored, rep,
@@ -323,8 +405,10 @@ def _summary(state: dict[str, Any], cfg: Config, opts: EvaluateOptions, data: Pr
                  "location": cfg.data.data_file or cfg.data.data_dir or "synthetic market",
                  "symbols": len(data.symbols), "bars": data.bars, "features": list(data.feature_names),
                  "bar_frequency": groups, "mixed_frequency": len(groups) > 1},
+        "scored": "every window (--all-windows)" if opts.all_windows else "the test split",
         "splits": {"policy": choice.policy, "reason": choice.reason,
                    **split_summary(data.symbols, choice.splits)},
+        "warnings": rep["warnings"],
         "normalisation": {"model": "the checkpoint's, per symbol" if norm.get("symbols")
                           else "the checkpoint's, pooled",
                           "pooled_symbols": scored.pooled_symbols, "baselines": scored.baseline_norm},

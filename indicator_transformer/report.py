@@ -91,12 +91,15 @@ class TestPredictions:
 
 
 # ----------------------------------------------------------------------------- the report dict
-def build_report(tp: TestPredictions, fits: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def build_report(tp: TestPredictions, fits: dict[str, dict[str, Any]] | None = None,
+                 scored: str = "the test split") -> dict[str, Any]:
     """Every metric of every predictor on the same samples, the buy-and-hold reference, the
     clearly best predictor per metric, whether the model beats the strong baselines, the
     baselines' fits, warnings and a plain verdict.
 
-    ``fits`` is what :mod:`.baselines` recorded of each fit (alpha, rounds, sample counts).
+    ``fits`` is what :mod:`.baselines` recorded of each fit (alpha, rounds, sample counts);
+    ``scored`` names the samples in the verdict and warnings ("every window" for evaluate
+    --all-windows).
 
     Keys: samples, symbols, dates, horizon, cost_bps, periods_per_year, strategy_scope, headline
     ({metric, label, reason, mse, scale_ratio}), predictors ({name: {headline, pooled, by_symbol,
@@ -109,6 +112,7 @@ def build_report(tp: TestPredictions, fits: dict[str, dict[str, Any]] | None = N
     predictors = {name: _score(tp, pred, scope, head) for name, pred in tp.preds.items()}
     report: dict[str, Any] = {
         "samples": len(tp.target),
+        "scored": scored,
         "symbols": len(np.unique(tp.symbols)),
         "dates": len(np.unique(tp.times)),
         "horizon": int(tp.horizon),
@@ -332,7 +336,9 @@ def _headline(head: dict[str, Any], pooled: dict[str, Any], sym: dict[str, Any],
     if head["metric"] == "cs_ic" and cs is not None:
         ic, se, t, n = cs["ic_mean"], cs["ic_se"], cs["ic_t_adj"], f"{cs['dates']:,} dates"
     else:
-        ic, se, t, n = sym["ic_mean"], sym["ic_se"], sym["ic_t"], f"{sym['symbols']} symbol(s)"
+        ic, se, t = sym["ic_mean"], sym["ic_se"], sym["ic_t"]
+        n = (f"{pooled['samples']:,} samples of one symbol" if sym["symbols"] == 1
+             else f"{sym['symbols']} symbols")
     if head["mse"] == "pooled":
         mse, mse_se = pooled["mse_ratio"], pooled["mse_ratio_se"]
     else:
@@ -424,7 +430,7 @@ def _headline_pair(p: dict[str, Any]) -> tuple[float, float]:
 
 def model_beats(predictors: dict[str, dict[str, Any]]) -> dict[str, bool]:
     """For each strong baseline scored: does the model beat it, i.e. a strictly lower headline
-    MSE/mean AND a strictly higher headline IC on the same samples?
+    MSE/mean AND a strictly higher, positive headline IC on the same samples?
 
     Undefined values never count in the model's favour: a model with an undefined MSE ratio or IC
     (constant predictions) beats nothing, and a baseline whose MSE ratio is undefined cannot be
@@ -437,8 +443,9 @@ def model_beats(predictors: dict[str, dict[str, Any]]) -> dict[str, bool]:
             continue
         b_mse, b_ic = _headline_pair(predictors[name])
         b_ic = 0.0 if math.isnan(b_ic) else b_ic
+        # A negative IC beats nothing, however much worse the baseline's is.
         out[name] = bool(math.isfinite(m_mse) and math.isfinite(b_mse) and m_mse < b_mse
-                         and math.isfinite(m_ic) and m_ic > b_ic)
+                         and math.isfinite(m_ic) and m_ic > max(b_ic, 0.0))
     return out
 
 
@@ -464,8 +471,9 @@ def describe_fits(fits: dict[str, dict[str, Any]], predictors: dict[str, dict[st
     predictions barely vary (LightGBM stopped within FEW_ROUNDS rounds, ridge at the strongest end
     of its grid, or either spreading less than FLAT_SPREAD of the realised returns)."""
     out: dict[str, dict[str, Any]] = {}
-    for name, d in fits.items():
-        if name not in ("ridge", "lightgbm") or not isinstance(d, dict):
+    for name in ("ridge", "lightgbm"):  # always in this order (a summary read back sorts its keys)
+        d = fits.get(name)
+        if not isinstance(d, dict):
             continue
         flat = field_value(predictors.get(name, {}), "pooled", "spread")
         if not d.get("fit_samples"):
@@ -518,7 +526,8 @@ def report_warnings(report: dict[str, Any], fits: dict[str, dict[str, Any]], sco
     out = []
     n = int(report["samples"])
     if 0 < n < MIN_TEST_SAMPLES:
-        out.append(f"the test split holds {n} samples (under {MIN_TEST_SAMPLES}): every figure's standard "
+        where = report.get("scored", "the test split")
+        out.append(f"{where} holds {n} samples (under {MIN_TEST_SAMPLES}): every figure's standard "
                    f"error is large (an IC's is about {1 / math.sqrt(max(n - 2, 1)):.2f})")
     ss = report["predictors"]["model"]["sign_strategy"]
     years = as_number(ss.get("years"))
@@ -574,12 +583,13 @@ def _beats_sentence(report: dict[str, Any]) -> str:
     beats = report.get("beats") or {}
     lost = [b for b, ok in beats.items() if not ok]
     label = _label(report)
+    where = report.get("scored") or "the test split"
     if not beats:
         return "No ridge or LightGBM baseline was scored, so nothing strong was compared with the model."
     if lost:
-        return (f"The model does not beat {', '.join(lost)} on the test split: a simpler predictor "
+        return (f"The model does not beat {', '.join(lost)} on {where}: a simpler predictor "
                 f"does as well here.")
-    text = (f"The model beats {' and '.join(beats)} on the test split (lower MSE/mean and higher {label} "
+    text = (f"The model beats {' and '.join(beats)} on {where} (lower MSE/mean and higher {label} "
             f"on the same samples)")
     margins = report.get("margins") or {}
     unclear = [(n, m) for n, m in margins.items() if isinstance(m, dict) and not m.get("clear")]

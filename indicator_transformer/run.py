@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from . import metrics
-from .atomic import atomic_write_json
-from .baselines import baseline_predictions
+from .atomic import atomic_write_json, atomic_write_text
+from .baseline_store import BASELINES_FILE, owner_of, save_baselines
+from .baselines import Baselines, baseline_predictions
 from .config import Config
 from .data import frequency
 from .data.cache import FeatureCache
@@ -48,6 +49,7 @@ from .errors import CheckpointError, UserError
 from .integrity import IntegrityError, check_json, json_safe, seal_json
 from .model import count_parameters
 from .plots import plot_losses, write_plots
+from .predict import test_predictions_csv
 from .report import TestPredictions, build_report, report_series
 from .report_table import format_table
 from .runlog import LOG_NAME, RunFolder, attach_console_log, runs_dir_for, unfinished_run
@@ -56,6 +58,7 @@ from .training import checkpoint as ckpt
 from .training import distributed
 from .training.trainer import Trainer, resolve_device
 
+PREDICTIONS_FILE = "predictions.csv"  # --save-predictions, in the run folder
 EVALUATION_FILE = "evaluation.json"  # test metrics of the finished run, in the models folder
 
 
@@ -85,6 +88,7 @@ class RunOptions:
     target_epochs: int | None = None
     allow_data_change: bool = False
     plots: bool = True
+    save_predictions: bool = False  # --save-predictions: the test split's rows in predictions.csv
     # --resume auto that found no checkpoint (a torchrun restart, a requeued job): continue the run
     # folder the failed attempt opened (the newest one without a summary), not orphan it.
     adopt_unfinished_run: bool = False
@@ -229,7 +233,7 @@ def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: Tex
                  f"global batches; results equal up to floating-point reduction order)"
                  if saved_world != d.world_size else ""), file=stream, flush=True)
     elif d.is_main:
-        archived = ckpt.archive_previous_run(models_dir, (EVALUATION_FILE,))
+        archived = ckpt.archive_previous_run(models_dir, (EVALUATION_FILE, BASELINES_FILE))
         if archived is not None:
             print(f"note: moved the previous run's checkpoints to {archived} (resume one with "
                   f"resume_training.py --checkpoint PATH)", file=stream, flush=True)
@@ -244,6 +248,7 @@ def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: Tex
     run = open_run_folder(trainer, state, models_dir, stream, opts.adopt_unfinished_run)
     summary = RunSummary(run, trainer, data, choice, prepared_s=time.perf_counter() - started)
     summary.plots_enabled = opts.plots
+    summary.save_predictions = opts.save_predictions
     failed = 1
     try:
         code = _train_and_report(trainer, data, summary, handler, models_dir, stream)
@@ -293,7 +298,8 @@ def _evaluate_and_report(trainer: Trainer, data: PreparedData, summary: RunSumma
               "runs the evaluation", file=stream, flush=True)
         _report_interrupted(summary, "evaluation", None, stream, handler.exit_code)
         return handler.exit_code
-    tp, details = scored
+    tp, base = scored
+    details = base.details
     rep = build_report(tp, details)
     pooled = {name: p["pooled"] for name, p in rep["predictors"].items()}
     evaluation = {"evaluated": which, "test": pooled.pop("model"), "baselines": pooled,
@@ -310,11 +316,18 @@ def _evaluate_and_report(trainer: Trainer, data: PreparedData, summary: RunSumma
     # The run folder first, evaluation.json last: a resume trusts evaluation.json as the sign that
     # the report is complete, so a kill -9 before it makes the resume write everything again.
     out = models_dir / EVALUATION_FILE
+    if base.fitted is not None:  # for evaluate --all-windows and predict --baselines on other files
+        save_baselines(models_dir, base.fitted, owner_of(trainer.cfg.to_dict(), data.fingerprint,
+                                                         trainer.lineage["line"], trainer.global_step))
     plots, skipped = write_plots(run.root, report_series(tp), trainer.epoch_history, trainer.step_losses,
                                  trainer.steps_per_epoch, run.resume_steps()) \
         if summary.plots_enabled else ([], {})
     for name, why in skipped.items():
         print(f"note: {name} not drawn: {why}", file=stream, flush=True)
+    if summary.save_predictions:
+        saved = atomic_write_text(run.root / PREDICTIONS_FILE,
+                                  test_predictions_csv(tp.symbols, tp.times, tp.target, tp.preds))
+        print(f"Wrote the test split's {len(tp.target):,} predictions to {saved}", file=stream, flush=True)
     summary.finish(evaluated=which, report=rep, baseline_settings=details, plots=plots, evaluation=out,
                    plots_skipped=skipped)
     atomic_write_json(out, seal_json(json_safe(evaluation)))
@@ -403,6 +416,7 @@ class RunSummary:
                  prepared_s: float) -> None:
         self.run, self.trainer, self.data, self.choice = run, trainer, data, choice
         self.plots_enabled = True  # --no-plots: none written
+        self.save_predictions = False
         self.durations = {"preparation_s": round(prepared_s, 3)}
         self._tick = time.perf_counter()
         self._start = self._tick - prepared_s
@@ -427,7 +441,9 @@ class RunSummary:
                      "bars": self.data.bars, "features": list(self.data.feature_names),
                      "bar_frequency": groups, "mixed_frequency": len(groups) > 1},
             "splits": {"policy": self.choice.policy, "reason": self.choice.reason,
-                       **split_summary(self.data.symbols, self.choice.splits)},
+                       **split_summary(self.data.symbols, self.choice.splits),
+                       # Each symbol's periods: where an own backtest of the test split starts.
+                       "by_symbol": t.data_profile["split_dates"]},
             "normalise": t.cfg.features.normalise,
             "model": {"parameters": count_parameters(t.model)},
             "progress": {"epoch": t.epoch, "step_in_epoch": t.step_in_epoch, "global_step": t.global_step,
@@ -497,9 +513,9 @@ def _report_interrupted(summary: RunSummary, during: str, checkpoint: Path | Non
 
 
 def score_test(trainer: Trainer, data: PreparedData, handler: SignalHandler
-               ) -> tuple[TestPredictions, dict[str, Any]] | None:
+               ) -> tuple[TestPredictions, Baselines] | None:
     """The model's and every baseline's predictions on the same test samples, in return space,
-    with the baselines' fitted settings; None if stopped."""
+    with the baselines as fitted; None if stopped."""
     out = trainer.predict("test")
     if out is None:
         return None
@@ -512,7 +528,7 @@ def score_test(trainer: Trainer, data: PreparedData, handler: SignalHandler
         return None
     tp = test_predictions(test, data, pred_std, target_std, base.predictions, trainer.norm.label_mean,
                           trainer.cfg.features.horizon, trainer.cfg.train.cost_bps)
-    return tp, base.details
+    return tp, base
 
 
 def test_predictions(test: WindowDataset, data: PreparedData, pred_std: np.ndarray, target_std: np.ndarray,

@@ -332,7 +332,7 @@ def test_on_mixed_frequencies_the_headline_is_the_mean_symbol_ic_never_the_poole
     head = model["headline"]
     per_symbol = [v["ic"] for v in model["by_symbol"].values()]
     assert head["ic"] == pytest.approx(np.mean(per_symbol)) and abs(head["ic"]) < 0.1
-    assert head["over"] == "4 symbol(s)"
+    assert head["over"] == "4 symbols"
     assert r["headline"]["mse_reason"].startswith("the mean of the per-symbol ratios")
     table = format_table(r, "Test split")
     assert "symbol IC (t)" in table and "pooled IC" in table
@@ -412,3 +412,10 @@ def test_separate_test_periods_are_listed_and_get_their_own_strategy_series() ->
         t = period["sign_strategy"]["time"]
         assert len(t) == 60 and (t.max() - t.min()) < 365 * DAY   # never stitched across the gap
     assert "2 separate test periods" in format_table(r, "t").replace("\n    ", " ")
+
+
+def test_a_negative_ic_beats_no_baseline_however_much_worse_the_baselines_is() -> None:
+    def pred(mse: float, ic: float) -> dict:
+        return {"pooled": {"mse_ratio": mse, "ic": ic}}
+    # The monthly file's case: model IC -0.08, ridge -0.17, the model's MSE lower: still no win.
+    assert model_beats({"model": pred(1.01, -0.08), "ridge": pred(1.02, -0.17)}) == {"ridge": False}

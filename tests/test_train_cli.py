@@ -32,7 +32,8 @@ def test_default_job_trains_checkpoints_and_evaluates(run_python, tmp_path: Path
                     "--models-dir", str(tmp_path / "m")])
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in (tmp_path / "m").iterdir())
-    assert names == ["best.pth", "checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth", "evaluation.json"]
+    assert names == ["baselines.json", "best.pth", "checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth",
+                     "evaluation.json"]
     state = load(tmp_path / "m" / "checkpoint_epoch_2.pth")
     assert set(REQUIRED_KEYS) <= set(state)
     assert state["interrupted"] is False and state["epoch"] == 2
@@ -218,7 +219,8 @@ def test_a_new_run_moves_the_previous_runs_files_aside_instead_of_mixing_with_th
     assert load(models / "checkpoint_epoch_1.pth")["config"]["train"]["seed"] == 1
     (archive,) = (models / "previous_runs").iterdir()
     assert sorted(p.name for p in archive.iterdir()) == [
-        "best.pth", "checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth", "checkpoint_epoch_3.pth",
+        "baselines.json", "best.pth", "checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth",
+        "checkpoint_epoch_3.pth",
         "evaluation.json"]
     assert load(archive / "checkpoint_epoch_3.pth")["config"]["train"]["seed"] == 0
 

@@ -180,3 +180,10 @@ def locate_data(state: dict[str, Any], saved: Config, overrides: dict[str, Any],
         raise UserError(f"{path}: the {key.replace('_', ' ')} recorded in this checkpoint, {given}"
                         + (f" ({absolute})" if isinstance(absolute, str) and absolute != given else "")
                         + f", does not exist; pass {flag_name(key)} to say where the data is now")
+
+
+# --save-predictions of train and resume (a switch: which files one invocation writes).
+SAVE_PREDICTIONS_HELP = ("also write the test split's predictions to the run folder's predictions.csv: "
+                         "symbol, time, the model's predicted return and rank, split, the realised "
+                         "forward return, and every baseline's prediction (the columns of `predict --all "
+                         "--baselines`), for a backtest of your own. A switch, not a saved setting")

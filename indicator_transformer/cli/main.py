@@ -152,6 +152,14 @@ def _run_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# The baselines, each in one line: the same list in README.md ("What the report says").
+BASELINES_HELP = ("Baselines: zero (predicts a return of 0); train_mean (the pooled training-label mean); "
+                  "symbol_mean (each symbol's own training mean: what the model outputs when it learnt "
+                  "nothing under per-symbol normalisation); momentum (the last h-bar return, continued); "
+                  "ridge (linear, on the flattened window, alpha chosen on validation); lightgbm (gradient-"
+                  "boosted trees on window summaries, early-stopped on validation, seeded with --seed).")
+
+
 # --------------------------------------------------------------------------- shared by predict / evaluate
 def _add_data_location(p: argparse.ArgumentParser) -> None:
     """--data-dir | --data-file, --cache-dir and --skip-bad-files for a command on a checkpoint."""
@@ -192,7 +200,13 @@ def _configure_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="FILE", help="write the CSV to FILE (atomically); default: standard "
                                                  "output")
     p.add_argument("--all", action="store_true",
-                   help="predict at every bar with a full window, not only each symbol's latest")
+                   help="predict at every bar with a full window, not only each symbol's latest; adds "
+                        "the columns split (train, val, test, gap, unseen: where the bar fell in the "
+                        "checkpoint's training, from the dates it recorded) and realised_return (the "
+                        "forward return that followed, empty where the data ends)")
+    p.add_argument("--baselines", action="store_true",
+                   help="add one column per baseline (zero, train_mean, symbol_mean, momentum, ridge, "
+                        "lightgbm) as fitted by the checkpoint's run (models/baselines.json beside it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.epilog = ("Writes symbol,time,predicted_return,rank: the forward return over the checkpoint's "
                 "horizon predicted at each symbol's latest bar (rank 1 = highest among the symbols at "
@@ -240,8 +254,21 @@ def _predict(args: argparse.Namespace, handler: SignalHandler) -> int:
               f"use the pooled ones (their predicted returns are on the pooled scale): "
               f"{', '.join(unseen[:10])}{' ...' if len(unseen) > 10 else ''}", file=sys.stderr)
     model = P.load_model(state, cfg, len(data.feature_names))
+    fitted = None
+    if args.baselines:
+        from ..baseline_store import BaselinesUnusable, load_baselines
+
+        try:
+            fitted = load_baselines(path.parent, state)
+        except BaselinesUnusable as e:
+            raise UserError(f"--baselines: {e}") from None
+    profile = state.get("data_profile") or {}
+    if args.all and "split_dates" not in profile:
+        print(f"note: {path} records no split dates (written before they were kept): the split column "
+              f"says unknown", file=sys.stderr)
     rows = P.predict(model, data, norm, cfg.features.window,
-                     every_bar=args.all, should_stop=lambda: handler.should_stop)
+                     every_bar=args.all, should_stop=lambda: handler.should_stop,
+                     split_dates=profile.get("split_dates"), baselines=fitted)
     if rows is None:
         print("Prediction stopped: nothing written", file=sys.stderr)
         return handler.exit_code
@@ -287,11 +314,17 @@ def _configure_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR",
                    help="report folder (new, empty, or an earlier evaluation's); default: "
                         "runs/<UTC time>-evaluate beside the checkpoint's models folder")
+    p.add_argument("--all-windows", action="store_true",
+                   help="score every window of the data, not only its test split, against the baselines "
+                        "as fitted on the model's own training data (models/baselines.json, saved when "
+                        "the run ended): for files the model never saw")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.epilog = ("Prepares the data (the checkpoint's own unless --data-dir/--data-file) through the cache "
                 "with the checkpoint's features, splits it with the checkpoint's split policy, and scores "
-                "the model and the baselines (zero, train_mean, momentum, ridge, LightGBM; fitted on this "
-                "data's train/validation splits) on the same test samples. The model uses the "
+                "the model and the baselines on the same test samples; with --all-windows every window "
+                "instead, against the baselines the run saved. " + BASELINES_HELP + " Without "
+                "--all-windows the baselines are fitted on this data's train/validation splits. The model "
+                "uses the "
                 "checkpoint's stored normalisation; symbols it has no statistics for use the pooled ones. "
                 "Prints the report table (standard output) and writes summary.json, the plots and "
                 "evaluate.log to the report folder, all at the end; the models folder and its "
@@ -318,7 +351,8 @@ def _evaluate(args: argparse.Namespace, handler: SignalHandler) -> int:
     state = ckpt.load_checkpoint(path)
     more = {} if args.cost_bps is None else {"cost_bps": args.cost_bps}
     cfg = _checkpoint_config(args, state, path, **more)
-    return E.evaluate(state, cfg, E.EvaluateOptions(path, out, not args.no_progress), handler)
+    return E.evaluate(state, cfg, E.EvaluateOptions(path, out, not args.no_progress, args.all_windows),
+                      handler)
 
 
 COMMANDS: dict[str, Command] = {

@@ -20,7 +20,15 @@ from ..errors import CheckpointError, UserError
 from ..run import EVALUATION_FILE, RunOptions, evaluation_belongs, run_pipeline
 from ..shutdown import SignalHandler
 from ..training import checkpoint as ckpt
-from .common import check_folders, human_bytes, locate_data, print_table, run_command, run_with_handler
+from .common import (
+    SAVE_PREDICTIONS_HELP,
+    check_folders,
+    human_bytes,
+    locate_data,
+    print_table,
+    run_command,
+    run_with_handler,
+)
 from .options import (
     DATA_FLAGS,
     DATA_LOCATION,
@@ -45,6 +53,7 @@ def parser() -> argparse.ArgumentParser:
                     "settings come from the checkpoint; giving a different value is an error.",
         epilog="Exit codes: 0 done, 130/143 stopped again after saving, 2 bad input or usage.")
     p.add_argument("--list", action="store_true", help="list the checkpoints and exit")
+    p.add_argument("--save-predictions", action="store_true", help=SAVE_PREDICTIONS_HELP)
     p.add_argument("--checkpoint", metavar="PATH", help="resume from this checkpoint file")
     p.add_argument("--epochs", type=int, default=None,
                    help="train N more epochs after the checkpoint's last completed epoch (an "
@@ -202,6 +211,7 @@ def _resume_job(args: argparse.Namespace, models_dir: str, handler: SignalHandle
             print(f"Training is complete ({completed} epochs) but no report of this checkpoint exists; "
                   f"running the final evaluation", file=sys.stderr)
     opts = RunOptions(show_progress=not args.no_progress, plots=not args.no_plots, resume_state=state,
+                      save_predictions=args.save_predictions,
                       resume_path=path,
                       target_epochs=target, allow_data_change=args.allow_data_change)
     return run_pipeline(cfg, handler, opts)

@@ -33,7 +33,7 @@ from ..config import Config, build_config, load_toml, toml_value
 from ..errors import CheckpointError, UserError
 from ..shutdown import SignalHandler
 from ..startup import deferred_interrupt
-from .common import check_folders, run_command, run_with_handler
+from .common import SAVE_PREDICTIONS_HELP, check_folders, run_command, run_with_handler
 from .options import FIXED_ON_RESUME, add_common_switches, add_setting_flags, flag_values
 
 
@@ -57,6 +57,7 @@ def parser() -> argparse.ArgumentParser:
                "built-in features, the transforms and the TA-Lib functions you can declare.")
     add_setting_flags(p)
     add_common_switches(p)
+    p.add_argument("--save-predictions", action="store_true", help=SAVE_PREDICTIONS_HELP)
     p.add_argument("--prepare-only", action="store_true",
                    help="only prepare the feature cache, then print a summary and exit")
     p.add_argument("--resume", choices=["auto"], default=None,
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training import distributed
 
     opts = RunOptions(prepare_only=args.prepare_only, show_progress=not args.no_progress,
-                      plots=not args.no_plots)
+                      plots=not args.no_plots, save_predictions=args.save_predictions)
     auto = not args.prepare_only and (args.resume == "auto" or distributed.restart_count() > 0)
     if not auto:
         return run_with_handler(lambda handler: run_pipeline(cfg, handler, opts))

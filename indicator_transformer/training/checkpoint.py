@@ -271,6 +271,8 @@ def validate_state(state: Any, *, sealed: bool = True) -> None:
 
         problem = check_run_record(state["run"])
         _need(problem is None, "run", problem or "", state["run"])
+    if "data_profile" in state:  # added later: older checkpoints have none
+        _check_data_profile(state["data_profile"])
     fp = state["data_fingerprint"]
     _need(isinstance(fp.get("fingerprint"), str) and re.fullmatch(r"[0-9a-f]{64}", fp["fingerprint"])
           is not None, "data_fingerprint.fingerprint", "a sha256 hex digest", fp.get("fingerprint"))
@@ -281,6 +283,27 @@ def validate_state(state: Any, *, sealed: bool = True) -> None:
     keys = fp.get("keys", {})
     _need(isinstance(keys, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items()),
           "data_fingerprint.keys", "a map of symbol to cache key", keys)
+
+
+def _check_data_profile(profile: Any) -> None:
+    """{bar_frequency: {bar size: [symbol, ...]}, split_dates: {symbol: {split: {from, to,
+    windows} | None}}}: what evaluate and predict tell about the training data (its bar sizes, and
+    which period of each symbol was train, validation and test)."""
+    _need(isinstance(profile, dict), "data_profile", "a dict", profile)
+    groups = profile.get("bar_frequency", {})
+    _need(isinstance(groups, dict) and all(isinstance(k, str) and isinstance(v, list)
+                                           and all(isinstance(x, str) for x in v) for k, v in groups.items()),
+          "data_profile.bar_frequency", "a map of bar size to symbol names", groups)
+    dates = profile.get("split_dates", {})
+    _need(isinstance(dates, dict), "data_profile.split_dates", "a map of symbol to its split dates", dates)
+    for sym, splits in dates.items():
+        ok = isinstance(sym, str) and isinstance(splits, dict) and all(
+            k in ("train", "val", "test") and (r is None or (
+                isinstance(r, dict) and isinstance(r.get("from"), str) and isinstance(r.get("to"), str)
+                and _parses_as_time(r["from"]) and _parses_as_time(r["to"]) and _is_int(r.get("windows"))))
+            for k, r in splits.items())
+        _need(ok, f"data_profile.split_dates[{sym!r}]",
+              "{train|val|test: {from: ISO time, to: ISO time, windows: int} or null}", splits)
 
 
 def _parses_as_time(text: str) -> bool:

@@ -45,6 +45,8 @@ from .. import faults
 from ..atomic import remove_stale_temp_files
 from ..clock import now_iso
 from ..config import Config
+from ..data import frequency
+from ..data.periods import split_dates
 from ..data.prepare import PreparedData
 from ..data.windows import Normalisation, SplitIndex, WindowDataset, collate_batch
 from ..errors import CheckpointError, TrainingDiverged, UserError
@@ -173,6 +175,7 @@ class Trainer:
         self.epoch_complete = False
         self.epoch_history: list[dict[str, Any]] = []
         self._train_baseline: float | None = None
+        self._data_profile: dict[str, Any] | None = None
         self.step_losses: list[float] = []
         self.best_val = float("inf")
         self._pending_losses: list[torch.Tensor] = []
@@ -241,6 +244,9 @@ class Trainer:
             "data_fingerprint": {"fingerprint": self.data.fingerprint,
                                  "keys": {s.symbol: s.key for s in self.data.symbols}},
             "feature_names": list(self.data.feature_names),
+            # What evaluate and predict say about the training data: its bar sizes, and each
+            # symbol's train / validation / test period.
+            "data_profile": self.data_profile,
             # Absolute forms of the data paths, so a resume from another folder still finds them.
             "data_location": {k: os.path.abspath(v) for k in ("data_dir", "data_file")
                               if (v := getattr(self.cfg.data, k)) is not None},
@@ -560,6 +566,17 @@ class Trainer:
         metrics["baseline"] = (float(np.mean(np.square(target, dtype=np.float64))) if len(target)
                                else float("nan"))
         return metrics
+
+    @property
+    def data_profile(self) -> dict[str, Any]:
+        """Bar sizes and per-symbol split dates of the training data (computed once)."""
+        if self._data_profile is None:
+            self._data_profile = {
+                "bar_frequency": frequency.frequencies(self.data.symbols),
+                "split_dates": split_dates(self.data.symbols,
+                                           {k: ds.split for k, ds in self.datasets.items()}),
+            }
+        return self._data_profile
 
     @property
     def train_baseline(self) -> float:
