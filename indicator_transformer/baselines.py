@@ -85,10 +85,11 @@ class FittedBaselines:
         n = len(ds)
         sym = ds.symbol_index()
         names = [s.symbol for s in ds.symbols]
-        out = {"zero": np.zeros(n), "train_mean": np.full(n, float(self.train_mean)),
+        plain = unfitted_predictions(ds, self.train_mean, self.horizon)
+        out = {"zero": plain["zero"], "train_mean": plain["train_mean"],  # the report's order
                "symbol_mean": np.asarray([self.symbol_means.get(names[i], float(self.train_mean))
                                           for i in sym.tolist()], np.float64),
-               "momentum": last_returns(ds, self.horizon)}
+               "momentum": plain["momentum"]}
         if self.ridge is None or self.lightgbm is None:
             for name in ("ridge", "lightgbm"):
                 out[name] = ds.to_returns(np.zeros(n))
@@ -157,6 +158,14 @@ def window_summaries(x: np.ndarray, window: int) -> np.ndarray:
     w = x.reshape(len(x), window, -1)
     return np.concatenate([w[:, -1], w[:, -RECENT_BARS:].mean(1), w.mean(1), w.std(1),
                            w[:, -1] - w[:, 0]], axis=1).astype(np.float32)
+
+
+def unfitted_predictions(ds: WindowDataset, train_mean: float, horizon: int) -> dict[str, np.ndarray]:
+    """The baselines that need no fit (zero, train_mean, momentum) on every sample of ``ds``, in
+    return space: all that can be scored when no fitted baselines are at hand."""
+    n = len(ds)
+    return {"zero": np.zeros(n), "train_mean": np.full(n, float(train_mean)),
+            "momentum": last_returns(ds, horizon)}
 
 
 def last_returns(ds: WindowDataset, horizon: int) -> np.ndarray:

@@ -34,7 +34,7 @@ import torch
 from . import faults, plots
 from .atomic import atomic_write_json, is_temp_file
 from .baseline_store import BASELINES_FILE, BaselinesUnusable, load_baselines
-from .baselines import FitStopped, baseline_predictions, last_returns
+from .baselines import FitStopped, baseline_predictions, unfitted_predictions
 from .config import Config
 from .data import frequency
 from .data.cache import FeatureCache
@@ -209,6 +209,20 @@ def every_window(data: PreparedData, window: int, horizon: int) -> SplitIndex:
     return SplitIndex(starts, np.maximum(lengths - horizon, starts))
 
 
+def _model_on(state: dict[str, Any], cfg: Config, data: PreparedData, index: SplitIndex,
+              norm: Normalisation, handler: SignalHandler, empty: str
+              ) -> tuple[WindowDataset, np.ndarray, np.ndarray] | None:
+    """The windows of ``index`` (normalised with ``norm``) and the checkpoint's model's
+    standardised predictions and targets on them; None when stopped. No window is a UserError
+    saying ``empty``."""
+    test = WindowDataset(data.symbols, index, cfg.features.window, norm)
+    if len(test) == 0:
+        raise UserError(empty)
+    model = load_model(state, cfg, len(data.feature_names))
+    out = model_predictions(model, test, lambda: handler.should_stop)
+    return None if out is None else (test, *out)
+
+
 def score_all_windows(state: dict[str, Any], cfg: Config, data: PreparedData, checkpoint: Path,
                       handler: SignalHandler, stream: TextIO) -> Scored | None:
     """The model and the baselines *as fitted by the checkpoint's run* (its baselines.json) on
@@ -216,22 +230,18 @@ def score_all_windows(state: dict[str, Any], cfg: Config, data: PreparedData, ch
     predictors that need no fit are scored, and a warning says why."""
     f = cfg.features
     norm = Normalisation.from_dict(state["normalisation"])
-    test = WindowDataset(data.symbols, every_window(data, f.window, f.horizon), f.window, norm)
-    if len(test) == 0:
-        raise UserError(f"no windows: every symbol has fewer than {f.window + f.horizon} bars after the "
-                        f"indicator warm-up (window {f.window}, horizon {f.horizon})")
-    model = load_model(state, cfg, len(data.feature_names))
-    out = model_predictions(model, test, lambda: handler.should_stop)
-    if out is None:
+    got = _model_on(state, cfg, data, every_window(data, f.window, f.horizon), norm, handler,
+                    f"no windows: every symbol has fewer than {f.window + f.horizon} bars after the "
+                    f"indicator warm-up (window {f.window}, horizon {f.horizon})")
+    if got is None:
         return None
-    pred_std, target_std = out
+    test, pred_std, target_std = got
     try:
         fitted = load_baselines(checkpoint.parent, state)
     except BaselinesUnusable as e:
         print(f"warning: only the model and the predictors without a fit are scored: {e}", file=stream,
               flush=True)
-        preds = {"zero": np.zeros(len(test)), "train_mean": np.full(len(test), norm.label_mean),
-                 "momentum": last_returns(test, f.horizon)}
+        preds = unfitted_predictions(test, norm.label_mean, f.horizon)
         settings: dict[str, Any] = {"source": str(e)}
         how = "none saved: only zero, train_mean and momentum"
     else:
@@ -284,15 +294,12 @@ def score(state: dict[str, Any], cfg: Config, data: PreparedData, choice: SplitC
     f = cfg.features
     splits = choice.splits
     norm = Normalisation.from_dict(state["normalisation"])
-    test = WindowDataset(data.symbols, splits["test"], f.window, norm)
-    if len(test) == 0:
-        raise UserError(f"no test windows: the data has too few bars for window {f.window} and horizon "
-                        f"{f.horizon} after the train/validation splits")
-    model = load_model(state, cfg, len(data.feature_names))
-    out = model_predictions(model, test, lambda: handler.should_stop)
-    if out is None:
+    got = _model_on(state, cfg, data, splits["test"], norm, handler,
+                    f"no test windows: the data has too few bars for window {f.window} and horizon "
+                    f"{f.horizon} after the train/validation splits")
+    if got is None:
         return None
-    pred_std, target_std = out
+    test, pred_std, target_std = got
     if own:
         base_norm, how = norm, "the checkpoint's normalisation (its own data)"
     else:

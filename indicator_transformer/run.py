@@ -432,7 +432,7 @@ class RunSummary:
         models = Path(t.cfg.train.models_dir)
         best = models / ckpt.BEST_NAME
         self.durations["total_s"] = round(time.perf_counter() - self._start, 3)
-        groups = frequency.frequencies(self.data.symbols)
+        groups = t.data_profile["bar_frequency"]  # computed once, also kept in every checkpoint
         doc = {
             "run": self.run.name, "status": status, "segment": self.run.segment,
             "segments": [{"global_step": s[0], "started": s[1]} for s in self.run.segments],
