@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from mixed_market import write_mixed_market
+from mixed_market import mixed_market_frames, write_mixed_market
 
 from indicator_transformer.config import FeatureConfig
 from indicator_transformer.data import frequency
@@ -209,3 +209,26 @@ def test_a_run_without_test_windows_is_refused_before_training(tmp_path) -> None
     assert r.returncode == 2, r.stderr
     assert "error: the test split has no windows" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "m").exists() or not list((tmp_path / "m").glob("*.pth"))
+
+
+def test_a_symbol_whose_price_never_moves_takes_the_pooled_label_scale_and_the_table_says_so(tmp_path):
+    """A flat file's training returns are all 0: its own std (or the old fallback 1.0) scaled the
+    model's output into returns thousands of times too large (MSE/mean 4105 on that symbol)."""
+    frames = mixed_market_frames()
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in ("SPX", "AAPL"):
+        frames[name].to_csv(folder / f"{name}.csv", index=False)
+    flat = frames["SPX"].copy()
+    flat[["Open", "High", "Low", "Close"]] = 100.0
+    flat.to_csv(folder / "FLAT.csv", index=False)
+    symbols = prepare(discover_files(folder), CFG, FeatureCache(tmp_path / "cache").open(),
+                      show_progress=False).symbols
+    sp = choose_splits(symbols, CFG).splits
+    norm = fit_normalisation(symbols, sp["train"], CFG.window, per_symbol=True)
+    assert set(norm.symbols) == {"SPX", "AAPL"}
+    _, _, lm, ls = norm.scales(["FLAT", "SPX"])
+    assert ls[0] == norm.label_std and 0 < ls[0] < 1   # pooled returns' scale, not 1.0
+    assert ls[1] != norm.label_std
+    _, warnings = split_table(symbols, sp)
+    assert any("never change" in w and "FLAT" in w for w in warnings), warnings

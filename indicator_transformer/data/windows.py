@@ -282,6 +282,10 @@ def split_summary(symbols: list[SymbolData], splits: dict[str, SplitIndex]) -> d
         if absent:
             warnings.append(f"the {k} split holds {len(holders[k])} of the {len(holders['train'])} "
                             f"training symbols; it says nothing about {_names(absent)}")
+    flat = flat_label_symbols(symbols, splits["train"])
+    if flat:
+        warnings.append(f"{len(flat)} symbol(s) have training returns that never change (a price that "
+                        f"does not move?); they are scaled with the pooled statistics: {_names(flat)}")
     out["warnings"] = warnings
     return out
 
@@ -395,16 +399,31 @@ def _mean_std(n: int, s1: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, np.nd
     return mean, std
 
 
+# A symbol whose training labels do not vary (a price that never moves) has no scale of its
+# own: dividing by its own near-zero std, or by the fallback 1.0, turns the model's output
+# into returns thousands of times too large. Such a symbol takes the pooled statistics.
+FLAT_LABEL_STD = 1e-12
+
+
 def _label_stats(y: np.ndarray) -> tuple[float, float]:
     sd = float(y.std()) if y.size > 1 else 0.0
-    return float(y.mean()), (sd if sd > 1e-12 else 1.0)
+    return float(y.mean()), (sd if sd > FLAT_LABEL_STD else 1.0)
+
+
+def flat_label_symbols(symbols: list[SymbolData], train: SplitIndex) -> list[str]:
+    """The symbols whose training labels are all (nearly) the same value."""
+    out = []
+    for s, lo, hi in zip(symbols, train.starts, train.stops, strict=True):
+        if hi - lo > 1 and float(np.asarray(s.label[lo:hi], np.float64).std()) <= FLAT_LABEL_STD:
+            out.append(s.symbol)
+    return out
 
 
 def fit_normalisation(symbols: list[SymbolData], train: SplitIndex, window: int,
                       per_symbol: bool = False) -> Normalisation:
     """Mean/std over every feature row that any training window reads (and nothing later), and
     of the training labels: pooled, and with ``per_symbol`` also for each symbol with at least
-    ``MIN_OWN_ROWS`` training labels."""
+    ``MIN_OWN_ROWS`` training labels that vary (see ``FLAT_LABEL_STD``)."""
     F = symbols[0].features.shape[1]
     n = 0
     s1 = np.zeros(F, np.float64)
@@ -418,7 +437,7 @@ def fit_normalisation(symbols: list[SymbolData], train: SplitIndex, window: int,
         n, s1, s2 = n + k, s1 + a, s2 + b
         y = np.asarray(s.label[lo:hi], dtype=np.float64)
         labels.append(y)
-        if per_symbol and len(y) >= MIN_OWN_ROWS:
+        if per_symbol and len(y) >= MIN_OWN_ROWS and float(y.std()) > FLAT_LABEL_STD:
             own[s.symbol] = (*_mean_std(k, a, b), *_label_stats(y))
     if n == 0:
         return Normalisation(np.zeros(F, np.float32), np.ones(F, np.float32))
