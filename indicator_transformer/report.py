@@ -401,7 +401,10 @@ def best_by_metric(predictors: dict[str, dict[str, Any]]) -> dict[str, str | Non
     """The clearly best predictor per metric, or None: the best value must be ahead of every other
     predictor's, and of no skill, by more than its own standard error (a figure without a standard
     error is never clearly best). So a negative IC, a lead inside the noise or a tie is never
-    marked."""
+    marked. A standard error of 0 is a degenerate estimate (a correlation of exactly 1, a hit
+    rate of 1 on a handful of samples), not certainty: nothing is marked on it. A predictor that
+    ignores the window (``CONSTANTS``) is never marked: its IC only ranks symbols' levels and its
+    strategy only holds a fixed side, which says nothing about skill; it still counts as a rival."""
     out: dict[str, str | None] = {}
     for key, section, field, se_field, better, ref in BEST_METRICS:
         vals = {n: field_value(p, section, field) for n, p in predictors.items()}
@@ -416,7 +419,9 @@ def best_by_metric(predictors: dict[str, dict[str, Any]]) -> dict[str, str | Non
         if math.isfinite(floor):
             rivals.append(sign * floor)
         se = field_value(predictors[top], section, se_field)
-        if rivals and math.isfinite(se) and sign * vals[top] - max(rivals) > se:
+        if top in CONSTANTS or not (math.isfinite(se) and se > 0):
+            continue
+        if rivals and sign * vals[top] - max(rivals) > se:
             out[key] = top
     return out
 

@@ -177,6 +177,12 @@ def test_best_marks_only_a_lead_beyond_its_standard_error_and_never_a_negative_i
     # An MSE/mean above 1 is behind the training mean and never best.
     assert best_by_metric({"model": p(0.1, 0.01, 1.02), "ridge": p(0.0, 0.01, 1.05)})["mse_ratio"] is None
     assert best_by_metric({"model": p(0.1, 0.01, 0.95), "ridge": p(0.0, 0.01, 0.99)})["mse_ratio"] == "model"
+    # A standard error of 0 (a correlation of exactly 1 on four samples) is no certainty.
+    assert best_by_metric({"model": p(1.0, 0.0), "ridge": p(0.2, 0.01)})["ic"] is None
+    # A constant predictor is never marked, however far ahead (symbol_mean's pooled IC ranks
+    # symbols' levels), but it stays a rival the model must beat.
+    assert best_by_metric({"symbol_mean": p(0.3, 0.01), "model": p(0.05, 0.01)})["ic"] is None
+    assert best_by_metric({"zero": p(0.1, 0.01, 0.90), "model": p(0.05, 0.01)})["mse_ratio"] is None
 
 
 def test_a_negative_rank_ic_on_twelve_samples_is_not_starred() -> None:
