@@ -571,6 +571,12 @@ def _toml_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+def setting_text(value: Any) -> str:
+    """A setting's value for a message: its TOML text, or "not set" for an optional setting
+    that is unset (TOML has no null)."""
+    return "not set" if value is None else toml_value(value)
+
+
 def toml_value(value: Any) -> str:
     """``value`` (a setting or a part of one) as TOML text."""
     if isinstance(value, bool):

@@ -6,6 +6,7 @@ boundaries per symbol. Only errors.py is imported, so both can use this module.
 from __future__ import annotations
 
 import datetime
+import re
 import typing
 from typing import Any
 
@@ -62,13 +63,22 @@ def parse_cuts(text: str, key: str) -> dict[str, int]:
     return out
 
 
+# The forms accepted, checked before datetime.fromisoformat: it reads "2011-06-01+02:00" as
+# 02:00 on that day (any character may separate date and time), silently moving the cut.
+_ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}(?::\d{2}(?::\d{2}(?:\.\d{1,6})?)?)?)?"
+                       r"(?P<zone>Z|[+-]\d{2}(?::?\d{2})?)?")
+
+
 def _cut_ns(when: str, bad: typing.Callable[[str], ConfigError]) -> int:
+    form = _ISO_TIME.fullmatch(when)
+    if form is None:
+        raise bad(f"{_short(when)} is not an ISO date or time")
+    if form["zone"]:
+        raise bad(f"{_short(when)} carries a time zone; times here are UTC, written without one")
     try:
         t = datetime.datetime.fromisoformat(when)
     except ValueError:
         raise bad(f"{_short(when)} is not an ISO date or time") from None
-    if t.tzinfo is not None:
-        raise bad(f"{_short(when)} carries a time zone; times here are UTC, written without one")
     if not _FIRST_YEAR <= t.year <= _LAST_YEAR:
         raise bad(f"{_short(when)} is outside the years {_FIRST_YEAR} to {_LAST_YEAR} that time stamps cover")
     delta = t - _EPOCH
@@ -83,12 +93,15 @@ def cut_time_text(ns: int) -> str:
 
 
 def canonical_cuts(text: str, key: str) -> str:
-    """The value with every time spelt out in full (``GOOG=2012-06-01T00:00:00,*=...``), or a
-    ConfigError naming ``key``."""
+    """The value with every time spelt out in full (``GOOG=2012-06-01T00:00:00,*=...``), the
+    symbols sorted and ``*`` last, or a ConfigError naming ``key``."""
     cuts = parse_cuts(text, key)
-    if list(cuts) == [ANY_SYMBOL] and "=" not in text:
+    if list(cuts) == [ANY_SYMBOL]:  # "*=DATE" alone says the same as "DATE"
         return cut_time_text(cuts[ANY_SYMBOL])
-    return ",".join(f"{name}={cut_time_text(ns)}" for name, ns in cuts.items())
+    # Entries in one order (symbols sorted, the default last): the order they were typed in
+    # means nothing, and a resume compares this text.
+    names = sorted(n for n in cuts if n != ANY_SYMBOL) + [n for n in cuts if n == ANY_SYMBOL]
+    return ",".join(f"{name}={cut_time_text(cuts[name])}" for name in names)
 
 
 def cut_for(cuts: dict[str, int], symbol: str, key: str) -> int:

@@ -89,6 +89,10 @@ def test_a_date_outside_a_symbols_bars_empties_its_splits_and_no_test_at_all_is_
     ({"test_start": "A=2016-01-01,2016-02-01"}, "names no symbol"),
     ({"test_start": "A=2016-01-01,A=2016-02-01"}, "'A' appears twice"),
     ({"test_start": "2016-01-01T00:00+02:00"}, "time zone"),
+    # fromisoformat alone reads this as 02:00 on that day: a cut moved two hours, silently.
+    ({"test_start": "2011-06-01+02:00"}, "time zone"),
+    ({"test_start": "2011-06-01x02:00"}, "is not an ISO date"),
+    ({"test_start": "20110601"}, "is not an ISO date"),
     ({"val_start": "2016-01-01"}, "to be given with test_start"),
     ({"val_start": "2017-01-01", "test_start": "2016-01-01"}, "a date before test_start for every symbol"),
     ({"val_start": "A=2017-01-01,*=2015-01-01", "test_start": "2016-01-01"}, "before test_start for A"),
@@ -119,6 +123,26 @@ def test_dates_are_stored_canonically_and_round_trip_through_toml_and_old_config
     del old["features"]["val_start"], old["features"]["test_start"]
     assert Config.from_dict(old).features.test_start is None
     assert cutoffs.canonical_cuts("2016-01-01", "test_start") == "2016-01-01T00:00:00"
+    # Spellings of one setting are one text, so a resume does not call them different.
+    assert cutoffs.canonical_cuts("*=2016-01-01", "test_start") == "2016-01-01T00:00:00"
+    assert cutoffs.canonical_cuts("B=2016-02-01,*=2016-03-01,A=2016-01-01", "test_start") == \
+        cutoffs.canonical_cuts("*=2016-03-01,A=2016-01-01,B=2016-02-01", "test_start") == \
+        "A=2016-01-01T00:00:00,B=2016-02-01T00:00:00,*=2016-03-01T00:00:00"
+
+
+def test_a_resume_adding_a_date_cut_the_checkpoint_lacks_is_refused_naming_the_flag() -> None:
+    """It raised "None cannot be written as TOML" while writing the refusal."""
+    from pathlib import Path
+
+    from indicator_transformer.cli import resume
+
+    args = resume.parser().parse_args(["--test-start", "2016-01-01"])
+    with pytest.raises(UserError, match=r'--test-start "2016-01-01" conflicts with the checkpoint '
+                                        r"x\.pth \(test_start = not set\)"):
+        resume._check_fixed(args, Config(), Path("x.pth"))
+    # The same cut, spelt another way, is no conflict.
+    saved = Config().replace(test_start="2016-01-01")
+    resume._check_fixed(resume.parser().parse_args(["--test-start", "*=2016-01-01T00:00"]), saved, Path("x.pth"))
 
 
 def test_the_flags_are_in_help_and_a_bad_date_exits_2_without_a_traceback(tmp_path) -> None:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import MAX_EPOCHS, Config, DataConfig, flag_name, toml_value
+from ..config import MAX_EPOCHS, Config, DataConfig, flag_name, setting_text
 from ..errors import CheckpointError, UserError
 from ..run import EVALUATION_FILE, RunOptions, evaluation_belongs, run_pipeline
 from ..shutdown import SignalHandler
@@ -115,8 +115,8 @@ def _check_fixed(args: argparse.Namespace, saved: Config, path: Path) -> None:
         changed = saved.replace(origins={key: flag}, **{key: given[key]}).to_dict()
         wanted = next(section[key] for section in changed.values() if key in section)
         if _canonical(key, wanted) != _canonical(key, saved_flat[key]):
-            raise UserError(f"{flag} {toml_value(given[key])} conflicts with the checkpoint {path} "
-                            f"({key} = {toml_value(saved_flat[key])}); architecture, feature and "
+            raise UserError(f"{flag} {setting_text(given[key])} conflicts with the checkpoint {path} "
+                            f"({key} = {setting_text(saved_flat[key])}); architecture, feature and "
                             f"optimisation settings come from the checkpoint (omit the flag)")
 
 

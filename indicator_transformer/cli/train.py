@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, build_config, load_toml, toml_value
+from ..config import Config, build_config, load_toml, setting_text
 from ..errors import CheckpointError, UserError
 from ..shutdown import SignalHandler
 from ..startup import deferred_interrupt
@@ -144,7 +144,7 @@ def _check_same_settings(cfg: Config, saved: Config, path: Path) -> None:
         if key == "custom_features":  # declarations are looked up by name: order means nothing
             a, b = (sorted(v or [], key=lambda d: str(d.get("name"))) for v in (a, b))
         if a != b:
-            differ.append(f"{flag} {toml_value(a)} (checkpoint: {toml_value(b)})")
+            differ.append(f"{flag} {setting_text(a)} (checkpoint: {setting_text(b)})")
     if differ:
         raise CheckpointError(f"{path}: --resume auto: this command's settings differ from the "
                               f"checkpoint's: {'; '.join(differ)}. Use the command that started the "
