@@ -269,13 +269,33 @@ def scope_warnings(state: dict[str, Any], data: PreparedData, all_windows: bool)
                        f"{frequency.describe(new)}: a {data_horizon(state)}-bar horizon spans another "
                        f"time there, and patterns learnt on one bar size need not carry over")
     if all_windows:
-        keys = dict((state.get("data_fingerprint") or {}).get("keys", {}))
-        seen = [s.symbol for s in data.symbols if keys.get(s.symbol) == s.key]
-        if seen:
-            out.append(f"{len(seen)} symbol(s) are the checkpoint's own training files ("
-                       f"{', '.join(seen[:6])}{' ...' if len(seen) > 6 else ''}): --all-windows scores their "
-                       f"training and validation windows too, so their figures are in-sample")
+        out += _in_sample_warnings(state, data)
     return out
+
+
+def _in_sample_warnings(state: dict[str, Any], data: PreparedData) -> list[str]:
+    """With --all-windows: the symbols whose bars overlap what the model trained or was selected
+    on. A symbol recorded in the checkpoint's split dates overlaps when it has bars up to the end
+    of its training or validation period (an edited or extended copy of a training file does,
+    though its cache key differs); any file with the cache key of a training file overlaps (the
+    same bytes, under any name, or from a checkpoint without split dates)."""
+    keys = set(((state.get("data_fingerprint") or {}).get("keys") or {}).values())
+    dates = (state.get("data_profile") or {}).get("split_dates") or {}
+    seen = []
+    for s in data.symbols:
+        ends = [p["to"] for k, p in (dates.get(s.symbol) or {}).items()
+                if k in ("train", "val") and isinstance(p, dict)]
+        last = max((np.datetime64(e, "ns").astype(np.int64) for e in ends), default=None)
+        n = int(np.count_nonzero(s.time <= last)) if last is not None else 0
+        if n:
+            seen.append(f"{s.symbol} ({n:,} bars to {max(ends)[:10]})")
+        elif s.key in keys:
+            seen.append(f"{s.symbol} (a training file's exact data)")
+    if not seen:
+        return []
+    return [f"{len(seen)} symbol(s) overlap the checkpoint's training and validation periods: "
+            f"{', '.join(seen[:6])}{' ...' if len(seen) > 6 else ''}; --all-windows scores those "
+            f"windows too, so their figures are in-sample"]
 
 
 def data_horizon(state: dict[str, Any]) -> Any:

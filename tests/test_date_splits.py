@@ -142,7 +142,8 @@ def test_a_resume_adding_a_date_cut_the_checkpoint_lacks_is_refused_naming_the_f
         resume._check_fixed(args, Config(), Path("x.pth"))
     # The same cut, spelt another way, is no conflict.
     saved = Config().replace(test_start="2016-01-01")
-    resume._check_fixed(resume.parser().parse_args(["--test-start", "*=2016-01-01T00:00"]), saved, Path("x.pth"))
+    again = resume.parser().parse_args(["--test-start", "*=2016-01-01T00:00"])
+    resume._check_fixed(again, saved, Path("x.pth"))
 
 
 def test_the_flags_are_in_help_and_a_bad_date_exits_2_without_a_traceback(tmp_path) -> None:

@@ -162,6 +162,22 @@ def test_evaluate_all_windows_on_a_short_monthly_file_uses_the_runs_baselines_an
     assert doc["baseline_settings"]["ridge"]["alpha"] == training["alpha"]
 
 
+def test_evaluate_all_windows_on_an_edited_copy_of_a_training_file_calls_its_figures_in_sample(
+        mixed_run: Path, tmp_path: Path) -> None:
+    """A copy of GOOG.csv without its last rows has another cache key, but its bars are the ones
+    the model trained on: the warning must come from the dates, not the key."""
+    data = _monthly(tmp_path)
+    rows = (mixed_run / "mixed" / "GOOG.csv").read_text().splitlines()
+    (data / "GOOG.csv").write_text("\n".join(rows[:-40]) + "\n")
+    r = _cli(mixed_run, "-m", "indicator_transformer", "evaluate", "--checkpoint", "models/best.pth",
+             "--data-dir", str(data), "--all-windows", "--out", str(tmp_path / "ev"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    (warning,) = [w for w in doc["warnings"] if "in-sample" in w]
+    assert warning.startswith("1 symbol(s) overlap the checkpoint's training and validation periods: GOOG (")
+    assert "BTCUSD" not in warning
+
+
 def test_evaluate_all_windows_without_saved_baselines_scores_the_unfitted_ones_and_says_why(
         mixed_run: Path, tmp_path: Path) -> None:
     import shutil
