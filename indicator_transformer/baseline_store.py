@@ -9,14 +9,20 @@ data. To score files the model never saw against the *same* baselines (``evaluat
 
 The file is plain JSON, sealed with a digest like every JSON this tool writes: ridge's
 coefficients and means as numbers, LightGBM's model as its own text format (parsed by LightGBM,
-never executed), each symbol's training mean. Nothing in it can run code. It belongs to the line
-of training and the data it was fitted on; a file of another line or other data is not used.
+never executed), each symbol's training mean. Nothing in it can run code. It records the data,
+feature and split settings and seed it was fitted with; a file fitted on other data or with other
+settings is not used (every checkpoint of a run, and its forks, share those and so the file). A
+symbolic link in its place is refused, like a linked checkpoint: it would score against a file
+this run never wrote.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -114,17 +120,32 @@ def from_record(doc: dict[str, Any], where: str) -> FittedBaselines:
     return fitted
 
 
+def _read_own_file(path: Path) -> str:
+    """The text of the regular file at ``path``, not following a symbolic link (ELOOP) and
+    refusing anything else that is not a plain file (a FIFO would block the read)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return f.read().decode("utf-8")
+
+
 def load_baselines(models_dir: str | Path, state: dict[str, Any]) -> FittedBaselines:
     """The baselines fitted by the run of checkpoint ``state``, from ``models_dir/baselines.json``.
     BaselinesUnusable (with the reason, for a warning) when the file is absent, damaged, or was
     fitted by another line of training, on other data, or for other windows."""
     path = Path(models_dir) / BASELINES_FILE
     try:
-        doc = check_json(json.loads(path.read_text(encoding="utf-8")))
+        doc = check_json(json.loads(_read_own_file(path)))
     except FileNotFoundError:
         raise BaselinesUnusable(f"{path} does not exist (the run ended before the baselines were saved, "
                                 f"or it predates them)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, IntegrityError) as e:
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise BaselinesUnusable(f"{path} is a symbolic link; a run's baselines are the file it wrote "
+                                    f"there (remove the link)") from None
+        raise BaselinesUnusable(f"{path}: cannot be read ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, IntegrityError) as e:
         raise BaselinesUnusable(f"{path}: cannot be read as a sealed report ({e})") from None
     # The fits depend on the training data, the feature and split settings and the seed, all fixed
     # for every checkpoint of a run and its forks: those must agree, not the line of training.

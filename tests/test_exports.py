@@ -196,3 +196,8 @@ def test_evaluate_all_windows_without_saved_baselines_scores_the_unfitted_ones_a
     r = _cli(mixed_run, "-m", "indicator_transformer", "predict", "--checkpoint", str(models / "best.pth"),
              "--baselines", "--no-progress")
     assert r.returncode == 2 and "--baselines:" in r.stderr and "Traceback" not in r.stderr
+    # A symbolic link in its place (to the run's own, valid file) is refused like a linked checkpoint.
+    (models / "baselines.json").symlink_to(mixed_run / "models" / "baselines.json")
+    r = _cli(mixed_run, "-m", "indicator_transformer", "predict", "--checkpoint", str(models / "best.pth"),
+             "--baselines", "--no-progress")
+    assert r.returncode == 2 and "is a symbolic link" in r.stderr and "Traceback" not in r.stderr
