@@ -398,7 +398,9 @@ def evaluate(state: dict[str, Any], cfg: Config, opts: EvaluateOptions, handler:
     # The table is the command's result: on standard output, so `> report.txt` keeps it.
     print(format_table(rep, f"{what} ({opts.checkpoint.name}, {which})"), flush=True)
     if handler.should_stop:  # once writing starts it finishes: every file is complete or absent
-        return _stopped("the report", stream, handler)
+        print("Evaluation stopped before the report was written: the table above is not saved, no "
+              "report written", file=stream, flush=True)
+        return handler.exit_code
     doc = _summary(state, cfg, opts, data, choice, own, relation, scored, rep,
                    {"preparation_s": round(prepared_s, 3),
                     "scoring_s": round(time.perf_counter() - tick - prepared_s, 3)}, started)

@@ -282,6 +282,9 @@ def _predict(args: argparse.Namespace, handler: SignalHandler) -> int:
         print(f"warning: the symbols' latest bars are not at one time (from {first} to {last}): the "
               f"ranks compare predictions made at different times", file=sys.stderr)
     text = P.to_csv(rows)
+    if handler.should_stop:  # the last point to stop with nothing written; after it the write finishes
+        print("Prediction stopped: nothing written", file=sys.stderr)
+        return handler.exit_code
     if args.out:
         try:
             atomic_write_text(args.out, text)
