@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import faults, shutdown
-from .errors import StorageFull, UserError
+from .errors import StorageError, StorageFull, UserError
 
 TMP_SUFFIX = ".tmp"
 
@@ -66,6 +66,19 @@ def fsync_dir(folder: str | Path) -> None:
 
 # A full disk, a full quota, a file-size limit: the user can act on these, no traceback.
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# Every other refusal of the storage a user can act on, with what to do ({folder} filled in).
+STORAGE_HINTS = {
+    errno.ENOSPC: "free some space in {folder}",
+    errno.EDQUOT: "free some space in {folder} (the disk quota is full)",
+    errno.EFBIG: "the file is larger than this filesystem or `ulimit -f` allows; write to another folder",
+    errno.EROFS: "the filesystem holding {folder} is read-only (remounted after an error?); make it "
+                 "writable or choose another folder",
+    errno.EACCES: "this process may not write in {folder}: check its permissions",
+    errno.EPERM: "this process may not write in {folder}: check its permissions and attributes "
+                 "(lsattr; chattr -i)",
+    errno.EIO: "the storage reported an I/O error: check the disk (dmesg) before trusting it again",
+    errno.ENOENT: "{folder} or a folder above it was removed while the command ran",
+}
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], *, sync_dir: bool = True) -> Path:
@@ -99,10 +112,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], *, sync_di
         if isinstance(e, IsADirectoryError):
             raise UserError(f"{path}: is a folder, where this file is to be written; move it away and run "
                             f"the command again") from None
-        if isinstance(e, OSError) and e.errno in NO_SPACE:
-            raise StorageFull(f"{path}: could not be written: {os.strerror(e.errno)}. Its previous version "
-                              f"(if any) is intact; free some space in {folder} and run the command "
-                              f"again (a stopped training continues with resume_training.py)") from None
+        if isinstance(e, OSError) and e.errno in STORAGE_HINTS:
+            kind = StorageFull if e.errno in NO_SPACE else StorageError
+            hint = STORAGE_HINTS[e.errno].format(folder=folder)
+            raise kind(f"{path}: could not be written: {os.strerror(e.errno)}. Its previous version "
+                       f"(if any) is intact; {hint}, and run the command again (a stopped training "
+                       f"continues with resume_training.py)") from None
         raise
     return path
 

@@ -75,11 +75,22 @@ class TrainingDiverged(UserError):
     exit_code = EXIT_FAILURE
 
 
-class StorageFull(UserError):
-    """A write failed for lack of space (or a file-size limit): one clear message naming the file,
-    exit code 1. The file's previous version is intact (every write is atomic)."""
+class StorageError(UserError):
+    """A write the storage refused (read-only, permission, I/O error, a folder gone, no space): one
+    clear message naming the file, the cause and what to do, exit code 1. The file's previous
+    version is intact (every write is atomic)."""
 
     exit_code = EXIT_FAILURE
+
+
+class OutOfMemory(UserError):
+    """Memory ran out in a training step: one message saying what to change, exit code 1."""
+
+    exit_code = EXIT_FAILURE
+
+
+class StorageFull(StorageError):
+    """A write failed for lack of space (or a file-size limit): the space it took is freed."""
 
 
 class PreparationFailed(UserError):

@@ -48,7 +48,7 @@ from .data.windows import (
     fit_normalisation,
     split_summary,
 )
-from .errors import CheckpointError, UserError
+from .errors import CheckpointError, StorageError, UserError
 from .integrity import IntegrityError, check_json, json_safe, seal_json
 from .plots import write_plots
 from .predict import load_model
@@ -468,9 +468,11 @@ def write_report(out: Path, fresh: bool, state: dict[str, Any], tp: TestPredicti
         for name, why in skipped.items():
             print(f"note: {name} not drawn: {why}", file=sys.stderr, flush=True)
         atomic_write_json(out / SUMMARY_NAME, seal_json(json_safe(doc)))
-    except OSError as e:
+    except (OSError, StorageError) as e:
         if fresh:
             shutil.rmtree(out, ignore_errors=True)
+        if isinstance(e, StorageError):  # already names the file and the cause
+            raise
         raise UserError(f"{out}: cannot write the report ({e.strerror or e})") from None
     # Every console line of this command, from its start (kept in memory until now).
     with contextlib.suppress(OSError):

@@ -12,6 +12,7 @@ and exits 1 (or the code of the signal it was stopped by).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -45,7 +46,8 @@ from .data.windows import (
     split_summary,
     split_table,
 )
-from .errors import CheckpointError, UserError
+from .errors import CheckpointError, OutOfMemory, StorageError, UserError
+from .folder_lock import hold_folder
 from .integrity import IntegrityError, check_json, json_safe, seal_json
 from .model import count_parameters
 from .plots import plot_losses, write_plots
@@ -92,6 +94,7 @@ class RunOptions:
     # --resume auto that found no checkpoint (a torchrun restart, a requeued job): continue the run
     # folder the failed attempt opened (the newest one without a summary), not orphan it.
     adopt_unfinished_run: bool = False
+    command: str = "train"  # how the holder of models/ is named to a second process (folder_lock.py)
 
 
 def prepare_data(cfg: Config, handler: SignalHandler, cache: FeatureCache, stream: TextIO,
@@ -184,6 +187,16 @@ def _exits_hard() -> bool:
 
 
 def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: TextIO | None) -> int:
+    # Rank 0 holds models/ from before preparation to the end (a second run there is refused before
+    # it prepares anything); the ranks learn of a refusal as of any preparation error.
+    with contextlib.ExitStack() as held:
+        def claim() -> None:
+            held.enter_context(hold_folder(cfg.train.models_dir, opts.command))
+        return _pipeline_held(cfg, handler, opts, stream, None if opts.prepare_only else claim)
+
+
+def _pipeline_held(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: TextIO | None,
+                   claim: Callable[[], None] | None) -> int:
     d = distributed.current()
     if d.is_main:
         stream = stream or sys.stderr
@@ -192,7 +205,7 @@ def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: Tex
         opts = dataclasses.replace(opts, show_progress=False)
         warnings.filterwarnings("ignore")  # rank 0 reads the same data and warns once for the job
     started = time.perf_counter()
-    data = _prepare_once(cfg, handler, stream, opts)
+    data = _prepare_once(cfg, handler, stream, opts, claim)
     if data is None:
         return handler.exit_code
     if opts.prepare_only:
@@ -265,8 +278,28 @@ def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: Tex
 
 def _train_and_report(trainer: Trainer, data: PreparedData, summary: RunSummary, handler: SignalHandler,
                       models_dir: Path, stream: TextIO) -> int:
-    """Rank 0 (or the only process): train, then the final evaluation and every report file."""
-    result = trainer.fit()
+    """Rank 0 (or the only process): train, then the final evaluation and every report file.
+
+    A write the storage refuses while stopping (the interrupted checkpoint on a folder turned
+    read-only) still ends as a stop: one ``error:`` line, the summary naming the last good
+    checkpoint, the signal's exit code. Outside a stop it, or memory running out in a step, ends
+    the run as failed: the summary says why, then the one-line error."""
+    try:
+        result = trainer.fit()
+    except StorageError as e:
+        summary.mark("training")
+        if handler.shutdown_requested:
+            print(f"error: {e}", file=stream, flush=True)
+            _report_interrupted(summary, "training", None, stream, handler.exit_code, unsaved=str(e))
+            return handler.exit_code
+        _report_failed(summary, str(e), stream)
+        raise
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError and the CPU allocator's
+        if not is_out_of_memory(e):            # failure are RuntimeErrors
+            raise
+        summary.mark("training")
+        _report_failed(summary, out_of_memory(e, trainer), stream)
+        raise OutOfMemory(out_of_memory(e, trainer)) from None
     summary.mark("training")
     if not result.completed:
         _report_interrupted(summary, result.stopped_in, result.checkpoint, stream, handler.exit_code)
@@ -350,16 +383,18 @@ def _follow(trainer: Trainer, handler: SignalHandler) -> int:
     return handler.exit_code if handler.shutdown_requested else 0
 
 
-def _prepare_once(cfg: Config, handler: SignalHandler, stream: TextIO, opts: RunOptions
-                  ) -> PreparedData | None:
-    """Prepare the data through the cache: rank 0 first (it computes and commits what is
-    missing) while the other ranks wait, then the others read the same cache. None when a stop
-    was requested (on any rank: the ranks agree)."""
+def _prepare_once(cfg: Config, handler: SignalHandler, stream: TextIO, opts: RunOptions,
+                  claim: Callable[[], None] | None = None) -> PreparedData | None:
+    """Prepare the data through the cache: rank 0 first (it calls ``claim``, then computes and
+    commits what is missing) while the other ranks wait, then the others read the same cache.
+    None when a stop was requested (on any rank: the ranks agree)."""
     d = distributed.current()
     if not d.is_main:
         distributed.wait_for_main("prepared", lambda: handler.pending_signal)
     failed = 1
     try:
+        if d.is_main and claim is not None:
+            claim()
         with distributed.relay_stops(lambda signum: _relayed_stop(handler, signum, stream)):
             cache = FeatureCache(cfg.data.cache_dir).open()
             data = prepare_data(cfg, handler, cache, stream, opts.show_progress)
@@ -469,10 +504,36 @@ def _newest_checkpoint(models: Path) -> str | None:
     return str(max(files, key=lambda p: p.stat().st_mtime_ns).absolute()) if files else None
 
 
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation failure: PyTorch raises the CPU allocator's as a RuntimeError."""
+    text = str(e)
+    return isinstance(e, MemoryError) or "can't allocate memory" in text or "not enough memory" in text \
+        or "out of memory" in text.lower()
+
+
+def out_of_memory(e: BaseException, trainer: Trainer) -> str:
+    """The one-line message for memory running out in training."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+    return (f"out of memory in training at epoch {trainer.epoch}, global step {trainer.global_step} "
+            f"({first}); use a smaller --batch-size or model, or allow the process more memory; the "
+            f"checkpoints already written are intact (resume_training.py continues from the newest)")
+
+
+def _report_failed(summary: RunSummary, reason: str, stream: TextIO) -> None:
+    """summary.json of a run that cannot go on, with the reason (best effort: the storage may be
+    what failed)."""
+    try:
+        summary.write("failed", failed={"reason": reason, "epoch": summary.trainer.epoch,
+                                        "global_step": summary.trainer.global_step})
+    except (OSError, StorageError) as e:
+        print(f"warning: could not write the run summary: {e}", file=stream, flush=True)
+
+
 def _report_interrupted(summary: RunSummary, during: str, checkpoint: Path | None, stream: TextIO,
-                        code: int = 0) -> None:
+                        code: int = 0, unsaved: str | None = None) -> None:
     """What a stopped run has, where its checkpoint is and how to continue; summary.json and the
-    loss plot say the same."""
+    loss plot say the same. ``unsaved``: why the interrupted checkpoint could not be written (the
+    last good one is named instead)."""
     t = summary.trainer
     if during == "evaluation":  # every epoch is done: the position is "after the last one"
         lines = [f"Stopped during the final evaluation, after epoch {len(t.epoch_history)} "
@@ -480,8 +541,14 @@ def _report_interrupted(summary: RunSummary, during: str, checkpoint: Path | Non
     else:
         lines = [f"Stopped during {during} at epoch {t.epoch}, step {t.step_in_epoch}/{t.steps_per_epoch} "
                  f"(global step {t.global_step})."]
+    last_good = None
     if checkpoint is not None:
         lines.append(f"  checkpoint: {checkpoint}")
+    elif unsaved is not None:
+        chosen, _ = ckpt.select_for_resume(t.cfg.train.models_dir)  # what a resume continues
+        last_good = str(Path(chosen.path).absolute()) if chosen is not None else None
+        lines.append("  the interrupted checkpoint could not be saved; last good checkpoint: "
+                     + (str(last_good) if last_good else "none (resume starts again from the beginning)"))
     done = t.epoch_history
     if done:
         best = min(done, key=lambda e: e["val_loss"] if e["val_loss"] == e["val_loss"] else float("inf"))
@@ -507,8 +574,9 @@ def _report_interrupted(summary: RunSummary, during: str, checkpoint: Path | Non
                         summary.run.root / "loss_curves.png")
         summary.write("interrupted", interrupted={
             "during": during, "checkpoint": str(checkpoint) if checkpoint else None,
-            "epoch": t.epoch, "step_in_epoch": t.step_in_epoch, "global_step": t.global_step})
-    except OSError as e:
+            "epoch": t.epoch, "step_in_epoch": t.step_in_epoch, "global_step": t.global_step,
+            **({"checkpoint_error": unsaved, "last_good_checkpoint": last_good} if unsaved else {})})
+    except (OSError, StorageError) as e:
         print(f"warning: could not write the run summary: {e}", file=stream, flush=True)
 
 

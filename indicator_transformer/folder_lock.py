@@ -1,0 +1,112 @@
+"""One live process per models folder: the lock a training run or resume holds for its lifetime.
+
+    with hold_folder(models_dir, "train"):       # FolderInUse (exit 2) when another process has it
+        ...                                      # archive, train, checkpoints, retention, report
+
+The lock is ``fcntl.flock`` on ``<folder>/.lock``, a file that also names its holder (PID, command,
+start time, host) so that a refusal can say who to stop. The kernel releases a flock when the
+holder's last descriptor closes, however the process ends (``kill -9`` included), so a lock left by
+a dead process is simply free for the next one: there is no stale-lock file to detect or remove.
+On a network filesystem the same call is forwarded to the server's lock manager (NFSv4 and Linux
+NFSv3 with lockd); a filesystem that supports no locks gets a warning and no protection.
+
+Only writers take it: ``predict``, ``evaluate`` and ``resume --list`` read files that are
+written atomically, so they never block and never see half a file.
+
+Worker processes forked while the lock is held would inherit the descriptor and keep the lock
+after their parent died; each child closes its copy at fork (the parent's copy keeps the lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .errors import UserError
+
+LOCK_NAME = ".lock"
+_held: set[int] = set()  # descriptors this process holds a folder lock on
+
+
+def _close_in_child() -> None:
+    for fd in list(_held):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
+
+class FolderInUse(UserError):
+    """Another live process holds the folder (exit code 2)."""
+
+
+def holder_text(raw: bytes) -> str:
+    """'PID N (train, started <time> on <host>)' from a lock file's content, or a plain phrase
+    when it is empty or unreadable (its holder has just taken it and not yet written its name)."""
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+        where = f" on {doc['host']}" if doc.get("host") and doc["host"] != socket.gethostname() else ""
+        return f"PID {int(doc['pid'])} ({doc['command']}, started {doc['started']}{where})"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "another process (it is starting up)"
+
+
+@contextlib.contextmanager
+def hold_folder(folder: str | Path, command: str, flag: str = "--models-dir") -> Iterator[Path]:
+    """Hold ``folder`` (created if missing) for the ``with`` block; FolderInUse naming the holder
+    and ``flag`` when another live process holds it. Yields the lock file's path."""
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / LOCK_NAME
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | nofollow, 0o644))
+        # The lock is held through a read-only descriptor: one open for writing for the whole run
+        # would keep the folder's filesystem from being remounted read-only (EBUSY).
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | nofollow)
+    except OSError as e:
+        raise UserError(f"{path}: cannot open the folder's lock file ({e.strerror or e})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raw = os.pread(fd, 4096, 0)
+        os.close(fd)
+        raise FolderInUse(f"{d}/ is in use by {holder_text(raw)}; use another {flag} or stop it") from None
+    except OSError as e:
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            os.close(fd)
+            raise
+        warnings.warn(f"{d}: this filesystem does not support file locks ({e.strerror}): a second "
+                      f"run in this folder would not be refused", stacklevel=2)
+    _held.add(fd)
+    try:
+        me = {"pid": os.getpid(), "command": command, "host": socket.gethostname(),
+              "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), "argv": sys.argv[:8]}
+        _rewrite(path, json.dumps(me).encode("utf-8"))  # for messages; the flock is the lock
+        yield path
+    finally:
+        _held.discard(fd)
+        _rewrite(path, b"")  # a later reader of a free lock finds no stale name
+        os.close(fd)  # releases the flock
+
+
+def _rewrite(path: Path, data: bytes) -> None:
+    """Replace the lock file's content in place, best effort (the folder may have turned
+    read-only; a flock on another descriptor of the file is not affected by this one's close)."""
+    with contextlib.suppress(OSError):
+        w = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            os.write(w, data)
+        finally:
+            os.close(w)

@@ -1,0 +1,126 @@
+"""Two processes in one models folder: the second is refused naming the first, never moves, deletes
+or overwrites its files; readers never block; a lock left by a killed process is taken over.
+
+Reproduces issue 18's first case: a second run started once the first had written a checkpoint
+moved the first run's files to previous_runs/ while it trained, and their retention deleted each
+other's checkpoints; both exited 0.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, child_env, default_sigint
+from trainproc import SMALL, Child, pause_env
+
+from indicator_transformer.folder_lock import LOCK_NAME, FolderInUse, hold_folder
+
+TRAIN = str(REPO_ROOT / "train_indicator_transformer.py")
+RESUME = str(REPO_ROOT / "resume_training.py")
+
+
+def _start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> Child:
+    return Child(subprocess.Popen([sys.executable, *args], cwd=cwd, env=env or child_env(), text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint))
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=child_env(), capture_output=True, text=True,
+                          timeout=300, preexec_fn=default_sigint)
+
+
+def _paused(point: str) -> dict[str, str]:
+    env = pause_env(point)
+    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "300"  # held until the test signals it
+    return env
+
+
+def _files(models: Path) -> dict[str, int]:
+    return {str(p.relative_to(models)): p.stat().st_mtime_ns for p in models.rglob("*") if p.is_file()}
+
+
+def test_a_second_run_resume_and_new_run_in_a_live_runs_folder_are_refused_and_touch_nothing(
+        tmp_path: Path) -> None:
+    first = _start([TRAIN, *SMALL, "--epochs", "3"], tmp_path, _paused("train_step:40"))
+    try:
+        first.wait_for("PAUSED train_step 40")  # epoch 1's checkpoint is written, the run is live
+        models = tmp_path / "models"
+        before = _files(models)
+        assert "checkpoint_epoch_1.pth" in before
+        for args in ([TRAIN, *SMALL, "--seed", "5"], [RESUME, "--epochs", "1", "--no-progress"],
+                     [TRAIN, *SMALL, "--resume", "auto"]):
+            r = _run(args, tmp_path)
+            assert r.returncode == 2, r.stderr
+            assert f"models/ is in use by PID {first.proc.pid} (" in r.stderr, r.stderr
+            assert "use another --models-dir or stop it" in r.stderr and "Traceback" not in r.stderr
+            assert "Preparing" not in r.stderr  # refused before any work
+        assert _files(models) == before and not (models / "previous_runs").exists()
+        # Readers do not take the lock: they run while the run is live.
+        listing = _run([RESUME, "--list"], tmp_path)
+        assert listing.returncode == 0 and "checkpoint_epoch_1.pth" in listing.stdout, listing.stderr
+        pred = _run(["-m", "indicator_transformer", "predict", "--checkpoint",
+                     "models/checkpoint_epoch_1.pth",
+                     "--no-progress"], tmp_path)
+        assert pred.returncode == 0, pred.stderr
+    finally:
+        if first.proc.poll() is None:
+            first.proc.kill()
+        first.finish()
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over_and_the_run_resumes(tmp_path: Path) -> None:
+    first = _start([TRAIN, *SMALL, "--epochs", "3"], tmp_path, _paused("train_step:40"))
+    first.wait_for("PAUSED train_step 40")
+    os.kill(first.proc.pid, signal.SIGKILL)
+    first.finish()
+    assert (tmp_path / "models" / LOCK_NAME).exists()  # the file stays; the kernel freed the flock
+    r = _run([RESUME, "--epochs", "1", "--no-progress", "--no-plots"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Resuming from models/checkpoint_epoch_1.pth" in r.stderr
+
+
+def test_two_runs_started_at_the_same_instant_one_trains_and_the_other_is_refused(tmp_path: Path) -> None:
+    env = _paused("train_step:1")
+    a, b = (_start([TRAIN, *SMALL], tmp_path, env) for _ in range(2))
+    try:
+        deadline = time.monotonic() + 240
+        while a.proc.poll() is None and b.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        refused, live = (a, b) if a.proc.poll() is not None else (b, a)
+        assert refused.finish() == 2, refused.stderr
+        assert f"is in use by PID {live.proc.pid} (train, started " in refused.stderr
+        live.wait_for("PAUSED train_step 1")
+    finally:
+        for c in (a, b):
+            if c.proc.poll() is None:
+                c.proc.kill()
+            c.finish()
+
+
+def test_the_lock_in_process_names_its_holder_frees_on_exit_and_forked_children_do_not_keep_it(
+        tmp_path: Path) -> None:
+    m = tmp_path / "m"
+    read, write = os.pipe()
+    with hold_folder(m, "train"):
+        with pytest.raises(FolderInUse, match=rf"is in use by PID {os.getpid()} \(train, started "):
+            with hold_folder(m, "resume"):
+                pass
+        pid = os.fork()  # like a preparation worker: it outlives the block below
+        if pid == 0:
+            os.close(write)
+            os.read(read, 1)
+            os._exit(0)
+    os.close(read)
+    try:
+        assert (m / LOCK_NAME).read_bytes() == b""  # no stale holder name
+        with hold_folder(m, "again"):  # free although the child is still alive
+            pass
+    finally:
+        os.close(write)
+        os.waitpid(pid, 0)
