@@ -115,9 +115,10 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], *, sync_di
         if isinstance(e, OSError) and e.errno in STORAGE_HINTS:
             kind = StorageFull if e.errno in NO_SPACE else StorageError
             hint = STORAGE_HINTS[e.errno].format(folder=folder)
-            raise kind(f"{path}: could not be written: {os.strerror(e.errno)}. Its previous version "
-                       f"(if any) is intact; {hint}, and run the command again (a stopped training "
-                       f"continues with resume_training.py)") from None
+            intact = "" if e.errno == errno.ENOENT else "Its previous version (if any) is intact. "
+            raise kind(f"{path}: could not be written: {os.strerror(e.errno)}. {intact}{hint[0].upper()}"
+                       f"{hint[1:]}, and run the command again (a stopped training continues with "
+                       f"resume_training.py)") from None
         raise
     return path
 

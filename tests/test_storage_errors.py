@@ -135,3 +135,24 @@ def test_memory_running_out_in_a_training_step_fails_the_run_with_a_summary(tmp_
     assert "error: out of memory in training at epoch 1" in r.stderr and "--batch-size" in r.stderr
     doc = _summary(tmp_path)
     assert doc["status"] == "failed" and doc["failed"]["reason"].startswith("out of memory in training")
+
+
+def test_the_working_folder_deleted_under_a_running_training_is_one_error_line(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    env = pause_env("train_step:40")
+    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "3"  # the pause ends by itself: training goes on
+    child = Child(subprocess.Popen([sys.executable, TRAIN, *SMALL, "--epochs", "3"], cwd=work, env=env,
+                                   text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   preexec_fn=default_sigint))
+    try:
+        child.wait_for("PAUSED train_step 40")
+        shutil.rmtree(work)
+        code = child.finish()
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()
+    assert code == 1 and "Traceback" not in child.stderr, child.stderr
+    (line,) = [ln for ln in child.lines if ln.startswith("error: ")]
+    assert "could not be written: No such file or directory" in line
+    assert "was removed while the command ran" in line
