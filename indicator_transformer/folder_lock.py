@@ -1,4 +1,5 @@
-"""One live process per models folder: the lock a training run or resume holds for its lifetime.
+"""Locks between processes sharing a folder: one live writer per models folder, and the feature
+cache shared by preparers while maintenance waits its turn.
 
     with hold_folder(models_dir, "train"):       # FolderInUse (exit 2) when another process has it
         ...                                      # archive, train, checkpoints, retention, report
@@ -13,7 +14,13 @@ NFSv3 with lockd); a filesystem that supports no locks gets a warning and no pro
 Only writers take it: ``predict``, ``evaluate`` and ``resume --list`` read files that are
 written atomically, so they never block and never see half a file.
 
-Worker processes forked while the lock is held would inherit the descriptor and keep the lock
+The feature cache is shared differently: every preparation holds ``cache/.in-use`` *shared*
+(:func:`hold_cache`), so any number of runs prepare side by side (each entry is committed
+atomically, under the manifest's own lock), while ``validate_cache.py``'s repair and
+``--clear-all`` need it *exclusively* and refuse, naming the PIDs,
+while a preparation is active; a preparation that finds maintenance at work refuses the same way.
+
+Worker processes forked while a lock is held would inherit the descriptor and keep the lock
 after their parent died; each child closes its copy at fork (the parent's copy keeps the lock).
 """
 
@@ -110,3 +117,71 @@ def _rewrite(path: Path, data: bytes) -> None:
             os.write(w, data)
         finally:
             os.close(w)
+
+
+class CacheInUse(UserError):
+    """The cache is being prepared (or maintained) by another process (exit code 2)."""
+
+
+def lock_holders(path: Path) -> list[int]:
+    """PIDs holding a flock on ``path``, from /proc/locks (Linux); [] where unknown."""
+    try:
+        st = os.stat(path)
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return []
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pids = []
+    for line in text.splitlines():
+        parts = line.split()
+        if "->" in parts or len(parts) < 6 or parts[1] != "FLOCK":
+            continue  # a waiter's line, or another kind of lock
+        if parts[5] == dev and parts[4].isdigit() and int(parts[4]) != os.getpid():
+            pids.append(int(parts[4]))
+    return sorted(set(pids))
+
+
+def _pids_text(path: Path) -> str:
+    pids = lock_holders(path)
+    return (f"PID{'s' if len(pids) > 1 else ''} {', '.join(map(str, pids))}" if pids
+            else "another process")
+
+
+@contextlib.contextmanager
+def hold_cache(folder: str | Path, name: str, *, exclusive: bool, busy: str) -> Iterator[None]:
+    """Hold ``folder/name`` for the block: shared (a preparation) or ``exclusive`` (maintenance);
+    CacheInUse with ``busy`` (its ``{pids}`` filled with the holders) when another process's hold
+    conflicts. ``folder`` must exist. A filesystem without locks shares without protection."""
+    path = Path(folder) / name
+    for _ in range(50):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except FileNotFoundError:  # the folder itself was removed: a --clear-all has just run
+            raise CacheInUse(busy.format(pids="a process that has just removed it")) from None
+        except OSError as e:
+            raise UserError(f"{path}: cannot open the folder's lock file ({e.strerror or e})") from None
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CacheInUse(busy.format(pids=_pids_text(path))) from None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                os.close(fd)
+                raise
+        # Locked, but maybe a file a --clear-all had already unlinked: lock the one under the name.
+        try:
+            same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    else:
+        raise CacheInUse(busy.format(pids="another process (its lock file keeps being replaced)"))
+    _held.add(fd)
+    try:
+        yield
+    finally:
+        _held.discard(fd)
+        os.close(fd)

@@ -24,8 +24,9 @@ def parser() -> argparse.ArgumentParser:
         description="Validate the feature cache: check every entry's sha256 against manifest.json, "
                     "remove corrupt, partial and orphaned files, and fix the manifest. Exit code 0 "
                     "when the cache is consistent afterwards.",
-        epilog="Do not run it while a training or preparation is writing to the same cache: "
-               "files that one has written but not yet committed count as orphaned.")
+        epilog="While a run prepares features in the same cache, a repair and --clear-all are refused "
+               "(exit 2, naming its PID): they would remove what it has written but not yet committed. "
+               "--dry-run only checks and may run at any time.")
     p.add_argument("--cache-dir", default="cache", help="the cache folder (default: %(default)s)")
     p.add_argument("--clear-all", action="store_true",
                    help="remove the whole cache folder (features are recomputed on the next run)")
@@ -65,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     if report.manifest_problem:
         print(f"manifest: {report.manifest_problem}; " + ("rewritten" if not args.dry_run else
                                                           "would be rewritten"))
+    if report.in_use:
+        print(f"note: {report.in_use}: files it has written but not yet committed count as orphaned "
+              f"here; a repair is refused until it has finished")
     if args.dry_run and not report.consistent:
         print("Cache is not consistent (dry run: nothing changed)")
         return 1

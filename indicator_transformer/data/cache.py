@@ -9,6 +9,8 @@ Layout of ``cache/``::
                                             features  (T, F) float32
                                             label     (T,)  float32 forward return
     .lock                                 inter-process lock around manifest updates
+    .in-use                               held shared by each preparation, exclusively by
+                                          maintenance (repair, --clear-all): see folder_lock.py
     .<name>.<pid>.<rand>.tmp              in-flight writes (ignored by readers)
 
 An entry exists only once a manifest listing it has been written: its data file is written first
@@ -69,13 +71,15 @@ from filelock import FileLock
 
 from ..atomic import atomic_write_bytes, is_temp_file, remove_stale_temp_files
 from ..clock import now_iso
-from ..errors import StorageFull, UserError
+from ..errors import PreparationFailed, StorageFull, UserError
+from ..folder_lock import CacheInUse, hold_cache
 from ..integrity import json_digest
 from .features import FEATURE_CODE_VERSION, FeatureSet
 from .sources import RawInput, Source, stat_signature
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+IN_USE = ".in-use"
 # 2: keys include the symbol and the settings; manifest digest; per-file stat signatures.
 # 3: one data file per entry (time, features, label back to back); compact manifest JSON.
 CACHE_FORMAT_VERSION = 3
@@ -324,6 +328,7 @@ class ValidationReport:
                                                             "orphaned": 0})
     manifest_problem: str | None = None
     problems: list[str] = field(default_factory=list)       # one line per finding, naming the file
+    in_use: str | None = None  # a dry run beside a live preparation: why "orphaned" may be fresh files
 
     @property
     def consistent(self) -> bool:
@@ -351,6 +356,20 @@ class FeatureCache:
     @property
     def manifest_path(self) -> Path:
         return self.root / MANIFEST
+
+    # --------------------------------------------------------------------- sharing
+    def in_use(self) -> contextlib.AbstractContextManager[None]:
+        """Held by a preparation for its whole length (any number at once); CacheInUse while a
+        repair or --clear-all of this folder runs."""
+        return hold_cache(self.root, IN_USE, exclusive=False, busy=(
+            f"{self.root}/ is being repaired or cleared by {{pids}} (validate_cache.py); run this "
+            f"command again when it has finished"))
+
+    def _maintenance(self, action: str) -> contextlib.AbstractContextManager[None]:
+        """Held by a repair or --clear-all; CacheInUse naming the PIDs of live preparations."""
+        return hold_cache(self.root, IN_USE, exclusive=True, busy=(
+            f"{self.root}/ is in use by {{pids}} (a run preparing features in it); run validate_cache.py"
+            f"{action} when it has finished (--dry-run only checks, and may run now)"))
 
     # --------------------------------------------------------------------- opening
     def open(self) -> FeatureCache:
@@ -590,7 +609,15 @@ class FeatureCache:
             self._pending.add(key)
             self._verified.add(key)
             self._dropped.pop(key, None)
-        return self._load(entry)
+        try:
+            return self._load(entry)
+        except FileNotFoundError:  # removed by hand between its write and now: the lock cannot stop rm
+            with self._lock:
+                self.entries.pop(key, None)
+                self._pending.discard(key)
+            raise PreparationFailed(f"{self.root / _file_name(entry)}: the cache entry just written is "
+                                    f"gone (another process removed files in {self.root}); what was "
+                                    f"committed before is intact: run the command again") from None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -698,6 +725,17 @@ class FeatureCache:
             return report
         if not os.path.lexists(self.manifest_path):
             self._refuse_foreign_folder("repair")  # without a manifest, be sure the folder is ours
+        if not fix:  # a check changes nothing: it may run beside a preparation, and says so
+            try:
+                with self._maintenance(" --dry-run"):
+                    pass
+            except CacheInUse as e:
+                report.in_use = str(e).split(" (a run")[0]
+            return self._validate(report, fix)
+        with self._maintenance(""):
+            return self._validate(report, fix)
+
+    def _validate(self, report: ValidationReport, fix: bool) -> ValidationReport:
         with self._locked():
             report.temp_removed = remove_stale_temp_files(self.root, dry_run=not fix)
             doc = self._read_manifest()
@@ -787,7 +825,7 @@ class FeatureCache:
         except OSError:
             return False
         return (stat.S_ISREG(mode) or stat.S_ISLNK(mode)) and (
-            p.name in (MANIFEST, LOCK) or is_data_name(p.name) or is_temp_file(p))
+            p.name in (MANIFEST, LOCK, IN_USE) or is_data_name(p.name) or is_temp_file(p))
 
     def _refuse_foreign_folder(self, action: str) -> None:
         foreign = [p for p in sorted(self.root.iterdir()) if not self._is_cache_file(p)]
@@ -813,9 +851,15 @@ class FeatureCache:
         if not self.root.is_dir():
             raise UserError(f"{self.root}: is not a folder (expected the feature cache directory)")
         self._refuse_foreign_folder("delete")
-        names = [p.name for p in self.root.iterdir()]
-        total = sum(self._lsize(n) for n in names)
-        shutil.rmtree(self.root)  # never follows links inside the folder: it removes the links
+        with self._maintenance(" --clear-all"):
+            names = [p.name for p in self.root.iterdir()]
+            total = sum(self._lsize(n) for n in names)
+            try:
+                shutil.rmtree(self.root)  # never follows links inside the folder: it removes the links
+            except OSError as e:  # a process that does not take the lock wrote into it meanwhile
+                raise UserError(f"{self.root}: could not be removed completely ({e.strerror or e}): "
+                                f"another process is writing into it; run validate_cache.py --clear-all "
+                                f"again") from None
         return len(names), total
 
 

@@ -335,8 +335,18 @@ def prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache,
 
     Raises :class:`DataErrors` listing every bad file (unless ``skip_bad_files``); good entries
     computed before that are still committed. On a stop request returns with ``interrupted=True``
-    after committing everything that completed.
+    after committing everything that completed. Holds the cache :meth:`~FeatureCache.in_use`
+    throughout, so that no repair or --clear-all removes what it writes before the commit.
     """
+    with cache.in_use():
+        return _prepare(sources, features, cache, handler=handler, workers=workers,
+                        skip_bad_files=skip_bad_files, use_adj_close=use_adj_close, stream=stream,
+                        show_progress=show_progress, pool=pool)
+
+
+def _prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache, *,
+             handler: SignalHandler | None, workers: int, skip_bad_files: bool, use_adj_close: bool,
+             stream: TextIO | None, show_progress: bool, pool: Pool) -> PreparedData:
     handler = handler or SignalHandler()
     stream = stream or sys.stderr
     names = list(features.features)
