@@ -235,7 +235,7 @@ def score_all_windows(state: dict[str, Any], cfg: Config, data: PreparedData, ch
                     f"indicator warm-up (window {f.window}, horizon {f.horizon})")
     if got is None:
         return None
-    test, pred_std, target_std = got
+    test, pred_std, _ = got
     try:
         fitted = load_baselines(checkpoint.parent, state)
     except BaselinesUnusable as e:
@@ -251,7 +251,7 @@ def score_all_windows(state: dict[str, Any], cfg: Config, data: PreparedData, ch
             return None
         settings = dict(fitted.details)
         how = f"as fitted on the checkpoint's training data ({checkpoint.parent / BASELINES_FILE})"
-    tp = test_predictions(test, data, pred_std, target_std, preds, norm.label_mean, f.horizon,
+    tp = test_predictions(test, data, pred_std, preds, norm.label_mean, f.horizon,
                           cfg.train.cost_bps)
     return Scored(tp, settings, pooled_symbols(norm, data), how)
 
@@ -319,7 +319,7 @@ def score(state: dict[str, Any], cfg: Config, data: PreparedData, choice: SplitC
                     f"{f.horizon} after the train/validation splits")
     if got is None:
         return None
-    test, pred_std, target_std = got
+    test, pred_std, _ = got
     if own:
         base_norm, how = norm, "the checkpoint's normalisation (its own data)"
     else:
@@ -331,7 +331,7 @@ def score(state: dict[str, Any], cfg: Config, data: PreparedData, choice: SplitC
                                 threads=torch.get_num_threads(), seed=cfg.train.seed)
     if base is None:
         return None
-    tp = test_predictions(test, data, pred_std, target_std, base.predictions, base_norm.label_mean,
+    tp = test_predictions(test, data, pred_std, base.predictions, base_norm.label_mean,
                           f.horizon, cfg.train.cost_bps)
     return Scored(tp, base.details, pooled_symbols(norm, data), how)
 

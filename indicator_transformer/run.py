@@ -587,22 +587,22 @@ def score_test(trainer: Trainer, data: PreparedData, handler: SignalHandler
     out = trainer.predict("test")
     if out is None:
         return None
-    pred_std, target_std = out  # standardised, as the model sees them
+    pred_std, _ = out  # standardised, as the model sees them
     test = trainer.datasets["test"]
     base = baseline_predictions(trainer.datasets, trainer.norm.label_mean, trainer.cfg.features.horizon,
                                 lambda: handler.should_stop, threads=torch.get_num_threads(),
                                 seed=trainer.cfg.train.seed)
     if base is None:
         return None
-    tp = test_predictions(test, data, pred_std, target_std, base.predictions, trainer.norm.label_mean,
+    tp = test_predictions(test, data, pred_std, base.predictions, trainer.norm.label_mean,
                           trainer.cfg.features.horizon, trainer.cfg.train.cost_bps)
     return tp, base
 
 
-def test_predictions(test: WindowDataset, data: PreparedData, pred_std: np.ndarray, target_std: np.ndarray,
+def test_predictions(test: WindowDataset, data: PreparedData, pred_std: np.ndarray,
                      baselines: dict[str, np.ndarray], train_mean: float, horizon: int, cost_bps: float
                      ) -> TestPredictions:
-    """The test split's samples (symbol, end-bar time, realised return) with the model's
+    """The test split's samples (symbol, end-bar time, realised return as stored) with the model's
     standardised predictions turned into returns beside the baselines' (training and evaluate)."""
     sym = test.symbol_index()
     local = np.arange(len(test)) - test.split.offsets[sym] + test.split.starts[sym]  # end bar of each
@@ -610,7 +610,7 @@ def test_predictions(test: WindowDataset, data: PreparedData, pred_std: np.ndarr
                                                                      strict=True)], np.int64)
     per_year = [metrics.periods_per_year(np.asarray(s.time)) for s in data.symbols]
     names = np.asarray([s.symbol for s in data.symbols])
-    return TestPredictions(symbols=names[sym], times=times, target=test.to_returns(target_std),
+    return TestPredictions(symbols=names[sym], times=times, target=test.labels(),
                            preds={"model": test.to_returns(pred_std), **baselines}, train_mean=train_mean,
                            horizon=horizon, cost_bps=cost_bps,
                            per_year=float(np.nanmedian(per_year)) if per_year else float("nan"))

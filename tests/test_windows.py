@@ -19,6 +19,7 @@ from indicator_transformer.data.windows import (
     collate_batch,
     fit_normalisation,
     make_splits,
+    per_symbol_splits,
 )
 
 DAY = 86_400 * 10**9
@@ -209,3 +210,24 @@ def test_the_dataset_holds_memory_maps_and_no_per_sample_array(prepared):
     own_val = sum(v.nbytes for k, v in vars(val).items() if isinstance(v, np.ndarray))
     own_train = sum(v.nbytes for k, v in vars(ds).items() if isinstance(v, np.ndarray))
     assert len(ds) > 3 * len(val) and own_train == own_val
+
+
+def test_the_realised_returns_scored_are_the_stored_labels_so_an_unchanged_price_stays_zero() -> None:
+    """Tick-rounded prices leave many returns exactly 0; turned into standardised float32 labels
+    and back they became moves of ~1e-12, and the hit rate and 'always long' counted them."""
+    rng = np.random.default_rng(3)
+    symbols = []
+    for k in range(2):
+        label = np.round(rng.normal(0, 0.01, 300) / 0.0025) * 0.0025  # about 15% exactly 0
+        symbols.append(SymbolData(f"S{k}", f"k{k}", rng.normal(size=(300, 3)).astype(np.float32),
+                                  label.astype(np.float32), np.arange(300, dtype=np.int64) * 86_400 * 10**9))
+    splits = per_symbol_splits(symbols, FeatureConfig(features=["ret_1"], window=5, horizon=1))
+    norm = fit_normalisation(symbols, splits["train"], 5, per_symbol=True)
+    ds = WindowDataset(symbols, splits["test"], 5, norm)
+    stored = np.concatenate([np.asarray(s.label[lo:hi], np.float64)
+                             for s, lo, hi in zip(symbols, splits["test"].starts, splits["test"].stops,
+                                                  strict=True)])
+    assert np.array_equal(ds.labels(), stored)
+    assert (stored == 0).mean() > 0.1 and np.array_equal(ds.labels() == 0, stored == 0)
+    round_trip = ds.to_returns(np.concatenate([ds[i][1].numpy()[None] for i in range(len(ds))]))
+    assert (round_trip[stored == 0] != 0).any()  # what the report used to score against

@@ -495,6 +495,18 @@ class WindowDataset(Dataset):
         idx = np.arange(start, len(self) if stop is None else stop)
         return (np.searchsorted(self._offsets, idx, side="right") - 1).astype(np.int64)
 
+    def labels(self) -> np.ndarray:
+        """Every sample's forward return as stored (float64), in sample order: the realised
+        returns a report scores against. Not the standardised labels turned back, whose float32
+        round trip makes an unchanged price (return 0) a move of about 1e-12."""
+        sym = self.symbol_index()
+        local = np.arange(len(self)) - self._offsets[sym] + self._starts[sym]
+        out = np.empty(len(self), np.float64)
+        for s in np.unique(sym).tolist():
+            rows = sym == s
+            out[rows] = np.asarray(self.symbols[s].label, np.float64)[local[rows]]
+        return out
+
     def to_returns(self, standardised: np.ndarray, start: int = 0) -> np.ndarray:
         """Standardised values of samples ``start .. start + len(standardised)`` of this split
         (predictions or labels, as the model sees them) -> forward returns (float64), each with the
