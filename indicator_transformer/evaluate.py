@@ -38,6 +38,7 @@ from .baselines import FitStopped, baseline_predictions, unfitted_predictions
 from .config import Config
 from .data import frequency
 from .data.cache import FeatureCache
+from .data.periods import label_digest
 from .data.prepare import PreparedData
 from .data.windows import (
     Normalisation,
@@ -277,10 +278,13 @@ def _in_sample_warnings(state: dict[str, Any], data: PreparedData) -> list[str]:
     """With --all-windows: the symbols whose bars overlap what the model trained or was selected
     on. A symbol recorded in the checkpoint's split dates overlaps when it has bars up to the end
     of its training or validation period (an edited or extended copy of a training file does,
-    though its cache key differs); any file with the cache key of a training file overlaps (the
-    same bytes, under any name, or from a checkpoint without split dates)."""
+    though its cache key differs); a symbol whose forward returns are a training symbol's (a copy
+    under another name: the cache key holds the name) overlaps; so does a file with the cache key
+    of a training file (a checkpoint written before split dates and digests were kept)."""
     keys = set(((state.get("data_fingerprint") or {}).get("keys") or {}).values())
-    dates = (state.get("data_profile") or {}).get("split_dates") or {}
+    profile = state.get("data_profile") or {}
+    dates = profile.get("split_dates") or {}
+    twins = {d: sym for sym, d in (profile.get("label_digests") or {}).items()}
     seen = []
     for s in data.symbols:
         ends = [p["to"] for k, p in (dates.get(s.symbol) or {}).items()
@@ -289,6 +293,8 @@ def _in_sample_warnings(state: dict[str, Any], data: PreparedData) -> list[str]:
         n = int(np.count_nonzero(s.time <= last)) if last is not None else 0
         if n:
             seen.append(f"{s.symbol} ({n:,} bars to {max(ends)[:10]})")
+        elif label_digest(s.label) in twins:  # the cache key holds the name: a renamed copy differs
+            seen.append(f"{s.symbol} (the same bars as training symbol {twins[label_digest(s.label)]})")
         elif s.key in keys:
             seen.append(f"{s.symbol} (a training file's exact data)")
     if not seen:

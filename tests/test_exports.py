@@ -169,13 +169,15 @@ def test_evaluate_all_windows_on_an_edited_copy_of_a_training_file_calls_its_fig
     data = _monthly(tmp_path)
     rows = (mixed_run / "mixed" / "GOOG.csv").read_text().splitlines()
     (data / "GOOG.csv").write_text("\n".join(rows[:-40]) + "\n")
+    # An exact copy under another name: its cache key differs (the key holds the name), its bars do not.
+    (data / "NEWY.csv").write_bytes((mixed_run / "mixed" / "AAPL.csv").read_bytes())
     r = _cli(mixed_run, "-m", "indicator_transformer", "evaluate", "--checkpoint", "models/best.pth",
              "--data-dir", str(data), "--all-windows", "--out", str(tmp_path / "ev"), "--no-progress")
     assert r.returncode == 0, r.stderr
     doc = json.loads((tmp_path / "ev" / "summary.json").read_text())
     (warning,) = [w for w in doc["warnings"] if "in-sample" in w]
-    assert warning.startswith("1 symbol(s) overlap the checkpoint's training and validation periods: GOOG (")
-    assert "BTCUSD" not in warning
+    assert warning.startswith("2 symbol(s) overlap the checkpoint's training and validation periods: GOOG (")
+    assert "NEWY (the same bars as training symbol AAPL)" in warning and "BTCUSD" not in warning
 
 
 def test_evaluate_all_windows_without_saved_baselines_scores_the_unfitted_ones_and_says_why(

@@ -11,6 +11,7 @@ with no window of that symbol is None.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -34,3 +35,10 @@ def split_dates(symbols: list[SymbolData], splits: dict[str, Any]) -> dict[str, 
 
 def _iso(ns: int) -> str:
     return str(np.datetime64(ns, "ns").astype("datetime64[s]"))
+
+
+def label_digest(label: np.ndarray) -> str:
+    """A short digest of a symbol's forward returns as stored: the same bars under another name
+    (a training file copied and renamed) have the same one. Kept per symbol in a checkpoint's
+    ``data_profile.label_digests``."""
+    return hashlib.sha256(np.ascontiguousarray(label, np.float32).tobytes()).hexdigest()[:32]

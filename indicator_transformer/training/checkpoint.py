@@ -304,6 +304,10 @@ def _check_data_profile(profile: Any) -> None:
             for k, r in splits.items())
         _need(ok, f"data_profile.split_dates[{sym!r}]",
               "{train|val|test: {from: ISO time, to: ISO time, windows: int} or null}", splits)
+    digests = profile.get("label_digests", {})  # absent in checkpoints written before them
+    _need(isinstance(digests, dict) and all(isinstance(k, str) and isinstance(v, str) and len(v) <= 64
+                                            for k, v in digests.items()),
+          "data_profile.label_digests", "a map of symbol to a hex digest", digests)
 
 
 def _parses_as_time(text: str) -> bool:

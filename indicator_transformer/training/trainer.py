@@ -46,7 +46,7 @@ from ..atomic import remove_stale_temp_files
 from ..clock import now_iso
 from ..config import Config
 from ..data import frequency
-from ..data.periods import split_dates
+from ..data.periods import label_digest, split_dates
 from ..data.prepare import PreparedData
 from ..data.windows import Normalisation, SplitIndex, WindowDataset, collate_batch
 from ..errors import CheckpointError, TrainingDiverged, UserError
@@ -569,12 +569,14 @@ class Trainer:
 
     @property
     def data_profile(self) -> dict[str, Any]:
-        """Bar sizes and per-symbol split dates of the training data (computed once)."""
+        """Bar sizes, per-symbol split dates and label digests of the training data (computed
+        once)."""
         if self._data_profile is None:
             self._data_profile = {
                 "bar_frequency": frequency.frequencies(self.data.symbols),
                 "split_dates": split_dates(self.data.symbols,
                                            {k: ds.split for k, ds in self.datasets.items()}),
+                "label_digests": {s.symbol: label_digest(s.label) for s in self.data.symbols},
             }
         return self._data_profile
 
