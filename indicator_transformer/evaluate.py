@@ -47,6 +47,7 @@ from .data.windows import (
     WindowDataset,
     choose_splits,
     fit_normalisation,
+    require_windows,
     split_summary,
 )
 from .errors import CheckpointError, StorageError, UserError
@@ -319,6 +320,13 @@ def score(state: dict[str, Any], cfg: Config, data: PreparedData, choice: SplitC
     ``train_mean`` and the MSE ratio's constant are this data's training mean."""
     f = cfg.features
     splits = choice.splits
+    try:  # the baselines, train_mean and MSE/mean's constant all need this data's training split
+        require_windows(splits, f)
+    except UserError as e:
+        raise UserError(f"{e} (the splits of the checkpoint's settings, applied to this data). The "
+                        f"baselines are fitted on this data's training split, so the report needs one; "
+                        f"--all-windows scores every window against the baselines the run fitted"
+                        ) from None
     norm = Normalisation.from_dict(state["normalisation"])
     got = _model_on(state, cfg, data, splits["test"], norm, handler,
                     f"no test windows: the data has too few bars for window {f.window} and horizon "

@@ -155,3 +155,37 @@ def test_the_flags_are_in_help_and_a_bad_date_exits_2_without_a_traceback(tmp_pa
                        capture_output=True, text=True, env=child_env(), timeout=60, preexec_fn=default_sigint)
     assert r.returncode == 2 and "test_start" in r.stderr and "2016-13-01" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "models").exists()
+
+
+def test_evaluate_on_data_outside_a_date_cut_checkpoints_splits_is_refused_naming_the_cut(tmp_path) -> None:
+    """Data of 2013-14 under a checkpoint cut at 2001-06-01 has no training split: the baselines and
+    the training mean were all 0 and the table read as a real comparison. Data ending before the
+    cut has no test split, and the message said 'too few bars'."""
+    import dataclasses
+
+    import pandas as pd
+    from conftest import write_symbol_csv
+
+    from indicator_transformer.data.sources import synthetic_symbol
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True,
+                              env=child_env(), timeout=300, preexec_fn=default_sigint)
+
+    r = run(str(REPO_ROOT / "train_indicator_transformer.py"), "--symbols", "3", "--bars", "500",
+            "--epochs", "1", "--batch-size", "64", "--d-model", "8", "--heads", "2", "--layers", "1",
+            "--window", "8",
+            "--no-progress", "--no-plots", "--test-start", "2001-06-01")
+    assert r.returncode == 0, r.stderr
+    for folder, start in (("late", "2013-01-01"), ("early", "1995-01-02")):
+        days = pd.bdate_range(start, periods=400, tz="UTC").as_unit("ns").asi8
+        bars = dataclasses.replace(synthetic_symbol(1, 3, 0, 400), time=days)
+        write_symbol_csv(tmp_path / folder / "X.csv", bars)
+    ev = ("-m", "indicator_transformer", "evaluate", "--checkpoint", "models/best.pth", "--data-dir")
+    late = run(*ev, "late")
+    assert late.returncode == 2 and "Traceback" not in late.stderr, late.stderr
+    assert "the train split has no windows (test_start 2001-06-01T00:00:00" in late.stderr
+    assert "--all-windows scores every window" in late.stderr
+    early = run(*ev, "early")
+    assert early.returncode == 2 and "the test split has no windows (test_start 2001-06-01" in early.stderr
+    assert not list(tmp_path.rglob("summary.json"))[1:]  # only the training run's: no report written
