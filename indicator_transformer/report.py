@@ -32,6 +32,7 @@ plots agree. What makes the figures honest on a folder that mixes markets:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,7 +127,9 @@ def build_report(tp: TestPredictions, fits: dict[str, dict[str, Any]] | None = N
                                               st.cost_bps), tp.horizon),
         "model_constant_within_symbols": _constant_within_symbols(tp.symbols, tp.preds["model"]),
     }
-    report["best"] = best_by_metric(predictors)
+    # A predictor that holds one value per symbol is never "best", whatever its name (see best_by_metric).
+    report["best"] = best_by_metric(predictors, exempt={n for n, p in tp.preds.items()
+                                                        if _constant_within_symbols(tp.symbols, p)})
     report["beats"] = model_beats(predictors)
     report["margins"] = model_margins(predictors)
     report["baseline_fits"] = describe_fits(fits or {}, predictors)
@@ -397,14 +400,17 @@ def _reference(predictors: dict[str, dict[str, Any]], ref: float | None) -> floa
     return max(ups[0], 1 - ups[0]) if ups else math.nan
 
 
-def best_by_metric(predictors: dict[str, dict[str, Any]]) -> dict[str, str | None]:
+def best_by_metric(predictors: dict[str, dict[str, Any]], exempt: Iterable[str] = ()
+                   ) -> dict[str, str | None]:
     """The clearly best predictor per metric, or None: the best value must be ahead of every other
     predictor's, and of no skill, by more than its own standard error (a figure without a standard
     error is never clearly best). So a negative IC, a lead inside the noise or a tie is never
     marked. A standard error of 0 is a degenerate estimate (a correlation of exactly 1, a hit
     rate of 1 on a handful of samples), not certainty: nothing is marked on it. A predictor that
-    ignores the window (``CONSTANTS``) is never marked: its IC only ranks symbols' levels and its
-    strategy only holds a fixed side, which says nothing about skill; it still counts as a rival."""
+    ignores the window (``CONSTANTS``, and those in ``exempt``: any found to hold one value per
+    symbol) is never marked: its IC only ranks symbols' levels and its strategy only holds a fixed
+    side, which says nothing about skill; it still counts as a rival."""
+    exempt = set(exempt) | set(CONSTANTS)
     out: dict[str, str | None] = {}
     for key, section, field, se_field, better, ref in BEST_METRICS:
         vals = {n: field_value(p, section, field) for n, p in predictors.items()}
@@ -419,7 +425,7 @@ def best_by_metric(predictors: dict[str, dict[str, Any]]) -> dict[str, str | Non
         if math.isfinite(floor):
             rivals.append(sign * floor)
         se = field_value(predictors[top], section, se_field)
-        if top in CONSTANTS or not (math.isfinite(se) and se > 0):
+        if top in exempt or not (math.isfinite(se) and se > 0):
             continue
         if rivals and sign * vals[top] - max(rivals) > se:
             out[key] = top

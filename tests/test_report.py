@@ -310,6 +310,26 @@ def test_a_model_constant_within_each_symbol_is_called_so_and_does_not_beat_the_
     assert build_report(panel())["model_constant_within_symbols"] is False
 
 
+def test_a_model_constant_within_each_symbol_is_never_starred_however_far_ahead() -> None:
+    """The attack's case: 1.3 x the symbol means plus a constant, with no symbol_mean beside it to
+    tie with, got 'hit rate 0.5633*' for holding one side per symbol."""
+    tp = panel(n_symbols=6, n_dates=300)
+    levels = {s: 0.002 * (i - 2.5) for i, s in enumerate(np.unique(tp.symbols))}
+    drift = np.array([levels[s] for s in tp.symbols])
+    model = 1.3 * drift + 2e-4
+    tp = TestPredictions(tp.symbols, tp.times, tp.target + drift,
+                         {"model": model, **{k: v for k, v in tp.preds.items()
+                                             if k not in ("model", "symbol_mean")}},
+                         tp.train_mean, 1, 0.0, 252.0)
+    r = build_report(tp)
+    assert r["model_constant_within_symbols"] is True
+    pooled = r["predictors"]["model"]["pooled"]
+    others = [p["pooled"]["hit_rate"] for n, p in r["predictors"].items() if n != "model"]
+    others = [h for h in others if h is not None and math.isfinite(h)]
+    assert pooled["hit_rate"] > max(others) + pooled["hit_rate_se"]  # ahead beyond its error...
+    assert "model" not in r["best"].values()  # ...and still not marked
+
+
 def test_a_symbol_with_one_test_sample_does_not_count_as_another_bar_frequency() -> None:
     tp = panel(n_symbols=6, n_dates=60)
     one = TestPredictions(np.r_[tp.symbols, ["LATE"]], np.r_[tp.times, [tp.times.max()]],
