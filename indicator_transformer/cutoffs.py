@@ -94,8 +94,10 @@ def cut_time_text(ns: int) -> str:
 
 def canonical_cuts(text: str, key: str) -> str:
     """The value with every time spelt out in full (``GOOG=2012-06-01T00:00:00,*=...``), the
-    symbols sorted and ``*`` last, or a ConfigError naming ``key``."""
+    symbols sorted, ``*`` last and entries equal to it dropped, or a ConfigError naming ``key``."""
     cuts = parse_cuts(text, key)
+    if ANY_SYMBOL in cuts:  # an entry equal to the default says nothing the default does not
+        cuts = {n: ns for n, ns in cuts.items() if n == ANY_SYMBOL or ns != cuts[ANY_SYMBOL]}
     if list(cuts) == [ANY_SYMBOL]:  # "*=DATE" alone says the same as "DATE"
         return cut_time_text(cuts[ANY_SYMBOL])
     # Entries in one order (symbols sorted, the default last): the order they were typed in

@@ -128,6 +128,9 @@ def test_dates_are_stored_canonically_and_round_trip_through_toml_and_old_config
     assert cutoffs.canonical_cuts("B=2016-02-01,*=2016-03-01,A=2016-01-01", "test_start") == \
         cutoffs.canonical_cuts("*=2016-03-01,A=2016-01-01,B=2016-02-01", "test_start") == \
         "A=2016-01-01T00:00:00,B=2016-02-01T00:00:00,*=2016-03-01T00:00:00"
+    assert cutoffs.canonical_cuts("D1=2011-06-01,*=2011-06-01", "test_start") == "2011-06-01T00:00:00"
+    assert cutoffs.canonical_cuts("D1=2011-06-01,D2=2011-07-01,*=2011-06-01", "test_start") == \
+        "D2=2011-07-01T00:00:00,*=2011-06-01T00:00:00"
 
 
 def test_a_resume_adding_a_date_cut_the_checkpoint_lacks_is_refused_naming_the_flag() -> None:
