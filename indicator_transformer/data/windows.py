@@ -405,9 +405,15 @@ def _mean_std(n: int, s1: np.ndarray, s2: np.ndarray) -> tuple[np.ndarray, np.nd
 FLAT_LABEL_STD = 1e-12
 
 
+# The scale of labels that do not vary at all (every training price flat): tiny, so that the
+# model's output, whatever it is, turns into returns of about 0 around the training mean. A scale
+# of 1.0 here made it predict returns of +8.7% for prices that never move.
+FLAT_LABEL_SCALE = 1e-8
+
+
 def _label_stats(y: np.ndarray) -> tuple[float, float]:
     sd = float(y.std()) if y.size > 1 else 0.0
-    return float(y.mean()), (sd if sd > FLAT_LABEL_STD else 1.0)
+    return float(y.mean()), (sd if sd > FLAT_LABEL_STD else FLAT_LABEL_SCALE)
 
 
 def flat_label_symbols(symbols: list[SymbolData], train: SplitIndex) -> list[str]:
