@@ -187,8 +187,8 @@ def _exits_hard() -> bool:
 
 
 def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: TextIO | None) -> int:
-    # Rank 0 holds models/ from before preparation to the end (a second run there is refused before
-    # it prepares anything); the ranks learn of a refusal as of any preparation error.
+    # Rank 0 holds models/ from its first write to the end: after the data and the settings were
+    # checked (bad input writes nothing, not even the lock), before anything is moved or saved.
     with contextlib.ExitStack() as held:
         def claim() -> None:
             held.enter_context(hold_folder(cfg.train.models_dir, opts.command))
@@ -205,7 +205,7 @@ def _pipeline_held(cfg: Config, handler: SignalHandler, opts: RunOptions, stream
         opts = dataclasses.replace(opts, show_progress=False)
         warnings.filterwarnings("ignore")  # rank 0 reads the same data and warns once for the job
     started = time.perf_counter()
-    data = _prepare_once(cfg, handler, stream, opts, claim)
+    data = _prepare_once(cfg, handler, stream, opts)
     if data is None:
         return handler.exit_code
     if opts.prepare_only:
@@ -229,6 +229,7 @@ def _pipeline_held(cfg: Config, handler: SignalHandler, opts: RunOptions, stream
         norm = fit_normalisation(data.symbols, splits["train"], cfg.features.window,
                                  per_symbol=cfg.features.normalise == "per-symbol")
 
+    _claim_once(claim, handler)
     trainer = Trainer(cfg, data, splits, norm, handler=handler, stream=stream,
                       show_progress=opts.show_progress, dist=d)
     models_dir = Path(trainer.cfg.train.models_dir)
@@ -383,18 +384,35 @@ def _follow(trainer: Trainer, handler: SignalHandler) -> int:
     return handler.exit_code if handler.shutdown_requested else 0
 
 
-def _prepare_once(cfg: Config, handler: SignalHandler, stream: TextIO, opts: RunOptions,
-                  claim: Callable[[], None] | None = None) -> PreparedData | None:
-    """Prepare the data through the cache: rank 0 first (it calls ``claim``, then computes and
-    commits what is missing) while the other ranks wait, then the others read the same cache.
-    None when a stop was requested (on any rank: the ranks agree)."""
+def _claim_once(claim: Callable[[], None] | None, handler: SignalHandler) -> None:
+    """Rank 0 takes the models folder (``claim``) while the other ranks wait; a refusal ends every
+    rank with its exit code, as a preparation error does."""
+    d = distributed.current()
+    if not d.is_main:
+        distributed.wait_for_main("claimed", lambda: handler.pending_signal)
+        return
+    failed = 1
+    try:
+        if claim is not None:
+            claim()
+        failed = 0
+    except UserError as e:
+        failed = e.exit_code
+        raise
+    finally:
+        distributed.main_done("claimed", failed)
+
+
+def _prepare_once(cfg: Config, handler: SignalHandler, stream: TextIO, opts: RunOptions
+                  ) -> PreparedData | None:
+    """Prepare the data through the cache: rank 0 first (it computes and commits what is
+    missing) while the other ranks wait, then the others read the same cache. None when a stop
+    was requested (on any rank: the ranks agree)."""
     d = distributed.current()
     if not d.is_main:
         distributed.wait_for_main("prepared", lambda: handler.pending_signal)
     failed = 1
     try:
-        if d.is_main and claim is not None:
-            claim()
         with distributed.relay_stops(lambda signum: _relayed_stop(handler, signum, stream)):
             cache = FeatureCache(cfg.data.cache_dir).open()
             data = prepare_data(cfg, handler, cache, stream, opts.show_progress)

@@ -97,7 +97,7 @@ def test_a_two_rank_run_writes_once_and_equals_its_rerun_bit_for_bit(reference: 
     assert not torch.equal(b["rng_ranks"][0]["torch"], b["rng_ranks"][1]["torch"])  # own dropout
     assert len(list((tmp_path / "runs").iterdir())) == 1  # one run folder: only rank 0 writes
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == \
-        ["baselines.json", "best.pth", "checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth",
+        [".lock", "baselines.json", "best.pth", "checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth",
          "evaluation.json"]
     logs = _rank_logs(tmp_path)
     assert any("Training 3,201 parameters" in line for line in logs[0])

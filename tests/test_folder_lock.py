@@ -59,7 +59,7 @@ def test_a_second_run_resume_and_new_run_in_a_live_runs_folder_are_refused_and_t
             assert r.returncode == 2, r.stderr
             assert f"models/ is in use by PID {first.proc.pid} (" in r.stderr, r.stderr
             assert "use another --models-dir or stop it" in r.stderr and "Traceback" not in r.stderr
-            assert "Preparing" not in r.stderr  # refused before any work
+            assert "Training " not in r.stderr  # refused before it trains or writes anything
         assert _files(models) == before and not (models / "previous_runs").exists()
         # Readers do not take the lock: they run while the run is live.
         listing = _run([RESUME, "--list"], tmp_path)
@@ -107,6 +107,7 @@ def test_the_lock_in_process_names_its_holder_frees_on_exit_and_forked_children_
         tmp_path: Path) -> None:
     m = tmp_path / "m"
     read, write = os.pipe()
+    ready_r, ready_w = os.pipe()
     with hold_folder(m, "train"):
         with pytest.raises(FolderInUse, match=rf"is in use by PID {os.getpid()} \(train, started "):
             with hold_folder(m, "resume"):
@@ -114,8 +115,10 @@ def test_the_lock_in_process_names_its_holder_frees_on_exit_and_forked_children_
         pid = os.fork()  # like a preparation worker: it outlives the block below
         if pid == 0:
             os.close(write)
+            os.write(ready_w, b"r")  # the at-fork handlers have run by now
             os.read(read, 1)
             os._exit(0)
+        assert os.read(ready_r, 1) == b"r"
     os.close(read)
     try:
         assert (m / LOCK_NAME).read_bytes() == b""  # no stale holder name

@@ -32,8 +32,10 @@ def test_default_job_trains_checkpoints_and_evaluates(run_python, tmp_path: Path
                     "--models-dir", str(tmp_path / "m")])
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in (tmp_path / "m").iterdir())
-    assert names == ["baselines.json", "best.pth", "checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth",
-                     "evaluation.json"]
+    assert names == [".lock", "baselines.json", "best.pth", "checkpoint_epoch_1.pth",
+                     "checkpoint_epoch_2.pth",
+                     "evaluation.json"]  # .lock: the folder lock the run held (free now, and empty)
+    assert (tmp_path / "m" / ".lock").read_bytes() == b""
     state = load(tmp_path / "m" / "checkpoint_epoch_2.pth")
     assert set(REQUIRED_KEYS) <= set(state)
     assert state["interrupted"] is False and state["epoch"] == 2

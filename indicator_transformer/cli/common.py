@@ -25,6 +25,21 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:  # n
     return f"warning: {message}\n"
 
 
+def raise_open_file_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit (what a user could do with
+    ``ulimit -n``): files, sockets of a torchrun job and worker pipes are then not bounded by a
+    low default (256 on macOS). The cache's maps hold no descriptor at all (data/mapping.py)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ImportError, ValueError, OSError):  # no such limit here, or it may not be raised
+        pass
+
+
 def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
                 argv: list[str] | None = None) -> int:
     """Parse ``argv``, call ``run`` and turn exceptions into the documented exit codes.
@@ -35,6 +50,8 @@ def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespa
     global _as_program
     _as_program = argv is None  # console scripts and the entry files pass no argv
     warnings.formatwarning = _format_warning
+    if _as_program:
+        raise_open_file_limit()
     try:
         args = parser.parse_args(argv)  # exits 2 with a usage message on bad flags
     except SystemExit as e:

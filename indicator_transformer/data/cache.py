@@ -75,6 +75,7 @@ from ..errors import PreparationFailed, StorageFull, UserError
 from ..folder_lock import CacheInUse, hold_cache
 from ..integrity import json_digest
 from .features import FEATURE_CODE_VERSION, FeatureSet
+from .mapping import map_readonly
 from .sources import RawInput, Source, stat_signature
 
 MANIFEST = "manifest.json"
@@ -540,7 +541,7 @@ class FeatureCache:
         path = os.path.join(self.root, name)
         if not fast:
             _check_headers(path, entry)
-        whole = np.memmap(path, dtype=np.uint8, mode="r")
+        whole = map_readonly(path)  # holds no descriptor: a universe is not bounded by ulimit -n
         out = {}
         header_at = 0
         for part in ARRAYS:

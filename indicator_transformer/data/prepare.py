@@ -15,6 +15,8 @@ computes only what is missing.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import multiprocessing
@@ -302,6 +304,27 @@ class _PoolWatch:
             self.manager = getattr(executor, "_executor_manager_thread", None)
 
 
+def _kill_started(executor: Executor) -> None:
+    """SIGKILL the workers a process pool did start before starting another failed: without its
+    manager thread nobody would ever tell them to exit, and the interpreter's exit waits for them."""
+    for proc in list((getattr(executor, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            proc.kill()
+            proc.join(5)
+
+
+def _start_failure(e: OSError) -> str:
+    """The one-line reason a preparation worker could not start, and what to do about it."""
+    why = f"could not start a preparation worker process ({e.strerror or e})"
+    if e.errno == errno.EMFILE:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return (f"{why}: this process may open at most {soft} files; raise the limit (ulimit -n 4096) "
+                f"and run the command again; the symbols finished so far are committed")
+    return f"{why}; the symbols finished so far are committed, run the command again"
+
+
 def _shut_down(executor: Executor, watch: _PoolWatch) -> None:
     """Shut the pool down and join everything it started, even when a worker process died.
 
@@ -456,6 +479,11 @@ def _prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache
                 except BrokenProcessPool as e:
                     # A worker died: take in what already came back (below), then report it.
                     fatal = fatal or e
+                    pending.clear()
+                    break
+                except OSError as e:  # a worker could not be started (no descriptors, no memory)
+                    _kill_started(executor)
+                    fatal = fatal or PreparationFailed(_start_failure(e))
                     pending.clear()
                     break
                 watch.note(executor)
