@@ -110,8 +110,8 @@ def _child(args: argparse.Namespace) -> None:
     """One measurement, in a fresh interpreter; writes its figures as JSON to ``args.out``."""
     from indicator_transformer.config import FeatureConfig
     from indicator_transformer.data.cache import FeatureCache
+    from indicator_transformer.data.folder import discover_files
     from indicator_transformer.data.prepare import prepare
-    from indicator_transformer.data.sources import discover_files
 
     sources = discover_files(args.data_dir)
     figures: dict[str, Any] = {"symbols": len(sources)}

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from conftest import ohlcv_frame
 
+from indicator_transformer.data.folder import discover_files
 from indicator_transformer.data.panel import data_file_sources
-from indicator_transformer.data.sources import DataNote, discover_files, load_ohlcv_file, synthetic_symbol
+from indicator_transformer.data.sources import DataNote, load_ohlcv_file, synthetic_symbol
 from indicator_transformer.errors import DataError, UserError
 
 

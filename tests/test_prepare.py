@@ -19,11 +19,11 @@ from conftest import ohlcv_frame
 
 from indicator_transformer.config import DataConfig, FeatureConfig
 from indicator_transformer.data.cache import MANIFEST, FeatureCache
+from indicator_transformer.data.folder import discover_files
 from indicator_transformer.data.prepare import prepare, resolve_sources
 from indicator_transformer.data.sources import (
     DataNote,
     Source,
-    discover_files,
     synthetic_sources,
     synthetic_symbol,
 )

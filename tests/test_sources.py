@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from indicator_transformer.data.folder import discover_files
 from indicator_transformer.data.sources import (
     Source,
-    discover_files,
     load_ohlcv_file,
     synthetic_sources,
     synthetic_symbol,

@@ -17,8 +17,9 @@ from mixed_market import mixed_market_frames, write_mixed_market
 from indicator_transformer.config import FeatureConfig
 from indicator_transformer.data import frequency
 from indicator_transformer.data.cache import FeatureCache
+from indicator_transformer.data.folder import discover_files
 from indicator_transformer.data.prepare import SymbolData, prepare
-from indicator_transformer.data.sources import discover_files, synthetic_sources
+from indicator_transformer.data.sources import synthetic_sources
 from indicator_transformer.data.windows import (
     MIN_OWN_ROWS,
     Normalisation,

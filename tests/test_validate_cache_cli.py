@@ -209,7 +209,8 @@ def test_clear_all_on_a_cache_folder_that_is_a_symlink_exits_2_and_says_what_to_
 def test_a_dry_run_right_after_preparing_two_files_with_identical_bytes_is_clean(run_python, tmp_path):
     from conftest import write_symbol_csv
 
-    from indicator_transformer.data.sources import discover_files, synthetic_symbol
+    from indicator_transformer.data.folder import discover_files
+    from indicator_transformer.data.sources import synthetic_symbol
 
     data = tmp_path / "data"
     write_symbol_csv(data / "A.csv", synthetic_symbol(1, 3, 0, 300))

@@ -436,7 +436,7 @@ def _panel_in(path: Path) -> Panel | None:
 
 def data_dir_sources(root: Path, files: list[Path], folders: list[Path]) -> list[Source]:
     """The sources of a data folder's data files and ``symbol=...`` partition folders (see
-    :func:`~.sources.discover_files`)."""
+    :func:`~.folder.discover_files`)."""
     places = _Places(root)
     for p in files:
         panel = _panel_in(p)

@@ -1,5 +1,7 @@
-"""OHLCV inputs: files in a data directory (one per symbol), panel files holding many symbols
-(see :mod:`.panel`), or the built-in synthetic market.
+"""OHLCV inputs: the types a source yields (``Source``, ``RawInput``, ``OHLCV``), the reader of one
+file per symbol, and the built-in synthetic market. Panel files holding many symbols are read by
+:mod:`.panel` and a folder of files is listed by :mod:`.folder`; both build on this module, which
+imports neither.
 
 Every input is validated before anything is computed from it; a bad file raises
 :class:`DataError` naming the file, the row (1-based data row, header excluded) or column, and
@@ -19,19 +21,24 @@ import os
 import re
 import stat
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from ..errors import DataError, UserError
 
-if TYPE_CHECKING:
-    from .panel import Panel
+
+class PanelSymbols(Protocol):
+    """What a source needs of the panel file holding its symbol (data/panel.py's Panel): this
+    module only reads single files and defines the types, so it names no panel module."""
+
+    def label(self, symbol: str) -> str: ...
+    def identity(self, symbol: str) -> str: ...
+    def bars(self, symbol: str, *, use_adj_close: bool, required: Iterable[str] | None) -> OHLCV: ...
 
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
 SYNTHETIC_VERSION = 1
@@ -114,7 +121,7 @@ class Source:
     symbol: str
     path: Path | None = None            # None for a synthetic symbol and for a panel's symbol
     synthetic: dict | None = None       # the synthetic spec for this symbol
-    panel: Panel | None = None          # the panel file (or partition folder) holding this symbol
+    panel: PanelSymbols | None = None          # the panel file (or partition folder) holding this symbol
 
     @property
     def where(self) -> str:
@@ -169,55 +176,7 @@ class Source:
         return self.parse(self.read(), use_adj_close=use_adj_close, required=required)
 
 
-# --------------------------------------------------------------------------- files
-_SUBFOLDER_RULE = ("--data-dir reads the files directly inside it; symbol=X partition folders are read too")
-
-
-def discover_files(data_dir: str | Path) -> list[Source]:
-    """One source per data file in ``data_dir`` (a clear error for a bad directory).
-
-    A data file ends in .csv, .parquet or .pq. Other files (README.txt, notes.md) are ignored and
-    named in one :class:`DataNote`; hidden files silently. A file with a symbol column holding
-    several symbols is a panel: each of its symbols becomes a source (noted). A subfolder named
-    like ``symbol=AAPL`` (Parquet partitioned by symbol, as pyarrow writes it) is the symbol AAPL;
-    other subfolders are not read (no recursion) and are named in one :class:`DataNote`.
-    A symbol found in two places is an error naming both.
-    """
-    from .panel import data_dir_sources, partition_symbol
-
-    d = Path(data_dir)
-    if not d.exists():
-        raise UserError(f"{d}: data directory does not exist")
-    if not d.is_dir():
-        raise UserError(f"{d}: is not a directory (expected a folder of one OHLCV file per symbol; for "
-                        f"one file of many symbols use --data-file)")
-    files, folders, ignored, subfolders = [], [], [], []
-    for p in sorted(d.iterdir()):
-        if p.name.startswith("."):
-            continue
-        if p.is_dir():
-            # Only symbol=X partitions are read: no recursion, so the layout rule stays one sentence.
-            (folders if partition_symbol(p) is not None else subfolders).append(p)
-        elif p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES:
-            files.append(p)
-        elif p.is_file():
-            ignored.append(p.name)
-    if ignored:
-        warnings.warn(f"{d}: ignored {len(ignored)} non-data file(s): {', '.join(ignored)} (data files end "
-                      f"in {', '.join(SUPPORTED_SUFFIXES)})", DataNote, stacklevel=2)
-    if subfolders:
-        warnings.warn(f"{d}: ignored {len(subfolders)} subfolder(s): {', '.join(p.name for p in subfolders)} "
-                      f"({_SUBFOLDER_RULE})", DataNote, stacklevel=2)
-    sources = data_dir_sources(d, files, folders)
-    if not sources:
-        found = ([f"found only non-data files: {', '.join(ignored)}"] if ignored else []) + \
-            ([f"ignored subfolder(s): {', '.join(p.name for p in subfolders)}: {_SUBFOLDER_RULE}"]
-             if subfolders else [])
-        raise UserError(f"{d}: data directory is empty (expected files like AAPL.csv or ES.parquet"
-                        + "".join(f"; {f}" for f in found) + ")")
-    return sources
-
-
+# --------------------------------------------------------------------------- readers
 def _read_csv_fast(data: bytes, text_columns: tuple[str, ...] = ()):
     """A CSV as a pyarrow Table through pyarrow's single-threaded reader, or None to let pandas
     read it.
