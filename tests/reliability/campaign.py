@@ -1,5 +1,6 @@
 """The fault-injection campaign: random signals, kills, corruptions, hostile files, malformed inputs,
-full disks and torchrun faults, each followed by every invariant check (see README.md here).
+full disks, torchrun faults and several processes on one folder, each followed by every invariant
+check (see README.md here).
 
     python tests/reliability/campaign.py --trials 300 --seed 1            # the full campaign
     python tests/reliability/campaign.py --trials 20 --seed 5 --only kill9
@@ -26,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: reliability and trainproc
 
-from reliability import corruption, disk_full, distributed, interrupts, malformed  # noqa: E402
+from reliability import corruption, disk_full, distributed, interrupts, malformed, shared  # noqa: E402
 from reliability.harness import Campaign, Outcome, Trial, TrialFailure, TrialFn  # noqa: E402
 
 KINDS: dict[str, TrialFn] = {
@@ -38,14 +39,17 @@ KINDS: dict[str, TrialFn] = {
     "malformed_input": malformed.malformed_trial,
     "disk_full": disk_full.disk_full_trial,
     "distributed": distributed.distributed_trial,
+    "two_runs": shared.two_runs_trial,
+    "cache_maintenance": shared.cache_maintenance_trial,
 }
 # Relative odds of a kind: torchrun trials take several times longer, so there are fewer of them.
 WEIGHTS = {"signal": 3.0, "multi_signal": 1.5, "kill9": 2.5, "corrupt": 2.0, "hostile": 1.5,
-           "malformed_input": 2.0, "disk_full": 1.2, "distributed": 0.6}
+           "malformed_input": 2.0, "disk_full": 1.2, "distributed": 0.6, "two_runs": 1.2,
+           "cache_maintenance": 1.0}
 
 
 def plan(trials: int, seed: int, only: str | None) -> list[tuple[str, int]]:
-    """(kind, trial seed) of every trial: the first eight cover every kind once (in a seeded
+    """(kind, trial seed) of every trial: the first ones cover every kind once (in a seeded
     order), the rest are drawn by weight; ``only`` fixes the kind."""
     rng = random.Random(f"campaign:{seed}")
     kinds = list(KINDS)
