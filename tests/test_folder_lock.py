@@ -59,7 +59,7 @@ def test_a_second_run_resume_and_new_run_in_a_live_runs_folder_are_refused_and_t
             assert r.returncode == 2, r.stderr
             assert f"models/ is in use by PID {first.proc.pid} (" in r.stderr, r.stderr
             assert "use another --models-dir or stop it" in r.stderr and "Traceback" not in r.stderr
-            assert "Training " not in r.stderr  # refused before it trains or writes anything
+            assert " parameters on " not in r.stderr  # refused before it trains or writes anything
         assert _files(models) == before and not (models / "previous_runs").exists()
         # Readers do not take the lock: they run while the run is live.
         listing = _run([RESUME, "--list"], tmp_path)

@@ -14,6 +14,7 @@ be consistent, and a rerun to the end must equal the uninterrupted run.
 
 from __future__ import annotations
 
+import re
 import signal
 
 from reliability.harness import (
@@ -21,6 +22,7 @@ from reliability.harness import (
     EPOCHS,
     RESUME,
     STEPS_PER_EPOCH,
+    TMP_SUFFIX,
     TRAIN,
     VALIDATE,
     Trial,
@@ -63,7 +65,8 @@ def two_runs_trial(trial: Trial) -> None:
         trial.check(f"models/ is in use by PID {live.pid} (" in other.stderr,
                     f"{second}: the refusal does not name the live run (PID {live.pid}):\n"
                     f"{tail(other.stderr)}")
-        trial.check("Training " not in other.stderr, f"{second} started training beside a live run")
+        trial.check(not re.search(r"^Training [\d,]+ parameters", other.stderr, re.M),
+                    f"{second} started training beside a live run")
         trial.check_no_traceback(other, second)
         if repair:
             fix = trial.validate_cache(fix=True)
@@ -101,7 +104,9 @@ def cache_maintenance_trial(trial: Trial) -> None:
     cache = trial.root / "cache"
     try:
         trial.wait_paused(live)
-        before = sorted(p.name for p in cache.iterdir())
+        # Final names only: the preparation's other threads go on writing (a temporary file is
+        # renamed to its final name meanwhile).
+        before = sorted(p.name for p in cache.iterdir() if not p.name.endswith(TMP_SUFFIX))
         args = {"repair": [], "clear_all": ["--clear-all"], "dry_run": ["--dry-run"]}[what]
         m = trial.run(["--cache-dir", str(cache), *args], script=VALIDATE, timeout=120)
         code = m.child.proc.returncode
