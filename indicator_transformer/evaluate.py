@@ -294,8 +294,8 @@ def _in_sample_warnings(state: dict[str, Any], data: PreparedData) -> list[str]:
         n = int(np.count_nonzero(s.time <= last)) if last is not None else 0
         if n:
             seen.append(f"{s.symbol} ({n:,} bars to {max(ends)[:10]})")
-        elif label_digest(s.label) in twins:  # the cache key holds the name: a renamed copy differs
-            seen.append(f"{s.symbol} (the same bars as training symbol {twins[label_digest(s.label)]})")
+        elif (twin := twins.get(label_digest(s.label))) is not None:  # the cache key holds the name
+            seen.append(f"{s.symbol} (the same bars as training symbol {twin})")
         elif s.key in keys:
             seen.append(f"{s.symbol} (a training file's exact data)")
     if not seen:

@@ -263,15 +263,8 @@ def _pipeline_held(cfg: Config, handler: SignalHandler, opts: RunOptions, stream
     summary = RunSummary(run, trainer, data, choice, prepared_s=time.perf_counter() - started)
     summary.plots_enabled = opts.plots
     summary.save_predictions = opts.save_predictions
-    failed = 1
-    try:
+    with _tells_the_ranks("evaluation"):
         code = _train_and_report(trainer, data, summary, handler, models_dir, stream)
-        failed = 0
-    except UserError as e:
-        failed = e.exit_code
-        raise
-    finally:
-        distributed.main_done("evaluation", failed)
     if d.enabled and trainer.epoch > trainer.cfg.train.epochs:  # trained to the end, as the others
         handler.agree(distributed.agree_stop(handler.pending_signal))  # one exit code for all ranks
     return handler.exit_code if handler.shutdown_requested else code
@@ -299,8 +292,9 @@ def _train_and_report(trainer: Trainer, data: PreparedData, summary: RunSummary,
         if not is_out_of_memory(e):            # failure are RuntimeErrors
             raise
         summary.mark("training")
-        _report_failed(summary, out_of_memory(e, trainer), stream)
-        raise OutOfMemory(out_of_memory(e, trainer)) from None
+        reason = out_of_memory(e, trainer)
+        _report_failed(summary, reason, stream)
+        raise OutOfMemory(reason) from None
     summary.mark("training")
     if not result.completed:
         _report_interrupted(summary, result.stopped_in, result.checkpoint, stream, handler.exit_code)
@@ -384,6 +378,22 @@ def _follow(trainer: Trainer, handler: SignalHandler) -> int:
     return handler.exit_code if handler.shutdown_requested else 0
 
 
+@contextlib.contextmanager
+def _tells_the_ranks(name: str) -> Any:
+    """Rank 0's part ``name`` that the other ranks wait for (:func:`distributed.wait_for_main`):
+    on the way out they learn that it is done, or its exit code - also on an error, so that they
+    never wait for ever. Any other exception counts as exit code 1."""
+    failed = 1
+    try:
+        yield
+        failed = 0
+    except UserError as e:
+        failed = e.exit_code
+        raise
+    finally:
+        distributed.main_done(name, failed)
+
+
 def _claim_once(claim: Callable[[], None] | None, handler: SignalHandler) -> None:
     """Rank 0 takes the models folder (``claim``) while the other ranks wait; a refusal ends every
     rank with its exit code, as a preparation error does."""
@@ -391,16 +401,9 @@ def _claim_once(claim: Callable[[], None] | None, handler: SignalHandler) -> Non
     if not d.is_main:
         distributed.wait_for_main("claimed", lambda: handler.pending_signal)
         return
-    failed = 1
-    try:
+    with _tells_the_ranks("claimed"):
         if claim is not None:
             claim()
-        failed = 0
-    except UserError as e:
-        failed = e.exit_code
-        raise
-    finally:
-        distributed.main_done("claimed", failed)
 
 
 def _prepare_once(cfg: Config, handler: SignalHandler, stream: TextIO, opts: RunOptions
@@ -411,18 +414,11 @@ def _prepare_once(cfg: Config, handler: SignalHandler, stream: TextIO, opts: Run
     d = distributed.current()
     if not d.is_main:
         distributed.wait_for_main("prepared", lambda: handler.pending_signal)
-    failed = 1
-    try:
+    with _tells_the_ranks("prepared"):
         with distributed.relay_stops(lambda signum: _relayed_stop(handler, signum, stream)):
             cache = FeatureCache(cfg.data.cache_dir).open()
             data = prepare_data(cfg, handler, cache, stream, opts.show_progress)
         print(data.summary(), file=stream, flush=True)
-        failed = 0
-    except UserError as e:
-        failed = e.exit_code
-        raise
-    finally:  # also on an error: the others must not wait for ever, and exit with this code
-        distributed.main_done("prepared", failed)
     stop = handler.agree(distributed.agree_stop(handler.pending_signal))
     if data.interrupted:
         print(f"Preparation stopped: {len(data.symbols)} completed symbol(s) committed to "
