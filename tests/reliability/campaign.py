@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: reliability and trainproc
 
-from reliability import corruption, disk_full, distributed, interrupts, malformed, shared  # noqa: E402
+from reliability import corruption, disk_full, distributed, interrupts, malformed, shared, storage  # noqa: E402
 from reliability.harness import Campaign, Outcome, Trial, TrialFailure, TrialFn  # noqa: E402
 
 KINDS: dict[str, TrialFn] = {
@@ -41,6 +41,8 @@ KINDS: dict[str, TrialFn] = {
     "distributed": distributed.distributed_trial,
     "two_runs": shared.two_runs_trial,
     "cache_maintenance": shared.cache_maintenance_trial,
+    "read_only": storage.read_only_trial,
+    "few_descriptors": storage.few_descriptors_trial,
 }
 # Relative odds of a kind: torchrun trials take several times longer, so there are fewer of them.
 WEIGHTS = {"signal": 3.0, "multi_signal": 1.5, "kill9": 2.5, "corrupt": 2.0, "hostile": 1.5,

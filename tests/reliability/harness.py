@@ -198,10 +198,11 @@ class Trial:
 
     # ------------------------------------------------------------------ processes
     def start(self, args: list[str], *, env: dict[str, str] | None = None, script: str | None = None,
-              cwd: Path | None = None) -> Proc:
+              cwd: Path | None = None, prefix: list[str] | None = None) -> Proc:
         """Start ``python <script> args`` (or ``python args`` when script is None) in the trial folder,
-        in its own process group with SIGINT at its default."""
-        cmd = [sys.executable, *([str(REPO_ROOT / script)] if script else []), *args]
+        in its own process group with SIGINT at its default. ``prefix`` is a command that ends by
+        exec-ing the rest (``unshare ... sh -c '... exec "$@"'``), so the PID stays Python's."""
+        cmd = [*(prefix or []), sys.executable, *([str(REPO_ROOT / script)] if script else []), *args]
         self._n += 1
         stdout_path = self.root / f".stdout.{self._n}.log"
         cwd = cwd or self.root
