@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import faults, shutdown
-from .errors import StorageError, StorageFull, UserError
+from .errors import StorageError, StorageFull, UserError, too_many_open_files
 
 TMP_SUFFIX = ".tmp"
 
@@ -81,6 +81,21 @@ STORAGE_HINTS = {
 }
 
 
+def storage_error(path: str | Path, e: OSError, what: str = "could not be written") -> StorageError | None:
+    """The one-line error for a write that the storage refused (``path``: what was written or
+    opened for writing), or None when ``e`` is not such a refusal (a bug, not the user's)."""
+    if e.errno in (errno.EMFILE, errno.ENFILE):
+        return too_many_open_files(f"{path}: {what}")
+    if e.errno not in STORAGE_HINTS:
+        return None
+    path = Path(path)
+    kind = StorageFull if e.errno in NO_SPACE else StorageError
+    hint = STORAGE_HINTS[e.errno].format(folder=path.parent)
+    intact = "" if e.errno == errno.ENOENT else "Its previous version (if any) is intact. "
+    return kind(f"{path}: {what}: {os.strerror(e.errno)}. {intact}{hint[0].upper()}{hint[1:]}, and "
+                f"run the command again (a stopped training continues with resume_training.py)")
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], *, sync_dir: bool = True) -> Path:
     """Write a file through ``write(fileobj)`` so that ``path`` is always complete or absent/old.
 
@@ -112,13 +127,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], *, sync_di
         if isinstance(e, IsADirectoryError):
             raise UserError(f"{path}: is a folder, where this file is to be written; move it away and run "
                             f"the command again") from None
-        if isinstance(e, OSError) and e.errno in STORAGE_HINTS:
-            kind = StorageFull if e.errno in NO_SPACE else StorageError
-            hint = STORAGE_HINTS[e.errno].format(folder=folder)
-            intact = "" if e.errno == errno.ENOENT else "Its previous version (if any) is intact. "
-            raise kind(f"{path}: could not be written: {os.strerror(e.errno)}. {intact}{hint[0].upper()}"
-                       f"{hint[1:]}, and run the command again (a stopped training continues with "
-                       f"resume_training.py)") from None
+        if isinstance(e, OSError) and (refused := storage_error(path, e)) is not None:
+            raise refused from None
         raise
     return path
 

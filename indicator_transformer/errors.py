@@ -93,6 +93,34 @@ class StorageFull(StorageError):
     """A write failed for lack of space (or a file-size limit): the space it took is freed."""
 
 
+class TooManyOpenFiles(StorageError):
+    """The process reached its limit of open files (``ulimit -n``) while writing a file or starting
+    a worker: said as a storage refusal is (one line, what failed, how to raise the limit), since
+    nothing saved is lost and the same command continues once the limit is raised."""
+
+
+def too_many_open_files(what: str) -> TooManyOpenFiles:
+    """The error for ``what`` (a file that could not be written, a worker that could not start)
+    failing with EMFILE or ENFILE, with this process's limit and how to raise it."""
+    try:
+        import resource
+
+        soft = f"at most {resource.getrlimit(resource.RLIMIT_NOFILE)[0]:,}"
+    except (ImportError, OSError, ValueError):
+        soft = "no more"
+    return TooManyOpenFiles(f"{what}: too many open files (this process may open {soft} files): raise "
+                            f"the limit (ulimit -n 4096) and run the command again (a stopped training "
+                            f"continues with resume_training.py)")
+
+
+class WorkerStalled(UserError):
+    """A DataLoader worker sent no batch for minutes (a batch it could not hand over, for lack of
+    descriptors or of shared memory, is dropped by multiprocessing without a word): one message,
+    exit code 1, instead of a wait for ever that not even SIGTERM ends."""
+
+    exit_code = EXIT_FAILURE
+
+
 class PreparationFailed(UserError):
     """Preparation could not go on for a reason outside the data (a worker process died): one
     message, exit code 1; what finished is committed."""

@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .atomic import storage_error
 from .errors import UserError
 
 LOCK_NAME = ".lock"
@@ -69,21 +70,28 @@ def holder_text(raw: bytes) -> str:
         return "another process (it is starting up)"
 
 
+def _open_failed(path: Path, e: OSError) -> UserError:
+    """A lock file that cannot be opened: a storage refusal (read-only, permissions) is said as
+    for any write, anything else with the OS's words."""
+    return (storage_error(path, e, "the folder's lock file could not be opened")
+            or UserError(f"{path}: cannot open the folder's lock file ({e.strerror or e})"))
+
+
 @contextlib.contextmanager
 def hold_folder(folder: str | Path, command: str, flag: str = "--models-dir") -> Iterator[Path]:
     """Hold ``folder`` (created if missing) for the ``with`` block; FolderInUse naming the holder
     and ``flag`` when another live process holds it. Yields the lock file's path."""
     d = Path(folder)
-    d.mkdir(parents=True, exist_ok=True)
     path = d / LOCK_NAME
     nofollow = getattr(os, "O_NOFOLLOW", 0)
     try:
+        d.mkdir(parents=True, exist_ok=True)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | nofollow, 0o644))
         # The lock is held through a read-only descriptor: one open for writing for the whole run
         # would keep the folder's filesystem from being remounted read-only (EBUSY).
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | nofollow)
     except OSError as e:
-        raise UserError(f"{path}: cannot open the folder's lock file ({e.strerror or e})") from None
+        raise _open_failed(path, e) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -159,7 +167,7 @@ def hold_cache(folder: str | Path, name: str, *, exclusive: bool, busy: str) -> 
         except FileNotFoundError:  # the folder itself was removed: a --clear-all has just run
             raise CacheInUse(busy.format(pids="a process that has just removed it")) from None
         except OSError as e:
-            raise UserError(f"{path}: cannot open the folder's lock file ({e.strerror or e})") from None
+            raise _open_failed(path, e) from None
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:

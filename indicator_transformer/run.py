@@ -46,7 +46,7 @@ from .data.windows import (
     split_summary,
     split_table,
 )
-from .errors import CheckpointError, OutOfMemory, StorageError, UserError
+from .errors import CheckpointError, OutOfMemory, StorageError, UserError, WorkerStalled
 from .folder_lock import hold_folder
 from .integrity import IntegrityError, check_json, json_safe, seal_json
 from .model import count_parameters
@@ -280,7 +280,7 @@ def _train_and_report(trainer: Trainer, data: PreparedData, summary: RunSummary,
     the run as failed: the summary says why, then the one-line error."""
     try:
         result = trainer.fit()
-    except StorageError as e:
+    except (StorageError, WorkerStalled) as e:
         summary.mark("training")
         if handler.shutdown_requested:
             print(f"error: {e}", file=stream, flush=True)

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from .atomic import atomic_write_json, atomic_write_text, remove_stale_temp_files
+from .atomic import atomic_write_json, atomic_write_text, remove_stale_temp_files, storage_error
 from .errors import UserError
 from .integrity import json_safe, seal_json
 
@@ -159,8 +159,9 @@ def _make_folder(path: Path, what: str) -> None:
     except (FileExistsError, NotADirectoryError):
         raise UserError(f"{what} {path}: a file is in the way of this folder (move it, or choose "
                         f"another --runs-dir)") from None
-    except OSError as e:
-        raise UserError(f"{what} {path}: cannot create it ({e.strerror or e})") from None
+    except OSError as e:  # a read-only or full disk, permissions: said as for any refused write
+        refused = storage_error(path, e, f"{what}: cannot create it")
+        raise refused or UserError(f"{what} {path}: cannot create it ({e.strerror or e})") from None
 
 
 def _cell(v: Any) -> str:

@@ -81,3 +81,55 @@ def test_a_preparation_worker_that_cannot_start_is_one_error_line_not_a_hang(tmp
     (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
     assert "could not start a preparation worker process (Too many open files)" in line
     assert "ulimit -n" in line
+
+
+def _summary(folder: Path) -> dict:
+    import json
+
+    (run,) = [p for p in (folder / "runs").iterdir() if p.is_dir()]
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_dataloader_workers_the_limit_would_starve_are_refused_in_one_line_not_a_hang(tmp_path: Path) -> None:
+    """Before: under `ulimit -n 16` a worker's batch could not be handed over (its tensors pass as
+    descriptors), multiprocessing dropped it without a word, and the training waited for ever -
+    even SIGTERM did not end it. Under `ulimit -n 9`, starting the worker was a traceback."""
+    small = ["--symbols", "3", "--bars", "600", "--epochs", "1", "--window", "8", "--d-model", "8",
+             "--heads", "2", "--layers", "1", "--no-progress", "--no-plots", "--num-workers", "1"]
+    for n in (9, 16):
+        work = tmp_path / str(n)
+        work.mkdir()
+        r = subprocess.run([sys.executable, TRAIN, *small], cwd=work, env=child_env(), capture_output=True,
+                           text=True, timeout=240, preexec_fn=_limited(n))
+        assert r.returncode == 1 and "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, \
+            r.stderr[-3000:]
+        (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+        assert "DataLoader worker" in line and "--num-workers 0" in line and "ulimit -n" in line, line
+        doc = _summary(work)
+        assert doc["status"] == "failed" and "too many open files" in doc["failed"]["reason"]
+        # the run continues once the limit allows it: nothing prepared was lost
+        again = subprocess.run([sys.executable, TRAIN, *small, "--resume", "auto"], cwd=work, env=child_env(),
+                               capture_output=True, text=True, timeout=240)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "(cache hits 3, misses 0)" in again.stderr
+
+
+def test_descriptors_running_out_in_a_write_or_a_read_are_one_error_line_and_the_cache_stays_consistent(
+        tmp_path: Path) -> None:
+    """Before: `ulimit -n 5` gave an EMFILE traceback from the manifest's write (or from reading
+    an entry back), and left entry files that no manifest named."""
+    from indicator_transformer.data.cache import FeatureCache
+
+    args = [sys.executable, TRAIN, "--symbols", "3", "--bars", "600", "--window", "8", "--prepare-only",
+            "--no-progress"]
+    r = subprocess.run(args, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=120,
+                       preexec_fn=_limited(5))
+    if "Preparing 3 symbol(s)" not in r.stderr:
+        pytest.skip(f"this interpreter needs more than 5 descriptors to start: {r.stderr[-300:]}")
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    if r.returncode != 0:
+        assert r.returncode == 1, r.stderr
+        (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+        assert "too many open files" in line and "ulimit -n" in line, line
+    report = FeatureCache(tmp_path / "cache").validate_full(fix=False)
+    assert report.consistent, report.problems

@@ -44,11 +44,12 @@ needs_namespaces = pytest.mark.skipif(not _namespaces_work(),
                                       reason="needs unshare/nsenter and unprivileged user namespaces")
 
 
-def _start_in_namespace(tmp_path: Path, args: list[str], env: dict[str, str]) -> Child:
-    models = tmp_path / "models"
-    models.mkdir()
+def _start_in_namespace(tmp_path: Path, args: list[str], env: dict[str, str], folder: str = "models",
+                        ) -> Child:
+    bound = tmp_path / folder
+    bound.mkdir()
     script = 'mount --bind "$1" "$1" && shift && exec "$@"'
-    cmd = ["unshare", "-rm", "--propagation", "private", "sh", "-c", script, "sh", str(models),
+    cmd = ["unshare", "-rm", "--propagation", "private", "sh", "-c", script, "sh", str(bound),
            sys.executable, TRAIN, *args]
     return Child(subprocess.Popen(cmd, cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, preexec_fn=default_sigint))
@@ -56,9 +57,14 @@ def _start_in_namespace(tmp_path: Path, args: list[str], env: dict[str, str]) ->
 
 def _read_only(child: Child, folder: Path) -> None:
     """Remount ``folder`` read-only inside the child's mount namespace (as a failing disk would be)."""
-    r = subprocess.run(["nsenter", "-t", str(child.proc.pid), "-U", "-m", "--preserve-credentials",
-                        "mount", "-o", "remount,bind,ro", str(folder)], capture_output=True, text=True,
-                       timeout=30)
+    enter = ["nsenter", "-t", str(child.proc.pid), "-U", "-m", "--preserve-credentials"]
+    r = subprocess.run([*enter, "mount", "-o", "remount,bind,ro", str(folder)], capture_output=True,
+                       text=True, timeout=30)
+    if r.returncode != 0 and "busy" in r.stderr:
+        # A file open for writing there (the cache's .lock during a commit) forbids the remount: a
+        # read-only bind stacked on it makes every file opened from now on read-only instead.
+        r = subprocess.run([*enter, "sh", "-c", 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1"',
+                            "sh", str(folder)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
 
 
@@ -156,3 +162,63 @@ def test_the_working_folder_deleted_under_a_running_training_is_one_error_line(t
     (line,) = [ln for ln in child.lines if ln.startswith("error: ")]
     assert "could not be written: No such file or directory" in line
     assert "was removed while the command ran" in line
+
+
+@needs_namespaces
+def test_a_stop_while_the_cache_turned_read_only_in_preparation_exits_130_with_cleanup_complete_last(
+        tmp_path: Path) -> None:
+    """Before: the manifest's refused write after the SIGINT came after "Cleanup complete", exit 1."""
+    env = pause_env("before_commit:manifest.json")
+    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "300"
+    child = _start_in_namespace(tmp_path, SMALL, env, folder="cache")
+    try:
+        child.wait_for("PAUSED before_commit manifest.json")
+        _read_only(child, tmp_path / "cache")
+        child.proc.send_signal(signal.SIGINT)
+        code = child.finish()
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()
+    err = child.stderr
+    assert code == 130 and "Traceback" not in err, err
+    (line,) = [ln for ln in child.lines if ln.startswith("error: ")]
+    assert "manifest.json: could not be written: Read-only file system" in line
+    assert [ln for ln in child.lines if ln.strip()][-1] == "Cleanup complete"
+
+
+@needs_namespaces
+def test_a_cache_turned_read_only_before_its_lock_is_taken_is_one_error_line(tmp_path: Path) -> None:
+    """Before: the cache's lock file could not be created on the read-only folder: a filelock
+    traceback. Paused inside the first entry's write, so the folder holds no lock file yet."""
+    env = pause_env("before_commit:*@1")
+    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "3"  # the pause ends by itself: preparation goes on
+    child = _start_in_namespace(tmp_path, SMALL, env, folder="cache")
+    try:
+        child.wait_for("PAUSED before_commit")
+        _read_only(child, tmp_path / "cache")
+        code = child.finish()
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()
+    err = child.stderr
+    assert code == 1 and "Traceback" not in err, err
+    (line,) = [ln for ln in child.lines if ln.startswith("error: ")]
+    assert "Read-only file system" in line and "cache" in line, line
+
+
+@needs_namespaces
+def test_a_read_only_runs_folder_is_a_storage_error_exit_1(tmp_path: Path) -> None:
+    """Before: "cannot create it (Read-only file system)", exit 2 as for bad input, no hint."""
+    env = pause_env("prepare_symbol:1")
+    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "3"
+    child = _start_in_namespace(tmp_path, SMALL, env, folder="runs")
+    try:
+        child.wait_for("PAUSED prepare_symbol 1")
+        _read_only(child, tmp_path / "runs")
+        code = child.finish()
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()
+    assert code == 1 and "Traceback" not in child.stderr, child.stderr
+    (line,) = [ln for ln in child.lines if ln.startswith("error: ")]
+    assert "cannot create it: Read-only file system" in line and "read-only" in line, line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -15,7 +16,7 @@ from typing import Any, NoReturn
 
 from .. import startup
 from ..config import Config, flag_name
-from ..errors import EXIT_FAILURE, UserError
+from ..errors import EXIT_FAILURE, UserError, too_many_open_files
 from ..runlog import console_log
 from ..shutdown import SignalHandler, print_cleanup_complete
 from ..training import distributed
@@ -66,6 +67,14 @@ def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespa
         except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             code = e.exit_code
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE):
+                traceback.print_exc()
+                code = EXIT_FAILURE
+            else:  # the limit of open files, met anywhere: one line saying how to raise it
+                what = f"{e.filename}: could not be opened" if e.filename else "a file or pipe: not made"
+                print(f"error: {too_many_open_files(what)}", file=sys.stderr, flush=True)
+                code = EXIT_FAILURE
         except KeyboardInterrupt:  # only reachable before a SignalHandler is installed: nothing written
             print(startup.MESSAGE, file=sys.stderr, flush=True)
             code = 130
@@ -112,6 +121,13 @@ def run_with_handler(body: Callable[[SignalHandler], int]) -> int:
     with console_log():  # shared with run_command's: Cleanup complete is logged too
         try:
             code = body(handler)
+        except UserError as e:
+            if not handler.shutdown_requested:
+                raise
+            # A storage fault (or any user-facing error) met on the way out of a stop: said in
+            # one line before "Cleanup complete", and the exit code stays the signal's.
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            code = handler.exit_code
         finally:
             if handler.shutdown_requested and _as_program:
                 handler.ignore_from_now_on()

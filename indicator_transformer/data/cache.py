@@ -69,9 +69,9 @@ import numpy as np
 import talib
 from filelock import FileLock
 
-from ..atomic import atomic_write_bytes, is_temp_file, remove_stale_temp_files
+from ..atomic import atomic_write_bytes, is_temp_file, remove_stale_temp_files, storage_error
 from ..clock import now_iso
-from ..errors import PreparationFailed, StorageFull, UserError
+from ..errors import PreparationFailed, StorageError, UserError
 from ..folder_lock import CacheInUse, hold_cache
 from ..integrity import json_digest
 from .features import FEATURE_CODE_VERSION, FeatureSet
@@ -628,8 +628,17 @@ class FeatureCache:
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISLNK(os.lstat(lock).st_mode):
                 lock.unlink()
-        with self._flock:
+        try:
+            self._flock.acquire()
+        except OSError as e:  # a read-only or vanished folder: one line, as for the manifest's write
+            refused = storage_error(lock, e, "the cache's lock file could not be opened")
+            if refused is None:
+                raise
+            raise refused from None
+        try:
             yield
+        finally:
+            self._flock.release()
 
     def commit(self) -> int:
         """Write the manifest: entries on disk (from other processes too) merged with ours.
@@ -673,14 +682,16 @@ class FeatureCache:
                 atomic_write_bytes(self.manifest_path, manifest_bytes({
                     "format_version": CACHE_FORMAT_VERSION, "updated": now_iso(), "entries": merged,
                     "inputs": inputs}))
-            except StorageFull:
-                # The disk is full: remove the data files only this commit would have listed. They
-                # free the space they took, and no file is left that no manifest names.
+            except StorageError:
+                # The disk is full (or read-only, or out of descriptors): remove the data files
+                # only this commit would have listed. They free the space they took, and no file
+                # is left that no manifest names (where the storage still allows the removal).
                 with self._lock:
                     for k in new_keys:
                         entry = self.entries.pop(k, None)
                         if entry is not None:
-                            self._remove_files(entry)
+                            with contextlib.suppress(OSError):  # a read-only folder keeps them
+                                self._remove_files(entry)
                 raise
         return committed
 

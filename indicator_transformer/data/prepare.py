@@ -43,8 +43,9 @@ from typing import Any, Literal, TextIO
 import numpy as np
 
 from .. import faults
+from ..atomic import storage_error
 from ..config import DataConfig, FeatureConfig
-from ..errors import DataError, DataErrors, PreparationFailed
+from ..errors import DataError, DataErrors, PreparationFailed, too_many_open_files
 from ..progress import Progress
 from ..shutdown import SignalHandler
 from .cache import FeatureCache, cache_key, write_entry
@@ -317,12 +318,8 @@ def _kill_started(executor: Executor) -> None:
 def _start_failure(e: OSError) -> str:
     """The one-line reason a preparation worker could not start, and what to do about it."""
     why = f"could not start a preparation worker process ({e.strerror or e})"
-    if e.errno == errno.EMFILE:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        return (f"{why}: this process may open at most {soft} files; raise the limit (ulimit -n 4096) "
-                f"and run the command again; the symbols finished so far are committed")
+    if e.errno in (errno.EMFILE, errno.ENFILE):
+        return f"{too_many_open_files(why)}; the symbols finished so far are committed"
     return f"{why}; the symbols finished so far are committed, run the command again"
 
 
@@ -519,6 +516,11 @@ def _prepare(sources: list[Source], features: FeatureConfig, cache: FeatureCache
                     sd = finished(src, out)
                 except DataError as e:
                     failed(e)
+                    continue
+                except OSError as e:  # its file could not be read back (no descriptor left...):
+                    # as a task's error, so that what the others finish is still adopted
+                    fatal = fatal or storage_error(e.filename or cache.root, e, "could not be read") or e
+                    pending.clear()
                     continue
                 if sd is None:
                     recompute.add(src.symbol)

@@ -25,13 +25,16 @@ one process none of this runs: the loss, the order and the files are exactly as 
 
 from __future__ import annotations
 
+import errno
 import functools
+import gc
 import math
 import os
 import signal
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -49,7 +52,7 @@ from ..data import frequency
 from ..data.periods import label_digest, split_dates
 from ..data.prepare import PreparedData
 from ..data.windows import Normalisation, SplitIndex, WindowDataset, collate_batch
-from ..errors import CheckpointError, TrainingDiverged, UserError
+from ..errors import CheckpointError, TrainingDiverged, UserError, WorkerStalled, too_many_open_files
 from ..metrics import point_metrics
 from ..model import IndicatorTransformer
 from ..progress import Progress
@@ -63,6 +66,10 @@ from .sampler import ResumableBatchSampler
 from .schedule import lr_factor, schedule
 
 EVAL_BATCH = 1024
+PREFETCH = 4  # batches each DataLoader worker keeps ready
+# Seconds without a batch from the workers after which the wait ends in WorkerStalled: far above
+# what a batch of windows from memory-mapped arrays takes, even on a loaded machine.
+WORKER_TIMEOUT_S = 300.0
 LOSS_FLUSH_EVERY = 50  # steps between fetching losses from the device (avoids a sync per step)
 
 
@@ -206,7 +213,34 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             # A private generator: creating the iterator must not draw from the global RNG.
             generator=torch.Generator().manual_seed(self.cfg.train.seed),
-            prefetch_factor=4 if nw else None)
+            prefetch_factor=PREFETCH if nw else None,
+            # A way out of every wait on a worker: a batch it cannot hand over is dropped without
+            # a word (see WorkerStalled), and the wait would otherwise never end.
+            timeout=WORKER_TIMEOUT_S if nw else 0)
+
+    def _start(self, loader: DataLoader) -> Iterator[Any]:
+        """The loader's iterator (its worker processes start here); workers that cannot start for
+        lack of descriptors are one error line saying how to raise the limit, not a traceback."""
+        nw = self.cfg.train.num_workers
+        if nw:
+            _check_descriptors_for(nw)
+        hook = sys.unraisablehook
+        try:
+            return iter(loader)
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            # The half-built iterator's __del__ fails on attributes it never set (noise, not
+            # news) when the traceback that holds it goes, at the end of this block or in the
+            # collection below; collected now, it gives back the pipes of the workers it did
+            # start (the failed run's summary needs descriptors too).
+            sys.unraisablehook = lambda _: None
+        try:
+            gc.collect()
+        finally:
+            sys.unraisablehook = hook
+        raise too_many_open_files(f"could not start a DataLoader worker process (--num-workers "
+                                  f"{self.cfg.train.num_workers})")
 
     # ------------------------------------------------------------------ state
     def state_dict(self, *, interrupted: bool) -> dict[str, Any]:
@@ -408,7 +442,7 @@ class Trainer:
         loader = self._loader("train", self.sampler)
         progress = Progress(self.steps_per_epoch, f"epoch {self.epoch}/{t.epochs}", unit="step",
                             stream=self.stream, enabled=self.show_progress, initial=self.step_in_epoch)
-        it = iter(loader)
+        it = self._start(loader)
         samples, tick = 0, time.perf_counter()
         self._train_samples, self._train_seconds = 0, 0.0
         try:
@@ -443,6 +477,11 @@ class Trainer:
                         ckpt.apply_retention(self.models_dir, t.keep, newest=path)
                 if self.stop_agreed():
                     return False
+        except RuntimeError as e:
+            stalled = _stalled(e, t.num_workers)
+            if stalled is None:
+                raise
+            raise stalled from None
         finally:
             self._train_samples, self._train_seconds = samples, time.perf_counter() - tick
             progress.close()
@@ -530,7 +569,7 @@ class Trainer:
         sampler = ResumableBatchSampler(len(ds), EVAL_BATCH, 0, shuffle=False,
                                         rank=self.dist.rank if shard else 0,
                                         world_size=self.dist.world_size if shard else 1)
-        it = iter(self._loader(split, sampler))
+        it = self._start(self._loader(split, sampler))
         rows: list[torch.Tensor] = []  # (n, 2): prediction, target
         try:
             for b, (x, y) in enumerate(it):
@@ -541,6 +580,11 @@ class Trainer:
                     faults.point(f"{split}_batch", b + 1)
                 if self.stop_agreed() if shard else self.handler.should_stop:
                     return None
+        except RuntimeError as e:
+            stalled = _stalled(e, self.cfg.train.num_workers)
+            if stalled is None:
+                raise
+            raise stalled from None
         finally:
             _shutdown_loader(it)
             self.model.train()
@@ -615,6 +659,36 @@ def _interleave(parts: list[torch.Tensor], sampler: ResumableBatchSampler) -> to
             out.append(parts[r][offsets[r]:offsets[r] + n])
             offsets[r] += n
     return torch.cat(out)
+
+
+def _check_descriptors_for(workers: int) -> None:
+    """Refuse to start ``workers`` DataLoader workers that the limit of open files would starve:
+    each batch in flight passes its tensors as descriptors, and one that cannot be passed is
+    dropped, so the training would wait for it for ever. The estimate is generous (a few dozen
+    per worker); the soft limit was raised to the hard one at start, so only a tiny hard limit
+    meets it."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        in_use = len(os.listdir("/dev/fd"))
+    except (ImportError, OSError, ValueError):
+        return
+    need = in_use + 8 + workers * (6 + 4 * PREFETCH)
+    if soft != getattr(resource, "RLIM_INFINITY", -1) and soft < need:
+        raise too_many_open_files(f"starting {workers} DataLoader worker(s) needs about {need} open "
+                                  f"files ({in_use} open now; --num-workers 0 needs none)")
+
+
+def _stalled(e: RuntimeError, workers: int) -> WorkerStalled | None:
+    """The error for a DataLoader's timeout (None for any other RuntimeError)."""
+    if not str(e).startswith("DataLoader timed out"):
+        return None
+    return WorkerStalled(f"no batch came from the DataLoader workers (--num-workers {workers}) for "
+                         f"{WORKER_TIMEOUT_S:.0f}s: one could not be handed over (too few open "
+                         f"files, `ulimit -n`, or a full /dev/shm, e.g. Docker's 64 MB default: "
+                         f"--shm-size). Use --num-workers 0, or fix that, and run the command again "
+                         f"(training continues from the last checkpoint with resume_training.py)")
 
 
 def _shutdown_loader(it: Any) -> None:
