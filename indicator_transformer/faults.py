@@ -15,6 +15,11 @@ the test - then carries on, so the signal lands exactly there. Points:
     before_commit    inside an atomic write, the temporary file complete, before its rename
                      (n = the final file name, e.g. checkpoint_epoch_2_interrupted.pth; "*" = any)
 
+``INDICATOR_TRANSFORMER_TRACE`` names points (comma-separated) at which the program only prints
+``AT <point> <value>`` to stderr and goes on: evidence for a test that another process has reached
+a place where it blocks (``agree``: a rank entering the stop agreement, value ``train:<global
+step>`` or ``<split>:<batch>``).
+
 Under torchrun every rank pauses, unless ``INDICATOR_TRANSFORMER_PAUSE_RANKS`` names the ranks
 (and attempts) that do (see :func:`..training.distributed.pauses_here`): at every point, writes
 included. With the variable unset, :func:`point` costs one dict lookup.
@@ -47,6 +52,14 @@ def _parse(spec: str) -> dict[str, dict[str, int]]:
 
 
 _PAUSES = _parse(os.environ.get(ENV, ""))
+_TRACES = frozenset(filter(None, os.environ.get("INDICATOR_TRANSFORMER_TRACE", "").split(",")))
+
+
+def trace(name: str, value: Any) -> None:
+    """Print ``AT <name> <value>`` when INDICATOR_TRANSFORMER_TRACE names the point (a set lookup
+    otherwise)."""
+    if name in _TRACES:
+        print(f"AT {name} {value}", file=sys.stderr, flush=True)
 _SEEN: dict[tuple[str, str], int] = {}
 
 

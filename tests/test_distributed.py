@@ -294,11 +294,17 @@ def test_a_signal_to_a_rank_blocked_in_the_stop_agreement_stops_every_rank_one_s
     models = tmp_path / "models"
     child = _torchrun(tmp_path, cache_dir, models,
                       env={"INDICATOR_TRANSFORMER_PAUSE_AT": point,
-                           "INDICATOR_TRANSFORMER_PAUSE_TIMEOUT": "3",
-                           "INDICATOR_TRANSFORMER_PAUSE_RANKS": str(paused)})
+                           # the pause ends by itself (the signal goes to the other rank)
+                           "INDICATOR_TRANSFORMER_PAUSE_TIMEOUT": "10",
+                           "INDICATOR_TRANSFORMER_PAUSE_RANKS": str(paused),
+                           "INDICATOR_TRANSFORMER_TRACE": "agree"})
     _wait_paused(child, 1)
     family = _family(child.proc)
-    time.sleep(0.5)  # the other rank is inside the agreement's all-reduce by now
+    # Evidence, not a sleep: the other rank says it enters the agreement of the paused place,
+    # where it blocks until the paused rank joins.
+    name, _, value = point.partition(":")
+    place = f"AT agree {'train' if name == 'train_step' else name.removesuffix('_batch')}:{value}"
+    _wait_until(lambda: any(f"{signalled}]:" in line and line.endswith(place) for line in list(child.lines)))
     _workers(child.proc)[signalled].send_signal(signal.SIGTERM)
     child.finish(timeout=120)
     _wait_until(lambda: not pids_alive(family), 30)

@@ -475,7 +475,7 @@ class Trainer:
                                       interrupted=False)
                     if self.dist.is_main:
                         ckpt.apply_retention(self.models_dir, t.keep, newest=path)
-                if self.stop_agreed():
+                if self.stop_agreed(f"train:{self.global_step}"):
                     return False
         except RuntimeError as e:
             stalled = _stalled(e, t.num_workers)
@@ -506,12 +506,14 @@ class Trainer:
         size = self.sampler.global_size(b)
         return sq * self.sampler.loss_scale(b), sq.detach() / size
 
-    def stop_agreed(self) -> bool:
+    def stop_agreed(self, at: str = "epoch") -> bool:
         """Whether to stop now. Under torchrun the ranks all-reduce the MAX of their recorded
         signal numbers, so all stop at the same step with the same exit code; a rank that got no
-        signal itself adopts the agreed one (never inside the signal handler: see shutdown.py)."""
+        signal itself adopts the agreed one (never inside the signal handler: see shutdown.py).
+        ``at`` names the place for the ``agree`` trace point (faults.py)."""
         if not self.dist.enabled:
             return self.handler.should_stop
+        faults.trace("agree", at)
         return self.handler.agree(distributed.agree_stop(self.handler.pending_signal))
 
     def _recent_loss(self, loss: torch.Tensor) -> float:
@@ -578,7 +580,7 @@ class Trainer:
                     rows.append(torch.stack([pred, y.float()], dim=1))
                 if self._pauses:
                     faults.point(f"{split}_batch", b + 1)
-                if self.stop_agreed() if shard else self.handler.should_stop:
+                if self.stop_agreed(f"{split}:{b + 1}") if shard else self.handler.should_stop:
                     return None
         except RuntimeError as e:
             stalled = _stalled(e, self.cfg.train.num_workers)
