@@ -70,7 +70,7 @@ def _talib_calls(names: list[str]) -> list[Call]:
     import talib
 
     from indicator_transformer.data.features import registry
-    from indicator_transformer.data.sources import synthetic_symbol
+    from indicator_transformer.data.synthetic import synthetic_symbol
 
     x = synthetic_symbol(1, 0, 0, 300)
     columns = {id(getattr(x, c)): c for c in ("open", "high", "low", "close", "volume")}
@@ -132,7 +132,7 @@ def _child(args: argparse.Namespace) -> None:
 def _generate(data_dir: Path, symbols: int, bars: int, seed: int) -> None:
     import pandas as pd
 
-    from indicator_transformer.data.sources import synthetic_symbol
+    from indicator_transformer.data.synthetic import synthetic_symbol
 
     data_dir.mkdir(parents=True)
     for i in range(symbols):

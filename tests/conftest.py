@@ -23,7 +23,8 @@ import pytest
 from hypothesis import settings
 
 from indicator_transformer.config import FeatureConfig
-from indicator_transformer.data.sources import OHLCV, synthetic_symbol
+from indicator_transformer.data.ohlcv import OHLCV
+from indicator_transformer.data.synthetic import synthetic_symbol
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

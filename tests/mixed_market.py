@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from indicator_transformer.data.sources import SYNTHETIC_VERSION, synthetic_symbol
+from indicator_transformer.data.synthetic import SYNTHETIC_VERSION, synthetic_symbol
 
 HOUR = np.timedelta64(1, "h")
 

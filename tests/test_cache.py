@@ -18,7 +18,8 @@ from indicator_transformer.config import FeatureConfig
 from indicator_transformer.data.cache import MANIFEST, CacheWarning, FeatureCache, cache_key, manifest_bytes
 from indicator_transformer.data.features import compute_features
 from indicator_transformer.data.prepare import feature_settings, prepare
-from indicator_transformer.data.sources import Source, synthetic_sources, synthetic_symbol
+from indicator_transformer.data.sources import Source, synthetic_sources
+from indicator_transformer.data.synthetic import synthetic_symbol
 from indicator_transformer.errors import UserError
 
 NAMES = list(FeatureConfig().features)

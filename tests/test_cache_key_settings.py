@@ -14,7 +14,7 @@ from conftest import ohlcv_frame
 
 from indicator_transformer.config import DataConfig, FeatureConfig
 from indicator_transformer.data.prepare import expected_keys
-from indicator_transformer.data.sources import synthetic_symbol
+from indicator_transformer.data.synthetic import synthetic_symbol
 
 
 class Setting(NamedTuple):

@@ -24,7 +24,7 @@ from indicator_transformer.data.features import (
     warmup_bars,
 )
 from indicator_transformer.data.prepare import expected_keys
-from indicator_transformer.data.sources import synthetic_symbol
+from indicator_transformer.data.synthetic import synthetic_symbol
 
 RSI7 = {"name": "rsi_7", "fn": "RSI", "params": {"timeperiod": 7}, "inputs": ["close"], "transform": "osc100"}
 DECLARED = [

@@ -169,7 +169,7 @@ def test_evaluate_on_data_outside_a_date_cut_checkpoints_splits_is_refused_namin
     import pandas as pd
     from conftest import write_symbol_csv
 
-    from indicator_transformer.data.sources import synthetic_symbol
+    from indicator_transformer.data.synthetic import synthetic_symbol
 
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, *args], cwd=tmp_path, capture_output=True, text=True,

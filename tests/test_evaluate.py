@@ -15,7 +15,7 @@ from conftest import child_env, default_sigint, write_symbol_csv
 from trainproc import Child, pause_env
 
 from indicator_transformer.atomic import atomic_write_json
-from indicator_transformer.data.sources import synthetic_symbol
+from indicator_transformer.data.synthetic import synthetic_symbol
 from indicator_transformer.errors import UserError
 from indicator_transformer.evaluate import check_out
 from indicator_transformer.integrity import check_json, seal_json

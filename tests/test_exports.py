@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest import REPO_ROOT, child_env, default_sigint, write_symbol_csv
 
-from indicator_transformer.data.sources import synthetic_symbol
+from indicator_transformer.data.synthetic import synthetic_symbol
 
 HOUR = 3_600 * 10**9
 DAY = 24 * HOUR

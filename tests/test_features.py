@@ -17,7 +17,8 @@ from indicator_transformer.data.features import (
     forward_return,
     warmup_bars,
 )
-from indicator_transformer.data.sources import OHLCV, synthetic_symbol
+from indicator_transformer.data.ohlcv import OHLCV
+from indicator_transformer.data.synthetic import synthetic_symbol
 from indicator_transformer.errors import UserError
 
 ALL = list(FEATURES)

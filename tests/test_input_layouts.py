@@ -19,9 +19,11 @@ from conftest import REPO_ROOT, ohlcv_frame
 from indicator_transformer.config import DataConfig, FeatureConfig
 from indicator_transformer.data.cache import FeatureCache
 from indicator_transformer.data.folder import discover_files
+from indicator_transformer.data.ohlcv import DataNote
 from indicator_transformer.data.panel import data_file_sources
 from indicator_transformer.data.prepare import expected_keys, prepare, resolve_sources
-from indicator_transformer.data.sources import DataNote, load_ohlcv_file, synthetic_symbol
+from indicator_transformer.data.sources import load_ohlcv_file
+from indicator_transformer.data.synthetic import synthetic_symbol
 from indicator_transformer.errors import DataError, DataErrors, UserError
 
 TINY = ["--epochs", "1", "--window", "8", "--batch-size", "64", "--d-model", "8", "--heads", "2",

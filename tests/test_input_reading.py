@@ -11,8 +11,10 @@ import pytest
 from conftest import ohlcv_frame
 
 from indicator_transformer.data.folder import discover_files
+from indicator_transformer.data.ohlcv import DataNote
 from indicator_transformer.data.panel import data_file_sources
-from indicator_transformer.data.sources import DataNote, load_ohlcv_file, synthetic_symbol
+from indicator_transformer.data.sources import load_ohlcv_file
+from indicator_transformer.data.synthetic import synthetic_symbol
 from indicator_transformer.errors import DataError, UserError
 
 

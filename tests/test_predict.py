@@ -76,7 +76,7 @@ def test_predictions_use_each_symbols_own_scale_and_name_the_symbols_on_the_pool
         real_run: Path, tmp_path: Path) -> None:
     from conftest import write_symbol_csv
 
-    from indicator_transformer.data.sources import synthetic_symbol
+    from indicator_transformer.data.synthetic import synthetic_symbol
 
     # SYN000 as a file (the very bars it was trained on) beside a symbol the checkpoint never saw.
     data = tmp_path / "data"
@@ -99,7 +99,7 @@ def test_latest_bars_of_different_times_are_ranked_together_with_a_warning(real_
                                                                            tmp_path: Path) -> None:
     from conftest import write_symbol_csv
 
-    from indicator_transformer.data.sources import synthetic_symbol
+    from indicator_transformer.data.synthetic import synthetic_symbol
 
     data = tmp_path / "data"
     for i, bars in enumerate((600, 580, 560)):  # three symbols whose data end on different days

@@ -20,13 +20,10 @@ from conftest import ohlcv_frame
 from indicator_transformer.config import DataConfig, FeatureConfig
 from indicator_transformer.data.cache import MANIFEST, FeatureCache
 from indicator_transformer.data.folder import discover_files
+from indicator_transformer.data.ohlcv import DataNote
 from indicator_transformer.data.prepare import prepare, resolve_sources
-from indicator_transformer.data.sources import (
-    DataNote,
-    Source,
-    synthetic_sources,
-    synthetic_symbol,
-)
+from indicator_transformer.data.sources import Source, synthetic_sources
+from indicator_transformer.data.synthetic import synthetic_symbol
 from indicator_transformer.errors import EXIT_USAGE, DataError, DataErrors
 from indicator_transformer.shutdown import SignalHandler
 

@@ -10,12 +10,8 @@ import pandas as pd
 import pytest
 
 from indicator_transformer.data.folder import discover_files
-from indicator_transformer.data.sources import (
-    Source,
-    load_ohlcv_file,
-    synthetic_sources,
-    synthetic_symbol,
-)
+from indicator_transformer.data.sources import Source, load_ohlcv_file, synthetic_sources
+from indicator_transformer.data.synthetic import synthetic_symbol
 from indicator_transformer.errors import DataError, UserError
 
 HEADER = "date,open,high,low,close,volume"
@@ -347,7 +343,8 @@ def test_synthetic_returns_show_volatility_clustering():
 def test_a_megabyte_garbage_line_is_refused_with_a_short_message(tmp_path) -> None:
     from conftest import write_symbol_csv
 
-    from indicator_transformer.data.sources import load_ohlcv_file, synthetic_symbol
+    from indicator_transformer.data.sources import load_ohlcv_file
+    from indicator_transformer.data.synthetic import synthetic_symbol
     from indicator_transformer.errors import DataError
 
     path = write_symbol_csv(tmp_path / "A.csv", synthetic_symbol(1, 3, 0, 300))

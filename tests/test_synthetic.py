@@ -17,8 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from indicator_transformer.data import sources
-from indicator_transformer.data.sources import OHLCV, synthetic_sources, synthetic_symbol
+from indicator_transformer.data import synthetic
+from indicator_transformer.data.ohlcv import OHLCV
+from indicator_transformer.data.sources import synthetic_sources
+from indicator_transformer.data.synthetic import synthetic_symbol
 
 
 def reference_synthetic_symbol(seed: int, index: int, bars: int) -> OHLCV:
@@ -100,9 +102,9 @@ def test_a_long_market_of_many_symbols_is_bit_identical_to_the_reference():
 @pytest.mark.parametrize("index", [0, 5, 16, 40, 200])
 def test_a_symbols_returns_do_not_depend_on_which_symbols_are_generated_with_it(index):
     bars = 400
-    alone = sources._generate_block(9, bars, index, 1).returns[:, 0]
+    alone = synthetic._generate_block(9, bars, index, 1).returns[:, 0]
     for first, width in [(index - index % 16, 16), (max(0, index - 3), 7), (0, 256)]:
-        block = sources._generate_block(9, bars, first, width)
+        block = synthetic._generate_block(9, bars, first, width)
         assert block.returns[:, index - first].tobytes() == alone.tobytes(), (first, width)
 
 
@@ -123,13 +125,13 @@ def test_symbols_loaded_from_many_threads_in_any_order_match_the_reference():
 def test_the_generator_keeps_no_block_once_every_symbol_of_it_was_taken():
     for index in range(16):
         synthetic_symbol(1, 31, index, 200)
-    assert not [key for key in sources._memo if key[:2] == (31, 200)]
+    assert not [key for key in synthetic._memo if key[:2] == (31, 200)]
 
 
 def test_the_generator_keeps_at_most_a_few_blocks_however_many_markets_are_asked_for():
     for seed in range(100, 110):
         synthetic_symbol(1, seed, 0, 50)  # one symbol of each: its block stays until evicted
-    assert len(sources._memo) <= sources._BLOCKS_KEPT
+    assert len(synthetic._memo) <= synthetic._BLOCKS_KEPT
 
 
 def _generate_in_child() -> None:
@@ -139,7 +141,7 @@ def _generate_in_child() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="no fork on this platform")
 def test_a_process_forked_while_the_generator_is_locked_still_generates_symbols():
-    with sources._memo_lock:  # as if a preparing thread were inside it at the moment of the fork
+    with synthetic._memo_lock:  # as if a preparing thread were inside it at the moment of the fork
         child = multiprocessing.get_context("fork").Process(target=_generate_in_child)
         child.start()
     child.join(20)
@@ -152,9 +154,9 @@ def test_a_process_forked_while_the_generator_is_locked_still_generates_symbols(
 def test_blocks_are_narrower_for_long_series_so_one_block_stays_within_its_memory_bound():
     for bars in (1, 2500, 5000, 100_000, 3_000_000):
         for index in (0, 20, 300, 5000):
-            first, width = sources._block_span(index, bars)
+            first, width = synthetic._block_span(index, bars)
             assert first <= index < first + width
-            assert width * bars <= max(bars, sources._BLOCK_ELEMENTS)
+            assert width * bars <= max(bars, synthetic._BLOCK_ELEMENTS)
 
 
 def test_each_synthetic_symbol_owns_its_arrays():
@@ -176,5 +178,5 @@ def test_squares_are_computed_exactly_as_the_scalar_power_even_next_to_a_roundin
     for x in (ties, -ties, near, spread, special):
         with np.errstate(over="ignore", invalid="ignore"):  # 1e200 ** 2 overflows, as it should
             want = np.array([v ** 2 for v in x])  # NumPy float64 scalars: the operation version 1 did
-            got = sources._pow2(x.copy())
+            got = synthetic._pow2(x.copy())
         assert got.tobytes() == want.tobytes()

@@ -210,7 +210,7 @@ def test_a_dry_run_right_after_preparing_two_files_with_identical_bytes_is_clean
     from conftest import write_symbol_csv
 
     from indicator_transformer.data.folder import discover_files
-    from indicator_transformer.data.sources import synthetic_symbol
+    from indicator_transformer.data.synthetic import synthetic_symbol
 
     data = tmp_path / "data"
     write_symbol_csv(data / "A.csv", synthetic_symbol(1, 3, 0, 300))

@@ -76,7 +76,8 @@ from ..folder_lock import CacheInUse, hold_cache
 from ..integrity import json_digest
 from .features import FEATURE_CODE_VERSION, FeatureSet
 from .mapping import map_readonly
-from .sources import RawInput, Source, stat_signature
+from .ohlcv import RawInput, stat_signature
+from .sources import Source
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"

@@ -32,7 +32,8 @@ import talib
 import talib.abstract
 
 from ..errors import ConfigError, UserError
-from .sources import OHLCV, synthetic_symbol
+from .ohlcv import OHLCV
+from .synthetic import synthetic_symbol
 
 FEATURE_CODE_VERSION = 1
 

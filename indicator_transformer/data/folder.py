@@ -9,8 +9,9 @@ import warnings
 from pathlib import Path
 
 from ..errors import UserError
+from .ohlcv import DataNote
 from .panel import data_dir_sources, partition_symbol
-from .sources import SUPPORTED_SUFFIXES, DataNote, Source
+from .sources import SUPPORTED_SUFFIXES, Source
 
 _SUBFOLDER_RULE = ("--data-dir reads the files directly inside it; symbol=X partition folders are read too")
 

@@ -27,13 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, UserError
+from .ohlcv import OHLCV, DataNote
 from .sources import (
     _ACCEPTED,
-    OHLCV,
     OHLCV_COLUMNS,
     SUPPORTED_SUFFIXES,
     SYMBOL_NAMES,
-    DataNote,
     Source,
     _assemble,
     csv_file_rows,
@@ -45,10 +44,9 @@ from .sources import (
     read_frame,
     read_input_bytes,
     select_columns,
-    time_column,
-    time_values,
     value_columns,
 )
+from .timeparse import time_column, time_values
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _VALUE_SOURCES = ("open", "high", "low", "close", "volume", "adj_close")

@@ -51,8 +51,9 @@ from ..shutdown import SignalHandler
 from .cache import FeatureCache, cache_key, write_entry
 from .features import compute_features, required_columns, warmup_bars
 from .folder import discover_files
+from .ohlcv import OHLCV, DataNote, RawInput
 from .panel import data_file_sources
-from .sources import OHLCV, DataNote, RawInput, Source, synthetic_sources
+from .sources import Source, synthetic_sources
 
 
 @dataclass(frozen=True)

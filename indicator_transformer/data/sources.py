@@ -1,7 +1,8 @@
-"""OHLCV inputs: the types a source yields (``Source``, ``RawInput``, ``OHLCV``), the reader of one
-file per symbol, and the built-in synthetic market. Panel files holding many symbols are read by
-:mod:`.panel` and a folder of files is listed by :mod:`.folder`; both build on this module, which
-imports neither.
+"""The reader of one OHLCV file per symbol (CSV or Parquet: its columns, values and validation) and
+``Source``, where one symbol's bars come from: such a file, a panel's symbol or the synthetic
+market. It builds on the types a source yields (:mod:`.ohlcv`), the date parsing (:mod:`.timeparse`)
+and the market's generator (:mod:`.synthetic`); panel files holding many symbols are read by
+:mod:`.panel` and a folder of files is listed by :mod:`.folder`, which build on this module.
 
 Every input is validated before anything is computed from it; a bad file raises
 :class:`DataError` naming the file, the row (1-based data row, header excluded) or column, and
@@ -12,16 +13,12 @@ others are not parsed and are NaN in the bars, so no feature can ever read them.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import io
 import json
-import math
 import os
 import re
 import stat
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +26,10 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import DataError, UserError
+from ..errors import DataError
+from .ohlcv import OHLCV, RawInput, sha256_file, stat_signature
+from .synthetic import SYNTHETIC_VERSION, synthetic_symbol
+from .timeparse import checked_times, time_column
 
 
 class PanelSymbols(Protocol):
@@ -41,7 +41,6 @@ class PanelSymbols(Protocol):
     def bars(self, symbol: str, *, use_adj_close: bool, required: Iterable[str] | None) -> OHLCV: ...
 
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".pq")
-SYNTHETIC_VERSION = 1
 
 # Lower-cased, stripped column name -> canonical name. "adj close" is handled separately.
 _ALIASES = {
@@ -61,57 +60,9 @@ SYMBOL_NAMES = ("symbol", "ticker", "instrument", "asset", "code")
 Locate = Callable[[int], tuple[object, int]]
 
 
-class DataNote(UserWarning):
-    """Something about the inputs the user should know that is not an error (ignored files, a file
-    read as a panel of several symbols, a constant volume)."""
 # The strings pandas.read_csv reads as missing by default; the pyarrow fast path uses the same.
 _PANDAS_NA_STRINGS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
                       "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class OHLCV:
-    """One symbol's validated bars. ``time`` is int64 nanoseconds since the epoch."""
-
-    symbol: str
-    time: np.ndarray
-    open: np.ndarray
-    high: np.ndarray
-    low: np.ndarray
-    close: np.ndarray
-    volume: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.close)
-
-
-@dataclass(frozen=True)
-class RawInput:
-    """One read of an input: the exact bytes that are parsed and the sha256 of those same bytes.
-
-    Hashing and parsing one in-memory copy means the identity (and so the cache key) always
-    describes what was computed, even if the file changes on disk between two reads.
-    ``signature`` is the file's stat signature taken before reading (None for a synthetic input).
-    """
-
-    sha256: str
-    data: bytes | None = None
-    path: str | None = None
-    signature: dict[str, int] | None = None
-
-
-def stat_signature(st: os.stat_result) -> dict[str, int]:
-    """(size, mtime_ns, ctime_ns, inode) of a stat result: any write to the file changes it."""
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
 
 
 @dataclass(frozen=True)
@@ -452,229 +403,6 @@ def _numeric(path: Path, series, name: str, *, text: bool) -> np.ndarray:
     return values
 
 
-# datetime64[ns] covers 1677-09-21 00:12:43.145224192 to 2262-04-11 23:47:16.854775807.
-_NS_MIN, _NS_MAX = np.iinfo(np.int64).min + 1, np.iinfo(np.int64).max  # int64 min is NaT
-SUPPORTED_TIME_RANGE = "1677-09-22 to 2262-04-11"
-_EXPECTED_TIME = "expected a date such as 2024-01-31 or 2024-01-31 09:30:00"
-
-
-# A date written A<sep>B<sep>year (01/02/2024, 1.2.2024, 01-02-24): A and B are a day and a month in
-# an order only the whole column can tell. Anything may follow after a space or a T (a time of day).
-_AB_DATE = re.compile(r"^(\d{1,2})([/.\-])(\d{1,2})\2(\d{4}|\d{2})(?=$|[ T])")
-_ISO_DATE = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}(?=$|[ T])")
-# A time zone at the end of a date/time text: Z, +02:00, -0500 (the sign is never part of a date).
-_ZONE_SUFFIX = r"(?:\d(?:Z|z)|[+-]\d{2}:?\d{2})$"
-# Tried on the first value when pandas cannot infer its format (spreadsheet dates such as 02-Jan-24).
-_MORE_FORMATS = ("%d-%b-%y", "%d-%b-%Y", "%d %b %y", "%d %b %Y", "%b %d, %Y", "%b %d %Y", "%d/%b/%Y",
-                 "%d-%B-%Y", "%d %B %Y", "%B %d, %Y")
-_FORMAT_WORDS = (("%Y", "YYYY"), ("%y", "YY"), ("%m", "MM"), ("%d", "DD"), ("%H", "hh"), ("%I", "hh"),
-                 ("%M", "mm"), ("%S", "ss"), ("%f", "ffffff"), ("%z", "+hh:mm"), ("%p", "AM/PM"),
-                 ("%b", "Mon"), ("%B", "Month"), ("%a", "Day"), ("%A", "Day"))
-
-
-@dataclass(frozen=True)
-class TimeFormat:
-    """The one format of a column of date/time texts, decided from the whole column (never cell by
-    cell: a per-cell guess reads 01/02/2015 as January 2nd in one row and 13/02/2015 as February
-    13th in the next). ``fmt``: a strftime format, "ISO8601", or None when none was recognised."""
-
-    fmt: str | None
-    example: str
-
-    def describe(self) -> str:
-        """The format as a reader would write it: DD/MM/YYYY, ISO 8601 (YYYY-MM-DD ...)."""
-        if self.fmt == "ISO8601":
-            return "ISO 8601 (YYYY-MM-DD or YYYY-MM-DD hh:mm:ss)"
-        text = self.fmt or "?"
-        for code, word in _FORMAT_WORDS:
-            text = text.replace(code, word)
-        return text
-
-
-def _first_matching_format(value: str) -> str | None:
-    """A format of _MORE_FORMATS that reads ``value`` exactly, or None."""
-    from datetime import datetime
-
-    for fmt in _MORE_FORMATS:
-        try:
-            datetime.strptime(value, fmt)
-        except ValueError:
-            continue
-        return fmt
-    return None
-
-
-def time_format(texts) -> tuple[TimeFormat, str | None]:
-    """The format of a column of stripped, non-empty date/time texts (a pandas Series of str), and a
-    problem with the whole column or None.
-
-    ISO dates (YYYY-MM-DD, with or without a time and zone) are read as ISO 8601. A/B/YYYY dates
-    (separator / . or -) are day-first when some A is above 12, month-first when some B is; when
-    every A and B is 12 or less the order cannot be told and the column is refused (guessing
-    month-first silently turned monthly dd/mm/yyyy files into consecutive days). Anything else takes
-    the format pandas infers from the first value.
-    """
-    from pandas.tseries.api import guess_datetime_format
-
-    first = str(texts.iloc[0])
-    if _ISO_DATE.match(first):
-        return TimeFormat("ISO8601", first), None
-    m = _AB_DATE.match(first)
-    if m is None:
-        return TimeFormat(guess_datetime_format(first) or _first_matching_format(first), first), None
-    parts = texts.str.extract(_AB_DATE.pattern)
-    a = parts[0].astype(float).to_numpy()
-    b = parts[2].astype(float).to_numpy()
-    day_a = np.flatnonzero(a > 12)   # NaN (a row in another layout) compares False
-    day_b = np.flatnonzero(b > 12)
-    if not day_a.size and not day_b.size:
-        # Show a date whose two readings differ (01/02/2015), not one that reads the same (01/01/2015).
-        differ = np.flatnonzero(a != b)
-        shown = str(texts.iloc[int(differ[0])]) if differ.size else first
-        x, y = _AB_DATE.match(shown).group(1, 3)  # type: ignore[union-attr]
-        first = shown
-        return TimeFormat(None, first), (
-            f"the day/month order of the dates is ambiguous: in every date the first and second numbers "
-            f"are 12 or less, so {first!r} could be day {int(x)} of month {int(y)} or day {int(y)} of month "
-            f"{int(x)} (write dates as YYYY-MM-DD (ISO 8601))")
-    # The order that the first telling row shows; a row showing the other order then does not fit.
-    day_first = bool(day_a.size) and (not day_b.size or day_a[0] < day_b[0])
-    example = str(texts.iloc[int(day_a[0] if day_first else day_b[0])])
-    sep, year = m.group(2), "%Y" if len(m.group(4)) == 4 else "%y"
-    date_fmt = f"%d{sep}%m{sep}{year}" if day_first else f"%m{sep}%d{sep}{year}"
-    rest = first[m.end():]
-    if not rest:
-        return TimeFormat(date_fmt, example), None
-    # The time of day's format, read from the same text behind an ISO date.
-    tail = guess_datetime_format("2000-01-01" + rest)
-    if tail is None or not tail.startswith("%Y-%m-%d"):
-        return TimeFormat(None, first), None
-    return TimeFormat(date_fmt + tail[len("%Y-%m-%d"):], example), None
-
-
-def _parse_text_times(texts, ) -> tuple[object, TimeFormat | None, str | None]:
-    """Stripped date/time texts (a Series of str) parsed with the column's one format:
-    (datetimes in UTC, NaT where a text does not fit; the format; a problem with the column)."""
-    import pandas as pd
-
-    present = texts != ""
-    if not present.any():
-        return pd.to_datetime(texts.where(present), utc=True), None, None
-    form, problem = time_format(texts[present])
-    if problem or form.fmt is None:
-        return pd.Series(pd.NaT, index=texts.index, dtype="datetime64[us, UTC]"), form, problem
-    parsed = pd.to_datetime(texts.where(present), format=form.fmt, errors="coerce", utc=True)
-    # One column, one kind of time: with utc=True pandas would read the naive texts among zoned
-    # ones (or the other way round) as UTC, silently shifting them by the zone's offset. Texts of
-    # the other kind than the column's first do not fit its format (named row by row).
-    zoned = texts.str.contains(_ZONE_SUFFIX) & present
-    if zoned.any() and not zoned[present].all():
-        parsed = parsed.where(zoned == bool(zoned[present].iloc[0]))
-    return parsed, form, None
-
-
-def _parse_times(series) -> tuple[object, TimeFormat | None, str | None]:
-    """A non-numeric date/time column as UTC datetimes (NaT: missing or not parsed), the format its
-    texts were read with, and a problem with the whole column or None."""
-    import pandas as pd
-
-    if pd.api.types.is_datetime64_any_dtype(series.dtype):
-        return pd.to_datetime(series, utc=True), None, None
-    if series.dtype == object:
-        is_text = np.fromiter((isinstance(v, str) for v in series), bool, len(series))
-    else:  # a string dtype: every present value is text
-        is_text = series.notna().to_numpy()
-    others = series[~is_text & series.notna().to_numpy()]
-    if not others.size:  # the usual case: texts only (or missing cells)
-        keep = pd.Series(is_text, index=series.index)
-        texts = series.astype(object).where(keep, "").astype(str).str.strip()
-        return _parse_text_times(texts)
-    # Typed values (a Parquet object column of dates) need no format; texts among them still get one.
-    try:
-        typed = pd.to_datetime(others, errors="coerce", utc=True).astype("datetime64[us, UTC]")
-    except (ValueError, TypeError, OverflowError):
-        typed = pd.Series(pd.NaT, index=others.index, dtype="datetime64[us, UTC]")
-    texts = series[is_text].astype(str).str.strip()
-    parsed, form, problem = _parse_text_times(texts) if texts.size else (typed.iloc[:0], None, None)
-    out = pd.Series(pd.NaT, index=series.index, dtype="datetime64[us, UTC]")
-    out[typed.index] = typed
-    if texts.size:
-        out[parsed.index] = parsed.astype("datetime64[us, UTC]")
-    return out, form, problem
-
-
-def time_values(series) -> tuple[np.ndarray, np.ndarray | None, Callable[[int], str] | None, str | None]:
-    """A date/time column as int64 UTC nanoseconds: (values, mask of bad cells or None, the
-    message for bad cell i, a problem with the whole column or None). A bad cell is missing,
-    does not fit the column's one format (see :func:`time_format`), or is outside the nanosecond
-    range (a plain ``astype`` would silently wrap 9999-12-31 around to a date in 1816)."""
-    import pandas as pd
-
-    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-        return np.empty(0, np.int64), None, None, ("numeric values in the date/time column (expected "
-                                                   "dates such as 2024-01-31 or 2024-01-31 09:30:00)")
-    parsed, form, problem = _parse_times(series)
-    if problem:
-        return np.empty(0, np.int64), None, None, problem
-    missing = parsed.isna().to_numpy()
-    values = parsed.dt.tz_localize(None).to_numpy()
-    unit, count = np.datetime_data(values.dtype)
-    per_ns = int(np.timedelta64(count, unit) // np.timedelta64(1, "ns"))
-    ticks = values.view(np.int64)
-    lo, hi = -(-_NS_MIN // per_ns), _NS_MAX // per_ns  # ceil, floor: in range after the scaling
-    outside = ~missing & ((ticks < lo) | (ticks > hi))
-    bad = missing | outside
-    ns = np.where(bad, 0, ticks) * per_ns
-
-    def explain(i: int) -> str:
-        if outside[i]:
-            # The same text whichever reader parsed it (and so whatever datetime64 unit it chose).
-            shown = np.datetime_as_string(values[i].astype("datetime64[s]")).removesuffix("T00:00:00")
-            return (f"timestamp {shown} is outside the supported range {SUPPORTED_TIME_RANGE} (times are "
-                    f"stored as int64 nanoseconds)")
-        value = series.iloc[i]
-        if pd.isna(value) or (isinstance(value, str) and not value.strip()):
-            return f"missing date/time ({_EXPECTED_TIME})"
-        if form is None or form.fmt is None or not isinstance(value, str):
-            return f"unparseable date/time {value!r} ({_EXPECTED_TIME})"
-        if bool(re.search(_ZONE_SUFFIX, value.strip())) != bool(re.search(_ZONE_SUFFIX, form.example)):
-            return (f"date/time {value!r} {'has' if re.search(_ZONE_SUFFIX, value.strip()) else 'lacks'} a "
-                    f"time zone, unlike the column's first time {form.example!r} (a column mixing times "
-                    f"with and without a zone cannot be put on one clock)")
-        return (f"unparseable date/time {value!r} (expected the column's one format {form.describe()}, as in "
-                f"{form.example!r}; best write dates as YYYY-MM-DD (ISO 8601))")
-
-    return ns, (bad if bad.any() else None), explain, None
-
-
-def time_column(df, cols: dict[str, object]) -> tuple[object, str]:
-    """The series of times and its name for messages: the time column, or a Date and a Time
-    column joined as ``'2024-01-31 09:30:00'`` (a missing part leaves the time missing)."""
-    import pandas as pd
-
-    if "time_of_day" not in cols:
-        return df[cols["time"]], str(cols["time"])
-
-    def text(s):
-        if pd.api.types.is_datetime64_any_dtype(s):
-            return s.dt.strftime("%Y-%m-%d")
-        return s.astype("string").str.strip()
-
-    joined = text(df[cols["time"]]) + " " + text(df[cols["time_of_day"]])
-    return joined.astype(object), f"{cols['time']}+{cols['time_of_day']}"
-
-
-def _times(path: Path, series, name: str) -> np.ndarray:
-    values, bad, explain, problem = time_values(series)
-    if problem:
-        raise DataError(path, problem, column=name)
-    if bad is not None:
-        assert explain is not None
-        i = int(np.argmax(bad))
-        raise DataError(path, explain(i), row=i + 1, column=name)
-    return values
-
-
 def load_ohlcv_file(path: str | Path, *, use_adj_close: bool = False, data: bytes | None = None,
                     fast: bool = True, required: Iterable[str] | None = None) -> OHLCV:
     """Read one CSV/Parquet OHLCV file and validate it.
@@ -716,7 +444,7 @@ def _parse_frame(path: Path, df, use_adj_close: bool, need: tuple[str, ...]) -> 
     mapping = map_columns(path, columns, index_time=index_time)
     cols = select_columns(path, mapping, columns, use_adj_close, need)
     series, name = time_column(df, cols)
-    t = _times(path, series, name)
+    t = checked_times(path, series, name)
     text = path.suffix.lower() == ".csv"
     arrays = {c: _numeric(path, df[cols[c]], str(cols[c]), text=text) for c in value_columns(cols, need)}
     return _assemble(path, t, arrays, dict(cols, time=name))
@@ -874,220 +602,3 @@ def synthetic_sources(symbols: int, bars: int, seed: int) -> list[Source]:
     return [Source(symbol=f"SYN{i:0{width}d}",
                    synthetic={"version": SYNTHETIC_VERSION, "seed": seed, "index": i, "bars": bars})
             for i in range(symbols)]
-
-
-def _market_factor(seed: int, bars: int) -> np.ndarray:
-    rng = np.random.default_rng([seed, 999_983])
-    return rng.standard_normal(bars)
-
-
-# The recursion below is sequential in time but independent across symbols, and each symbol draws
-# only from its own generator (default_rng([seed, index])). So a block of neighbouring symbols is
-# generated together, one loop over bars on vectors of symbols, and every symbol's values are the
-# same whichever block (or none) it is generated in. Every operation is the element-wise IEEE one
-# the per-symbol loop of version 1 did, in the same order (its scalar ``** 2`` is libm's pow: see
-# _pow2), so the output is bit-identical to it and SYNTHETIC_VERSION stays 1.
-_FIRST_BLOCK = 16           # symbols 0-15 form the first block (the default market has 16)
-_BLOCK_SYMBOLS = 256        # at most this many symbols per block: per-bar cost is per block, not per symbol
-_BLOCK_ELEMENTS = 1 << 21   # at most this many symbol-bars per block array (16 MiB), so memory is bounded
-_BLOCKS_KEPT = 3            # generated blocks kept for the symbols still to be asked for (prepare's threads)
-_POW_TOLERANCE = 1 / 32     # ULPs: how close to a rounding tie libm's pow(x, 2) may differ from x * x
-
-
-@dataclass(frozen=True)
-class _Block:
-    """The per-bar recursion of the symbols ``first .. first + width - 1`` of one market."""
-
-    first: int
-    returns: np.ndarray          # (bars, width): the daily log returns, one column per symbol
-    base_vol: tuple[float, ...]  # each symbol's base volatility
-    states: tuple[dict, ...]     # each symbol's generator state after the recursion's draws
-
-
-class _Slot:
-    """One memo entry: generated once, by the first thread that asks (the others wait for it),
-    and dropped once each of its symbols has been taken."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.block: _Block | None = None
-        self.taken: set[int] = set()
-
-
-_memo: OrderedDict[tuple[int, int, int, int], _Slot] = OrderedDict()
-_memo_lock = threading.Lock()
-
-
-def _forget_blocks() -> None:
-    # A child forked while another thread held a lock would wait on it forever: start afresh.
-    global _memo, _memo_lock
-    _memo, _memo_lock = OrderedDict(), threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_blocks)
-
-
-def _block_span(index: int, bars: int) -> tuple[int, int]:
-    """(first, width) of the block holding symbol ``index``: symbols 0-15 together, then blocks
-    that double (16-31, 32-63, ...) up to _BLOCK_SYMBOLS, so a small market computes no symbols
-    it does not have and a large one few blocks; narrower for long series (memory)."""
-    cap = max(1, min(_BLOCK_SYMBOLS, _BLOCK_ELEMENTS // max(1, bars)))
-    widest = 1 << (cap.bit_length() - 1)  # a power of two: the blocks stay aligned
-    width = min(widest, max(_FIRST_BLOCK, 1 << (max(index, 1).bit_length() - 1)))
-    return index - index % width, width
-
-
-def _block(seed: int, bars: int, index: int) -> _Block:
-    """The block holding symbol ``index``, from a small thread-safe memo, so that each block's
-    recursion runs once while prepare's threads take its symbols one by one. A block is dropped
-    when all its symbols have been taken, or when it is the least recently used of more than
-    _BLOCKS_KEPT (a symbol asked for again is then simply generated again)."""
-    first, width = _block_span(index, bars)
-    key = (seed, bars, first, width)
-    with _memo_lock:
-        slot = _memo.get(key)
-        if slot is None:
-            slot = _memo[key] = _Slot()
-        _memo.move_to_end(key)
-        while len(_memo) > _BLOCKS_KEPT:
-            _memo.popitem(last=False)
-    with slot.lock:
-        if slot.block is None:
-            slot.block = _generate_block(seed, bars, first, width)
-        block = slot.block
-    with _memo_lock:
-        slot.taken.add(index)
-        if len(slot.taken) == width and _memo.get(key) is slot:
-            del _memo[key]
-    return block
-
-
-def _generate_block(seed: int, bars: int, first: int, width: int) -> _Block:
-    """Run the GARCH / regime recursion of the ``width`` symbols from ``first`` together."""
-    z = np.empty((bars, width))
-    u = np.empty((bars, width))
-    half_beta, idio, var, omega, base_vols, states = [], [], [], [], [], []
-    for k in range(width):
-        # The same draws in the same order as one symbol on its own; Python float arithmetic for
-        # the per-symbol constants, exactly as before (``**`` is libm's pow, not a product).
-        rng = np.random.default_rng([seed, first + k])
-        beta = 0.4 + 0.6 * rng.random()
-        base_vol = 0.008 + 0.012 * rng.random()
-        z[:, k] = rng.standard_normal(bars)
-        u[:, k] = rng.random(bars)
-        states.append(rng.bit_generator.state)
-        half_beta.append(beta * 0.5)
-        idio.append(math.sqrt(1 - (beta * 0.5) ** 2))
-        var.append(base_vol**2)
-        omega.append(base_vol**2 * 0.05)
-        base_vols.append(base_vol)
-    volatile = _regimes(u)
-    del u
-    _regime_free_shocks(z, _market_factor(seed, bars), np.asarray(half_beta), np.asarray(idio))
-    returns = _recursion(z, volatile, np.asarray(var), np.asarray(omega))
-    return _Block(first, returns, tuple(base_vols), tuple(states))
-
-
-def _regimes(u: np.ndarray) -> np.ndarray:
-    """The two-state Markov regime of every (bar, symbol): True in the volatile one."""
-    volatile = np.empty(u.shape, dtype=bool)
-    regime = np.zeros(u.shape[1], dtype=bool)
-    for t in range(len(u)):
-        regime = regime ^ (u[t] > np.where(regime, 0.98, 0.995))  # leave the state with 1 - p_stay
-        volatile[t] = regime
-    return volatile
-
-
-def _regime_free_shocks(eps: np.ndarray, market: np.ndarray, half_beta: np.ndarray,
-                        idio: np.ndarray) -> None:
-    """In place, ``eps`` (bars, symbols) -> beta / 2 * market + sqrt(1 - (beta / 2)**2) * eps:
-    it does not depend on the recursion, so all bars at once (in chunks: a bounded temporary)."""
-    eps *= idio
-    for start in range(0, len(eps), 1024):
-        eps[start:start + 1024] += np.multiply.outer(market[start:start + 1024], half_beta)
-
-
-def _recursion(z: np.ndarray, volatile: np.ndarray, var: np.ndarray, omega: np.ndarray) -> np.ndarray:
-    """GARCH(1,1) variance and the predictable part (mean reversion of the last return, slow
-    momentum), bar by bar on vectors of symbols; returns the (bars, symbols) returns."""
-    alpha, garch_beta = 0.08, 0.87
-    returns = np.empty(z.shape)
-    prev_r = mom = np.zeros(z.shape[1])
-    for t in range(len(z)):
-        volmult = np.where(volatile[t], 1.6, 0.8)
-        sigma = np.sqrt(var) * volmult
-        # Predictable part, small against sigma: mean reversion of the last return, slow momentum.
-        mu = np.where(volatile[t], -0.0003, 0.0004) - 0.12 * prev_r + 0.05 * mom
-        shock = sigma * z[t]
-        r = returns[t]
-        np.add(mu, shock, out=r)
-        # GARCH on the regime-free shock, so the volatile regime cannot make the process explode.
-        var = omega + alpha * _pow2(shock / volmult) + garch_beta * var
-        mom = 0.95 * mom + 0.05 * r
-        prev_r = r
-    return returns
-
-
-def _pow2(x: np.ndarray) -> np.ndarray:
-    """``x ** 2`` element-wise exactly as a NumPy float64 scalar computes it: libm's pow.
-
-    pow(x, 2) equals x * x (correctly rounded) except, at times, when the exact square lies within
-    a small fraction of a ULP of a rounding tie: glibc's pow is within 0.54 ULP, i.e. at most
-    0.04 ULP beyond the rounding, and for squares between 1e-200 and 1e200 within 0.027 ULP (its
-    log's error grows with |log x|); about 1 in 1200 random values differ. The exact square is
-    p + err (Dekker's product); values within _POW_TOLERANCE ULP of a tie, and those outside that
-    range, NaN or infinite, take the scalar ``**`` itself (about 6% of them)."""
-    p = x * x
-    c = 134217729.0 * x  # 2**27 + 1: splits x into halves whose products are exact
-    hi = c - (c - x)
-    lo = x - hi
-    err = ((hi * hi - p) + 2.0 * hi * lo) + lo * lo
-    margin = _POW_TOLERANCE * np.spacing(p)
-    # p + err rounds to p; moved by the margin either way it rounds to something else only when a
-    # tie lies within the margin (a NaN compares unequal, so it is caught as well).
-    near_tie = (p + (err + margin) != p + (err - margin)) | ~((p > 1e-200) & (p < 1e200))
-    for i in np.nonzero(near_tie)[0]:
-        p[i] = x[i] ** 2
-    return p
-
-
-@functools.lru_cache(maxsize=8)
-def _business_days(bars: int) -> np.ndarray:
-    start = np.datetime64("2000-01-03", "D")
-    days = np.busday_offset(start, np.arange(bars), roll="forward")
-    time = days.astype("datetime64[ns]").astype(np.int64)
-    time.flags.writeable = False  # shared by every symbol of this length: each gets a copy
-    return time
-
-
-def synthetic_symbol(version: int, seed: int, index: int, bars: int) -> OHLCV:
-    """One symbol of the synthetic market, deterministic for (seed, index, bars).
-
-    Returns follow a GARCH(1,1) volatility process (clustering) with a two-state Markov regime
-    (calm/trending vs volatile), a shared market factor, and a weak predictable component (short-term
-    mean reversion plus slow momentum) that indicators can pick up. Volume grows with |return|.
-    """
-    if version != SYNTHETIC_VERSION:
-        raise UserError(f"synthetic market version {version} is not supported by this code "
-                        f"(expected {SYNTHETIC_VERSION})")
-    block = _block(seed, bars, index)
-    k = index - block.first
-    # The rest draws from this symbol's own generator, continuing where the recursion's draws ended.
-    rng = np.random.Generator(np.random.PCG64())
-    rng.bit_generator.state = block.states[k]
-    r = block.returns[:, k].copy()  # contiguous, like the per-symbol array it replaces
-    base_vol = block.base_vol[k]
-    close = 50.0 * (1 + rng.random()) * np.exp(np.cumsum(r))
-    gap = rng.standard_normal(bars) * 0.15 * np.abs(r)
-    open_ = np.empty(bars)
-    open_[0] = close[0] * math.exp(-r[0])
-    open_[1:] = close[:-1] * np.exp(gap[1:])
-    hi_ext = np.abs(rng.standard_normal(bars)) * 0.5 * np.abs(r) + 0.002 * rng.random(bars)
-    lo_ext = np.abs(rng.standard_normal(bars)) * 0.5 * np.abs(r) + 0.002 * rng.random(bars)
-    high = np.maximum(open_, close) * np.exp(hi_ext)
-    low = np.minimum(open_, close) * np.exp(-lo_ext)
-    vol_scale = np.abs(r) / base_vol
-    volume = np.round(1e5 * (1 + rng.random()) * np.exp(0.3 * rng.standard_normal(bars))
-                      * (0.6 + 0.8 * vol_scale))
-    return OHLCV(f"SYN{index:03d}", _business_days(bars).copy(), open_, high, low, close, volume)

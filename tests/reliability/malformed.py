@@ -43,7 +43,7 @@ class Bad:
 
 def frame(index: int, bars: int = 300) -> pd.DataFrame:
     """A valid OHLCV frame from the built-in synthetic market (Date as YYYY-MM-DD strings)."""
-    from indicator_transformer.data.sources import synthetic_symbol
+    from indicator_transformer.data.synthetic import synthetic_symbol
 
     x = synthetic_symbol(1, 17, index, bars)
     return pd.DataFrame({"Date": pd.to_datetime(x.time).strftime("%Y-%m-%d"), "Open": x.open,
