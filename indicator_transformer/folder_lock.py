@@ -4,7 +4,7 @@ cache shared by preparers while maintenance waits its turn.
     with hold_folder(models_dir, "train"):       # FolderInUse (exit 2) when another process has it
         ...                                      # archive, train, checkpoints, retention, report
 
-The lock is ``fcntl.flock`` on ``<folder>/.lock``, a file that also names its holder (PID, command,
+The lock is ``fcntl.flock`` on the folder itself; ``<folder>/.lock`` names its holder (PID, command,
 start time, host) so that a refusal can say who to stop. The kernel releases a flock when the
 holder's last descriptor closes, however the process ends (``kill -9`` included), so a lock left by
 a dead process is simply free for the next one: there is no stale-lock file to detect or remove.
@@ -32,6 +32,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import warnings
 from collections.abc import Iterator
@@ -77,54 +78,117 @@ def _open_failed(path: Path, e: OSError) -> UserError:
             or UserError(f"{path}: cannot open the folder's lock file ({e.strerror or e})"))
 
 
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO swapped in at the name must not block the open
+
+
 @contextlib.contextmanager
 def hold_folder(folder: str | Path, command: str, flag: str = "--models-dir") -> Iterator[Path]:
     """Hold ``folder`` (created if missing) for the ``with`` block; FolderInUse naming the holder
-    and ``flag`` when another live process holds it. Yields the lock file's path."""
+    and ``flag`` when another live process holds it. Yields the path of the file naming the holder.
+
+    The flock is on the folder itself (a read-only descriptor of the directory), so removing or
+    replacing ``.lock`` by hand cannot let a second run in, and no descriptor open for writing
+    keeps the filesystem from being remounted read-only. Where a directory cannot be locked (NFS
+    emulates flock with POSIX locks, which need a file open for writing) the ``.lock`` file is."""
     d = Path(folder)
     path = d / LOCK_NAME
-    nofollow = getattr(os, "O_NOFOLLOW", 0)
     try:
         d.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | nofollow, 0o644))
-        # The lock is held through a read-only descriptor: one open for writing for the whole run
-        # would keep the folder's filesystem from being remounted read-only (EBUSY).
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | nofollow)
+        _refuse_odd_file(path)
+        fd = os.open(d, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+    except OSError as e:
+        raise _open_failed(path, e) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in _NO_LOCKS:
+                raise
+            os.close(fd)
+            fd = -1
+            fd = _lock_the_file(path)
+    except BlockingIOError:
+        if fd >= 0:
+            os.close(fd)
+        raise FolderInUse(f"{d}/ is in use by {holder_text(_read_holder(path))}; use another {flag} or "
+                          f"stop it") from None
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+    _held.add(fd)
+    try:
+        me = {"pid": os.getpid(), "command": command, "host": socket.gethostname(),
+              "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), "argv": sys.argv[:8]}
+        try:  # for messages; the flock is the lock. Its first write also proves the folder writable.
+            _write_holder(path, json.dumps(me).encode("utf-8"))
+        except OSError as e:
+            raise _open_failed(path, e) from None
+        yield path
+    finally:
+        _held.discard(fd)
+        with contextlib.suppress(OSError):  # the folder may have turned read-only meanwhile
+            _write_holder(path, b"")  # a later reader of a free lock finds no stale name
+        os.close(fd)  # releases the flock
+
+
+def _refuse_odd_file(path: Path) -> None:
+    """A directory, FIFO, device or link at the holder file's name is refused, not opened (a FIFO
+    would block the open for ever)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a symbolic link" if stat.S_ISLNK(st.st_mode)
+                else "a named pipe" if stat.S_ISFIFO(st.st_mode) else "not a regular file")
+        raise UserError(f"{path}: cannot open the folder's lock file (it is {kind}); remove it and run the "
+                        f"command again")
+
+
+def _lock_the_file(path: Path) -> int:
+    """The fallback lock: a flock on the holder file, opened for writing; a warning and no
+    protection where the filesystem supports no locks at all."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | _NOFOLLOW | _NONBLOCK, 0o644)
     except OSError as e:
         raise _open_failed(path, e) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raw = os.pread(fd, 4096, 0)
         os.close(fd)
-        raise FolderInUse(f"{d}/ is in use by {holder_text(raw)}; use another {flag} or stop it") from None
+        raise
     except OSError as e:
-        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        if e.errno not in _NO_LOCKS:
             os.close(fd)
             raise
-        warnings.warn(f"{d}: this filesystem does not support file locks ({e.strerror}): a second "
-                      f"run in this folder would not be refused", stacklevel=2)
-    _held.add(fd)
+        warnings.warn(f"{path.parent}: this filesystem does not support file locks ({e.strerror}): a "
+                      f"second run in this folder would not be refused", stacklevel=3)
+    return fd
+
+
+def _read_holder(path: Path) -> bytes:
     try:
-        me = {"pid": os.getpid(), "command": command, "host": socket.gethostname(),
-              "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), "argv": sys.argv[:8]}
-        _rewrite(path, json.dumps(me).encode("utf-8"))  # for messages; the flock is the lock
-        yield path
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | _NOFOLLOW | _NONBLOCK)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, 4096) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
     finally:
-        _held.discard(fd)
-        _rewrite(path, b"")  # a later reader of a free lock finds no stale name
-        os.close(fd)  # releases the flock
+        os.close(fd)
 
 
-def _rewrite(path: Path, data: bytes) -> None:
-    """Replace the lock file's content in place, best effort (the folder may have turned
-    read-only; a flock on another descriptor of the file is not affected by this one's close)."""
-    with contextlib.suppress(OSError):
-        w = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
-        try:
-            os.write(w, data)
-        finally:
-            os.close(w)
+def _write_holder(path: Path, data: bytes) -> None:
+    """Replace the holder file's content in place (created if missing, never through a link)."""
+    w = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | _NOFOLLOW | _NONBLOCK, 0o644)
+    try:
+        if not stat.S_ISREG(os.fstat(w).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        os.write(w, data)
+    finally:
+        os.close(w)
 
 
 class CacheInUse(UserError):
@@ -163,11 +227,15 @@ def hold_cache(folder: str | Path, name: str, *, exclusive: bool, busy: str) -> 
     path = Path(folder) / name
     for _ in range(50):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | _NOFOLLOW | _NONBLOCK, 0o644)
         except FileNotFoundError:  # the folder itself was removed: a --clear-all has just run
             raise CacheInUse(busy.format(pids="a process that has just removed it")) from None
         except OSError as e:
             raise _open_failed(path, e) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device swapped in at the name
+            os.close(fd)
+            _refuse_odd_file(path)
+            raise UserError(f"{path}: cannot open the folder's lock file (not a regular file)")
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -47,7 +47,7 @@ from .data.windows import (
     split_table,
 )
 from .errors import CheckpointError, OutOfMemory, StorageError, UserError, WorkerStalled
-from .folder_lock import hold_folder
+from .folder_lock import FolderInUse, hold_folder
 from .integrity import IntegrityError, check_json, json_safe, seal_json
 from .model import count_parameters
 from .plots import plot_losses, write_plots
@@ -95,6 +95,10 @@ class RunOptions:
     # folder the failed attempt opened (the newest one without a summary), not orphan it.
     adopt_unfinished_run: bool = False
     command: str = "train"  # how the holder of models/ is named to a second process (folder_lock.py)
+    # The checkpoint (resume_path, None: a fresh start) was chosen as the newest in models/ before
+    # the lock was held: once held, the choice is checked again (another run may have written
+    # newer checkpoints, or finished, while this one prepared its data).
+    recheck_choice: bool = False
 
 
 def prepare_data(cfg: Config, handler: SignalHandler, cache: FeatureCache, stream: TextIO,
@@ -192,7 +196,23 @@ def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: Tex
     with contextlib.ExitStack() as held:
         def claim() -> None:
             held.enter_context(hold_folder(cfg.train.models_dir, opts.command))
+            if opts.recheck_choice:
+                _check_choice_unchanged(Path(cfg.train.models_dir), opts.resume_path)
         return _pipeline_held(cfg, handler, opts, stream, None if opts.prepare_only else claim)
+
+
+def _check_choice_unchanged(models_dir: Path, chosen: Path | None) -> None:
+    """Refuse to go on from a choice of checkpoint that another run made stale while this one
+    prepared (it held models/ then, and has written newer files since): continuing would fork an
+    older state and move that run's results aside."""
+    info, _ = ckpt.select_for_resume(models_dir)
+    now = info.path if info is not None else None
+    del info  # the listing mapped every file
+    if (now is None) == (chosen is None) and (now is None or Path(now).resolve() == Path(chosen).resolve()):
+        return
+    raise FolderInUse(f"{models_dir}/ changed while this command prepared its data (another run wrote "
+                      f"there): the newest checkpoint is now {now or 'none'}, not {chosen or 'none'}; run "
+                      f"the command again to continue from it")
 
 
 def _pipeline_held(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: TextIO | None,
@@ -301,7 +321,16 @@ def _train_and_report(trainer: Trainer, data: PreparedData, summary: RunSummary,
         return handler.exit_code
     # The other ranks wait from here on: a stop only they received reaches this rank too.
     with distributed.relay_stops(lambda signum: _relayed_stop(handler, signum, stream)):
-        return _evaluate_and_report(trainer, data, summary, handler, models_dir, stream)
+        try:
+            return _evaluate_and_report(trainer, data, summary, handler, models_dir, stream)
+        except StorageError as e:  # a report file refused: the training is saved, the run failed
+            summary.mark("evaluation")
+            if handler.shutdown_requested:
+                print(f"error: {e}", file=stream, flush=True)
+                _report_interrupted(summary, "evaluation", None, stream, handler.exit_code)
+                return handler.exit_code
+            _report_failed(summary, str(e), stream)
+            raise
 
 
 def _relayed_stop(handler: SignalHandler, signum: int, stream: TextIO) -> None:

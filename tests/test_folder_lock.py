@@ -127,3 +127,86 @@ def test_the_lock_in_process_names_its_holder_frees_on_exit_and_forked_children_
     finally:
         os.close(write)
         os.waitpid(pid, 0)
+
+
+def test_a_resume_whose_choice_went_stale_while_it_prepared_is_refused_and_moves_nothing(
+        tmp_path: Path) -> None:
+    """Found by an outside attack: a resume chose epoch 1's checkpoint while a run was live, and
+    took the lock once that run had ended during its preparation. It then forked a new line from
+    epoch 1 and moved the finished run's files aside. Now the choice is checked once the lock is held."""
+    first = _start([TRAIN, *SMALL, "--epochs", "3"], tmp_path, _paused("train_step:40"))
+    env = pause_env("prepare_symbol:1")
+    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "12"  # the first run stops meanwhile (in ~2 s)
+    second = None
+    try:
+        first.wait_for("PAUSED train_step 40")  # only checkpoint_epoch_1.pth exists
+        second = _start([RESUME, "--no-progress", "--no-plots", "--cache-dir", "cache2"], tmp_path, env)
+        second.wait_for("PAUSED prepare_symbol 1")  # it chose epoch 1's checkpoint, not yet the lock
+        first.proc.send_signal(signal.SIGINT)  # the live run writes its interrupted checkpoint, ends
+        assert first.finish() == 130, first.stderr
+        models = tmp_path / "models"
+        before = _files(models)
+        assert second.finish() == 2, second.stderr
+    finally:
+        for child in (first, second):
+            if child is not None and child.proc.poll() is None:
+                child.proc.kill()
+    err = second.stderr
+    assert "models/ changed while this command prepared its data" in err, err
+    assert "checkpoint_epoch_2_interrupted.pth" in err and "Traceback" not in err
+    assert " parameters on " not in err
+    # Only the holder file changed (it named the resume while it held the folder).
+    assert {k: v for k, v in _files(models).items() if k != LOCK_NAME} == \
+        {k: v for k, v in before.items() if k != LOCK_NAME}
+    assert not (models / "previous_runs").exists()
+
+
+def test_removing_the_lock_file_by_hand_does_not_let_a_second_run_in(tmp_path: Path) -> None:
+    """Found by an outside attack: the flock was on models/.lock, so `rm models/.lock` let a second
+    run lock a new file and train beside the live one. The flock is on the folder now."""
+    first = _start([TRAIN, *SMALL, "--epochs", "3"], tmp_path, _paused("train_step:40"))
+    try:
+        first.wait_for("PAUSED train_step 40")
+        models = tmp_path / "models"
+        (models / LOCK_NAME).unlink()
+        before = _files(models)
+        r = _run([TRAIN, *SMALL, "--seed", "5"], tmp_path)
+        assert r.returncode == 2 and "models/ is in use by" in r.stderr, r.stderr
+        after = _files(models)
+        assert {k: v for k, v in after.items() if k != LOCK_NAME} == before  # nothing moved or written
+        assert not (models / "previous_runs").exists()
+    finally:
+        if first.proc.poll() is None:
+            first.proc.kill()
+        first.finish()
+
+
+@pytest.mark.parametrize("where", ["models/.lock", "cache/.in-use"])
+def test_a_named_pipe_at_a_lock_file_is_one_error_line_not_a_hang(tmp_path: Path, where: str) -> None:
+    """Found by an outside attack: a FIFO at models/.lock blocked the open for ever (and the first
+    SIGTERM did not end it)."""
+    fifo = tmp_path / where
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, TRAIN, *SMALL, "--epochs", "1"], cwd=tmp_path, env=child_env(),
+                       capture_output=True, text=True, timeout=180, preexec_fn=default_sigint)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert where.split("/")[1] in line and "named pipe" in line, line
+
+
+def test_ctrl_c_right_after_the_report_exits_without_a_traceback(tmp_path: Path) -> None:
+    """Found by an outside attack: a SIGINT just after the last line (Report: ...) met Python's
+    default handler during the interpreter's exit: death by SIGINT, or a KeyboardInterrupt traceback
+    from an atexit callback."""
+    child = _start([TRAIN, *SMALL, "--epochs", "1"], tmp_path)
+    try:
+        child.wait_for("Report: ")
+        child.proc.send_signal(signal.SIGINT)
+        code = child.finish()
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()
+    assert code in (0, 130), child.stderr
+    assert "Traceback" not in child.stderr and "KeyboardInterrupt" not in child.stderr, child.stderr
+    assert "Exception ignored" not in child.stderr

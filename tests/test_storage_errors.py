@@ -222,3 +222,24 @@ def test_a_read_only_runs_folder_is_a_storage_error_exit_1(tmp_path: Path) -> No
     assert code == 1 and "Traceback" not in child.stderr, child.stderr
     (line,) = [ln for ln in child.lines if ln.startswith("error: ")]
     assert "cannot create it: Read-only file system" in line and "read-only" in line, line
+
+
+@needs_namespaces
+def test_models_turning_read_only_in_the_final_evaluation_records_the_run_as_failed(tmp_path: Path) -> None:
+    """Found by an outside attack: a refused report write (baselines.json) after training left the
+    run folder without a summary.json, though the runs folder had space."""
+    env = pause_env("test_batch:1")
+    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "3"
+    child = _start_in_namespace(tmp_path, [*SMALL, "--epochs", "1"], env)
+    try:
+        child.wait_for("PAUSED test_batch 1")
+        _read_only(child, tmp_path / "models")
+        code = child.finish()
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()
+    assert code == 1 and "Traceback" not in child.stderr, child.stderr
+    (line,) = [ln for ln in child.lines if ln.startswith("error: ")]
+    assert "Read-only file system" in line
+    doc = _summary(tmp_path)
+    assert doc["status"] == "failed" and "Read-only file system" in doc["failed"]["reason"]

@@ -111,10 +111,11 @@ def run_with_handler(body: Callable[[SignalHandler], int]) -> int:
     """Install the SignalHandler, run ``body(handler)``, and on a stop print ``Cleanup complete``
     last, after everything was saved and the previous signal handlers were restored.
 
-    One exception: when this process *is* the command and it stops on a signal, further stop
-    signals are ignored from then on instead of going back to Python's defaults, which during the
-    interpreter's exit would print a KeyboardInterrupt traceback after ``Cleanup complete`` or
-    end the process by the signal instead of exit code 130/143. Called from Python, the previous
+    One exception: when this process *is* the command, stop signals are ignored from then on
+    (its work is saved, finished or stopped, and it is only exiting) instead of going back to
+    Python's defaults, which during the interpreter's exit would print a KeyboardInterrupt
+    traceback (after ``Cleanup complete``, or after the report of a finished run) or end the
+    process by the signal instead of its exit code. Called from Python, the previous
     handlers are always restored."""
     handler = SignalHandler()
     handler.install()
@@ -129,7 +130,7 @@ def run_with_handler(body: Callable[[SignalHandler], int]) -> int:
             print(f"error: {e}", file=sys.stderr, flush=True)
             code = handler.exit_code
         finally:
-            if handler.shutdown_requested and _as_program:
+            if _as_program:
                 handler.ignore_from_now_on()
             else:
                 handler.restore()

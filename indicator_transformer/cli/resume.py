@@ -213,7 +213,8 @@ def _resume_job(args: argparse.Namespace, models_dir: str, handler: SignalHandle
     opts = RunOptions(show_progress=not args.no_progress, plots=not args.no_plots, resume_state=state,
                       save_predictions=args.save_predictions,
                       resume_path=path,
-                      target_epochs=target, allow_data_change=args.allow_data_change, command="resume")
+                      target_epochs=target, allow_data_change=args.allow_data_change, command="resume",
+                      recheck_choice=not args.checkpoint)
     return run_pipeline(cfg, handler, opts)
 
 

@@ -115,7 +115,8 @@ def _resume_auto(cfg: Config, handler: SignalHandler, opts: Any) -> int:
                   file=sys.stderr, flush=True)
         # The attempt that died before its first checkpoint (a torchrun restart, or a requeued
         # job) opened a run folder: continue it rather than leave it orphaned beside a new one.
-        return run_pipeline(cfg, handler, dataclasses.replace(opts, adopt_unfinished_run=True))
+        return run_pipeline(cfg, handler, dataclasses.replace(opts, adopt_unfinished_run=True,
+                                                              recheck_choice=True))
     path = Path(chosen)
     state = ckpt.load_checkpoint(path)
     _check_same_settings(cfg, Config.from_dict(state["config"], source=str(path)), path)
@@ -128,7 +129,7 @@ def _resume_auto(cfg: Config, handler: SignalHandler, opts: Any) -> int:
     if distributed.current().is_main:
         print(f"--resume auto: continuing from {path}", file=sys.stderr, flush=True)
     opts = dataclasses.replace(opts, resume_state=state, resume_path=path,
-                               target_epochs=max(cfg.train.epochs, completed))
+                               target_epochs=max(cfg.train.epochs, completed), recheck_choice=True)
     return run_pipeline(cfg, handler, opts)
 
 
