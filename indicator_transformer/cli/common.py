@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .. import startup
+from .. import faults, startup
 from ..config import Config, flag_name
 from ..errors import EXIT_FAILURE, UserError, too_many_open_files
 from ..runlog import console_log
@@ -81,6 +81,7 @@ def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespa
         except Exception:
             traceback.print_exc()
             code = EXIT_FAILURE
+    faults.point("exiting", code)  # a test's signal lands here: during the interpreter's exit
     if _as_program and (distributed.used() or distributed.under_torchrun()):
         _exit_now(code)
     return code
