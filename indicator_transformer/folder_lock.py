@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .atomic import storage_error
-from .errors import UserError
+from .errors import StorageError, UserError
 
 LOCK_NAME = ".lock"
 _held: set[int] = set()  # descriptors this process holds a folder lock on
@@ -119,6 +119,8 @@ def hold_folder(folder: str | Path, command: str, flag: str = "--models-dir") ->
             os.close(fd)
         raise
     _held.add(fd)
+    st = os.fstat(fd)
+    _held_folders[str(d)] = (os.path.abspath(d), st.st_dev, st.st_ino)
     try:
         me = {"pid": os.getpid(), "command": command, "host": socket.gethostname(),
               "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), "argv": sys.argv[:8]}
@@ -129,9 +131,38 @@ def hold_folder(folder: str | Path, command: str, flag: str = "--models-dir") ->
         yield path
     finally:
         _held.discard(fd)
-        with contextlib.suppress(OSError):  # the folder may have turned read-only meanwhile
+        with contextlib.suppress(OSError, StorageError):  # read-only, moved or removed meanwhile
+            check_still_held(d)  # a folder made anew at that name is another run's: not touched
             _write_holder(path, b"")  # a later reader of a free lock finds no stale name
+        _held_folders.pop(str(d), None)
         os.close(fd)  # releases the flock
+
+
+# The folder as named -> (its absolute path, device, inode) when it was locked: the absolute path
+# is taken then, as the working folder may be gone by the time of a check.
+_held_folders: dict[str, tuple[str, int, int]] = {}
+
+
+def check_still_held(folder: str | Path) -> None:
+    """StorageError when ``folder``, held by this process, is no longer the folder it locked
+    (moved, or removed and made again by another run): writing by its path would put this run's
+    files among another's. A folder this process does not hold passes."""
+    held = _held_folders.get(str(Path(folder)))
+    if held is None:
+        return
+    where, dev, ino = held
+    try:
+        st = os.stat(where)
+        now: tuple[int, int] | None = (st.st_dev, st.st_ino)
+    except OSError:
+        now = None
+    if now != (dev, ino):
+        how = "removed" if now is None else "replaced"
+        raise StorageError(f"{folder}: the folder this run holds was {how} while it ran (moved, or "
+                           f"removed and made again); nothing more is written "
+                           f"there, where another run may now be working. The files it had written are "
+                           f"where the folder went: continue from there with resume_training.py "
+                           f"--models-dir <that folder>")
 
 
 def _refuse_odd_file(path: Path) -> None:

@@ -47,7 +47,7 @@ from .data.windows import (
     split_table,
 )
 from .errors import CheckpointError, OutOfMemory, StorageError, UserError, WorkerStalled
-from .folder_lock import FolderInUse, hold_folder
+from .folder_lock import FolderInUse, check_still_held, hold_folder
 from .integrity import IntegrityError, check_json, json_safe, seal_json
 from .model import count_parameters
 from .plots import plot_losses, write_plots
@@ -197,18 +197,25 @@ def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: Tex
         def claim() -> None:
             held.enter_context(hold_folder(cfg.train.models_dir, opts.command))
             if opts.recheck_choice:
-                _check_choice_unchanged(Path(cfg.train.models_dir), opts.resume_path)
+                _check_choice_unchanged(Path(cfg.train.models_dir), opts.resume_path, opts.resume_state)
         return _pipeline_held(cfg, handler, opts, stream, None if opts.prepare_only else claim)
 
 
-def _check_choice_unchanged(models_dir: Path, chosen: Path | None) -> None:
+def _check_choice_unchanged(models_dir: Path, chosen: Path | None, state: dict[str, Any] | None) -> None:
     """Refuse to go on from a choice of checkpoint that another run made stale while this one
     prepared (it held models/ then, and has written newer files since): continuing would fork an
-    older state and move that run's results aside."""
+    older state and move that run's results aside. The same name may hold a newer state (a second
+    stop in one epoch rewrites its interrupted checkpoint): the line and step are compared too."""
     info, _ = ckpt.select_for_resume(models_dir)
     now = info.path if info is not None else None
+    same = (now is None) == (chosen is None) and (now is None
+                                                   or Path(now).resolve() == Path(chosen).resolve())
+    if same and info is not None and state is not None:
+        same = (info.global_step == int(state.get("global_step", -1))
+                and info.line == ckpt.lineage_of(state)["line"]
+                and (info.state or {}).get("timestamp") == state.get("timestamp"))
     del info  # the listing mapped every file
-    if (now is None) == (chosen is None) and (now is None or Path(now).resolve() == Path(chosen).resolve()):
+    if same:
         return
     raise FolderInUse(f"{models_dir}/ changed while this command prepared its data (another run wrote "
                       f"there): the newest checkpoint is now {now or 'none'}, not {chosen or 'none'}; run "
@@ -347,6 +354,7 @@ def _evaluate_and_report(trainer: Trainer, data: PreparedData, summary: RunSumma
                          models_dir: Path, stream: TextIO) -> int:
     """Rank 0 (or the only process), after the last epoch: the test evaluation and every report."""
     run = summary.run
+    check_still_held(models_dir)  # its reports go where its checkpoints are
     which, evaluated = _load_best(trainer, data, models_dir / ckpt.BEST_NAME, stream)
     scored = score_test(trainer, data, handler)
     summary.mark("evaluation")

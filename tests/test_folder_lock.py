@@ -212,3 +212,61 @@ def test_ctrl_c_right_after_the_report_exits_without_a_traceback(tmp_path: Path)
     assert code == 0, child.stderr  # the work is done
     assert "Traceback" not in child.stderr and "KeyboardInterrupt" not in child.stderr, child.stderr
     assert "Exception ignored" not in child.stderr
+
+
+def test_a_resume_whose_chosen_file_was_rewritten_under_the_same_name_is_refused(tmp_path: Path) -> None:
+    """Found by the second outside attack: a second stop within one epoch rewrites
+    checkpoint_epoch_1_interrupted.pth under the same name; comparing names only let the resume
+    fork the older state. The line, step and time stamp are compared now."""
+    first = _start([TRAIN, *SMALL, "--epochs", "3"], tmp_path, _paused("train_step:3"))
+    first.wait_for("PAUSED train_step 3")
+    first.proc.send_signal(signal.SIGINT)
+    assert first.finish() == 130, first.stderr  # checkpoint_epoch_1_interrupted.pth at step 3
+    live = _start([RESUME, "--no-progress", "--no-plots"], tmp_path, _paused("train_step:6"))
+    env = pause_env("prepare_symbol:1")
+    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "12"  # the live resume stops meanwhile (in ~2 s)
+    second = None
+    try:
+        live.wait_for("PAUSED train_step 6")
+        second = _start([RESUME, "--no-progress", "--no-plots", "--cache-dir", "cache2"], tmp_path, env)
+        second.wait_for("PAUSED prepare_symbol 1")  # it chose the step-3 file
+        live.proc.send_signal(signal.SIGINT)  # the same name now holds step 6
+        assert live.finish() == 130, live.stderr
+        assert second.finish() == 2, second.stderr
+    finally:
+        for child in (live, second):
+            if child is not None and child.proc.poll() is None:
+                child.proc.kill()
+    assert "models/ changed while this command prepared its data" in second.stderr, second.stderr
+    assert not (tmp_path / "models" / "previous_runs").exists()
+
+
+def test_a_models_folder_moved_under_a_live_run_gets_none_of_its_later_files(tmp_path: Path) -> None:
+    """Found by the second outside attack: after `mv models models.old` (or rm -rf) a second run
+    made a new models/ and both wrote into it. The live run now notices at its next write."""
+    env = pause_env("train_step:5")
+    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "3"  # the pause ends by itself: training goes on
+    child = _start([TRAIN, *SMALL, "--epochs", "2"], tmp_path, env)
+    try:
+        child.wait_for("PAUSED train_step 5")
+        (tmp_path / "models").mkdir(exist_ok=True)
+        (tmp_path / "models").rename(tmp_path / "models.old")
+        (tmp_path / "models").mkdir()  # as a second run would make it
+        code = child.finish()
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()
+    assert code == 1 and "Traceback" not in child.stderr, child.stderr
+    (line,) = [ln for ln in child.lines if ln.startswith("error: ")]
+    assert "the folder this run holds was replaced while it ran" in line, line
+    assert list((tmp_path / "models").iterdir()) == []  # nothing of this run in the new folder
+
+
+def test_a_named_pipe_at_the_cache_manifest_is_distrusted_not_waited_on(tmp_path: Path) -> None:
+    """Found by the second outside attack: a FIFO at cache/manifest.json blocked the open for ever."""
+    (tmp_path / "cache").mkdir()
+    os.mkfifo(tmp_path / "cache" / "manifest.json")
+    r = subprocess.run([sys.executable, TRAIN, *SMALL, "--epochs", "1"], cwd=tmp_path, env=child_env(),
+                       capture_output=True, text=True, timeout=180, preexec_fn=default_sigint)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "manifest is not a regular file; not trusted" in r.stderr

@@ -406,7 +406,9 @@ class FeatureCache:
     def _read_manifest(self) -> _Manifest:
         """The manifest on disk, checked; never follows a symbolic link."""
         try:
-            fd = os.open(self.manifest_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            # O_NONBLOCK: a named pipe at that name must not block the open for ever
+            fd = os.open(self.manifest_path,
+                         os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
             return _Manifest()
         except OSError as e:

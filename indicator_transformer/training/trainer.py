@@ -53,6 +53,7 @@ from ..data.periods import label_digest, split_dates
 from ..data.prepare import PreparedData
 from ..data.windows import Normalisation, SplitIndex, WindowDataset, collate_batch
 from ..errors import CheckpointError, TrainingDiverged, UserError, WorkerStalled, too_many_open_files
+from ..folder_lock import check_still_held
 from ..metrics import point_metrics
 from ..model import IndicatorTransformer
 from ..progress import Progress
@@ -386,6 +387,7 @@ class Trainer:
         state = self.state_dict(interrupted=interrupted)
         if not self.dist.is_main:
             return self.models_dir / name
+        check_still_held(self.models_dir)  # moved or replaced under the run: write nothing there
         data = ckpt.serialize(state)
         if also_best:
             # best.pth first: a checkpoint may only claim a best_val whose model is already on
