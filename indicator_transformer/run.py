@@ -214,12 +214,14 @@ def _check_choice_unchanged(models_dir: Path, chosen: Path | None, state: dict[s
         same = (info.global_step == int(state.get("global_step", -1))
                 and info.line == ckpt.lineage_of(state)["line"]
                 and (info.state or {}).get("timestamp") == state.get("timestamp"))
+    now_text = f"{now} at global step {info.global_step}" if info is not None else "none"
     del info  # the listing mapped every file
     if same:
         return
+    then = f"{chosen} at global step {int(state.get('global_step', -1))}" if chosen and state else "none"
     raise FolderInUse(f"{models_dir}/ changed while this command prepared its data (another run wrote "
-                      f"there): the newest checkpoint is now {now or 'none'}, not {chosen or 'none'}; run "
-                      f"the command again to continue from it")
+                      f"there): the newest checkpoint is now {now_text}, not {then}; run the command "
+                      f"again to continue from it")
 
 
 def _pipeline_held(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: TextIO | None,
@@ -381,6 +383,7 @@ def _evaluate_and_report(trainer: Trainer, data: PreparedData, summary: RunSumma
     # The run folder first, evaluation.json last: a resume trusts evaluation.json as the sign that
     # the report is complete, so a kill -9 before it makes the resume write everything again.
     out = models_dir / EVALUATION_FILE
+    check_still_held(models_dir)  # the test evaluation may take long: moved meanwhile?
     if base.fitted is not None:  # for evaluate --all-windows and predict --baselines on other files
         save_baselines(models_dir, base.fitted, owner_of(trainer.cfg.to_dict(), data.fingerprint,
                                                          trainer.lineage["line"], trainer.global_step))
@@ -395,6 +398,7 @@ def _evaluate_and_report(trainer: Trainer, data: PreparedData, summary: RunSumma
         print(f"Wrote the test split's {len(tp.target):,} predictions to {saved}", file=stream, flush=True)
     summary.finish(evaluated=which, report=rep, baseline_settings=details, plots=plots, evaluation=out,
                    plots_skipped=skipped)
+    check_still_held(models_dir)
     atomic_write_json(out, seal_json(json_safe(evaluation)))
     print(f"Report: {out}; run folder {run.root} (train.log, metrics.csv, summary.json, "
           f"{len(plots)} plots)", file=stream, flush=True)

@@ -270,3 +270,22 @@ def test_a_named_pipe_at_the_cache_manifest_is_distrusted_not_waited_on(tmp_path
                        capture_output=True, text=True, timeout=180, preexec_fn=default_sigint)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert "manifest is not a regular file; not trusted" in r.stderr
+
+
+def test_a_models_folder_moved_during_the_test_evaluation_gets_no_report_elsewhere(tmp_path: Path) -> None:
+    """Found by the third outside attack: moved while the test split was scored, the folder's
+    report (evaluation.json, baselines.json) went to a new models/ at the old name."""
+    env = pause_env("test_batch:1")
+    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "3"
+    child = _start([TRAIN, *SMALL, "--epochs", "1"], tmp_path, env)
+    try:
+        child.wait_for("PAUSED test_batch 1")
+        (tmp_path / "models").rename(tmp_path / "models.old")
+        code = child.finish()
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()
+    assert code == 1 and "Traceback" not in child.stderr, child.stderr
+    (line,) = [ln for ln in child.lines if ln.startswith("error: ")]
+    assert "the folder this run holds was removed while it ran" in line, line
+    assert not (tmp_path / "models").exists()
