@@ -68,6 +68,26 @@ def _read_only(child: Child, folder: Path) -> None:
     assert r.returncode == 0, r.stderr
 
 
+def _read_only_at(tmp_path: Path, args: list[str], point: str, folder: str, *, timeout: str = "3",
+                  signum: int | None = None) -> Child:
+    """Run the command in its own mount namespace with ``folder`` a bind mount, paused at ``point``
+    (``"name:value"``); make the folder read-only there, send ``signum`` (or let the pause end
+    after ``timeout`` seconds) and wait for the exit."""
+    env = pause_env(point)
+    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = timeout
+    child = _start_in_namespace(tmp_path, args, env, folder=folder)
+    try:
+        child.wait_for(f"PAUSED {point.partition(':')[0]} ")  # the one pause point it was given
+        _read_only(child, tmp_path / folder)
+        if signum is not None:
+            child.proc.send_signal(signum)
+        child.finish()
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()
+    return child
+
+
 def _summary(tmp_path: Path) -> dict:
     (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     return json.loads((run / "summary.json").read_text())
@@ -167,18 +187,9 @@ def test_the_working_folder_deleted_under_a_running_training_is_one_error_line(t
 def test_a_stop_while_the_cache_turned_read_only_in_preparation_exits_130_with_cleanup_complete_last(
         tmp_path: Path) -> None:
     """Before: the manifest's refused write after the SIGINT came after "Cleanup complete", exit 1."""
-    env = pause_env("before_commit:manifest.json")
-    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "300"
-    child = _start_in_namespace(tmp_path, SMALL, env, folder="cache")
-    try:
-        child.wait_for("PAUSED before_commit manifest.json")
-        _read_only(child, tmp_path / "cache")
-        child.proc.send_signal(signal.SIGINT)
-        code = child.finish()
-    finally:
-        if child.proc.poll() is None:
-            child.proc.kill()
-    err = child.stderr
+    child = _read_only_at(tmp_path, SMALL, "before_commit:manifest.json", "cache", timeout="300",
+                          signum=signal.SIGINT)
+    code, err = child.proc.returncode, child.stderr
     assert code == 130 and "Traceback" not in err, err
     (line,) = [ln for ln in child.lines if ln.startswith("error: ")]
     assert "manifest.json: could not be written: Read-only file system" in line
@@ -189,17 +200,8 @@ def test_a_stop_while_the_cache_turned_read_only_in_preparation_exits_130_with_c
 def test_a_cache_turned_read_only_before_its_lock_is_taken_is_one_error_line(tmp_path: Path) -> None:
     """Before: the cache's lock file could not be created on the read-only folder: a filelock
     traceback. Paused inside the first entry's write, so the folder holds no lock file yet."""
-    env = pause_env("before_commit:*@1")
-    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "3"  # the pause ends by itself: preparation goes on
-    child = _start_in_namespace(tmp_path, SMALL, env, folder="cache")
-    try:
-        child.wait_for("PAUSED before_commit")
-        _read_only(child, tmp_path / "cache")
-        code = child.finish()
-    finally:
-        if child.proc.poll() is None:
-            child.proc.kill()
-    err = child.stderr
+    child = _read_only_at(tmp_path, SMALL, "before_commit:*@1", "cache")  # the pause ends by itself
+    code, err = child.proc.returncode, child.stderr
     assert code == 1 and "Traceback" not in err, err
     (line,) = [ln for ln in child.lines if ln.startswith("error: ")]
     assert "Read-only file system" in line and "cache" in line, line
@@ -208,16 +210,8 @@ def test_a_cache_turned_read_only_before_its_lock_is_taken_is_one_error_line(tmp
 @needs_namespaces
 def test_a_read_only_runs_folder_is_a_storage_error_exit_1(tmp_path: Path) -> None:
     """Before: "cannot create it (Read-only file system)", exit 2 as for bad input, no hint."""
-    env = pause_env("prepare_symbol:1")
-    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "3"
-    child = _start_in_namespace(tmp_path, SMALL, env, folder="runs")
-    try:
-        child.wait_for("PAUSED prepare_symbol 1")
-        _read_only(child, tmp_path / "runs")
-        code = child.finish()
-    finally:
-        if child.proc.poll() is None:
-            child.proc.kill()
+    child = _read_only_at(tmp_path, SMALL, "prepare_symbol:1", "runs")
+    code = child.proc.returncode
     assert code == 1 and "Traceback" not in child.stderr, child.stderr
     (line,) = [ln for ln in child.lines if ln.startswith("error: ")]
     assert "cannot create it: Read-only file system" in line and "read-only" in line, line
@@ -227,16 +221,8 @@ def test_a_read_only_runs_folder_is_a_storage_error_exit_1(tmp_path: Path) -> No
 def test_models_turning_read_only_in_the_final_evaluation_records_the_run_as_failed(tmp_path: Path) -> None:
     """Found by an outside attack: a refused report write (baselines.json) after training left the
     run folder without a summary.json, though the runs folder had space."""
-    env = pause_env("test_batch:1")
-    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "3"
-    child = _start_in_namespace(tmp_path, [*SMALL, "--epochs", "1"], env)
-    try:
-        child.wait_for("PAUSED test_batch 1")
-        _read_only(child, tmp_path / "models")
-        code = child.finish()
-    finally:
-        if child.proc.poll() is None:
-            child.proc.kill()
+    child = _read_only_at(tmp_path, [*SMALL, "--epochs", "1"], "test_batch:1", "models")
+    code = child.proc.returncode
     assert code == 1 and "Traceback" not in child.stderr, child.stderr
     (line,) = [ln for ln in child.lines if ln.startswith("error: ")]
     assert "Read-only file system" in line
