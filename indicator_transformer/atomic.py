@@ -77,7 +77,8 @@ STORAGE_HINTS = {
     errno.EPERM: "this process may not write in {folder}: check its permissions and attributes "
                  "(lsattr; chattr -i)",
     errno.EIO: "the storage reported an I/O error: check the disk (dmesg) before trusting it again",
-    errno.ENOENT: "{folder} or a folder above it was removed while the command ran",
+    errno.ENOENT: "{folder} (or a folder above it) was moved or removed while the command ran: put "
+                  "it back or choose another folder",
 }
 
 

@@ -12,6 +12,7 @@ the test - then carries on, so the signal lands exactly there. Points:
     test_batch       after batch n of the final test evaluation
     prepare_symbol   after symbol n (1-based, completion order) of preparation was committed in memory
     prepare_commit   after a periodic manifest commit during preparation (n = symbols done so far)
+    claim            just before a training command takes its models folder (n = 0)
     exiting          the command's last step, its exit code decided (n = the code)
     before_commit    inside an atomic write, the temporary file complete, before its rename
                      (n = the final file name, e.g. checkpoint_epoch_2_interrupted.pth; "*" = any)

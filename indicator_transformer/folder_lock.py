@@ -84,9 +84,15 @@ _NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO swapped in at the name must n
 
 
 @contextlib.contextmanager
-def hold_folder(folder: str | Path, command: str, flag: str = "--models-dir") -> Iterator[Path]:
-    """Hold ``folder`` (created if missing) for the ``with`` block; FolderInUse naming the holder
-    and ``flag`` when another live process holds it. Yields the path of the file naming the holder.
+def hold_folder(folder: str | Path, command: str, flag: str = "--models-dir", *,
+                create: bool = True) -> Iterator[Path]:
+    """Hold ``folder`` for the ``with`` block; FolderInUse naming the holder and ``flag`` when
+    another live process holds it. Yields the path of the file naming the holder.
+
+    ``create``: make the folder when it is missing; a folder made here that holds nothing but the
+    holder file at the end (the command failed or was stopped before it wrote anything) is removed
+    again, so bad input leaves nothing behind. Without ``create`` a missing folder is refused
+    (FolderInUse: it was there when the command chose what to do in it).
 
     The flock is on the folder itself (a read-only descriptor of the directory), so removing or
     replacing ``.lock`` by hand cannot let a second run in, and no descriptor open for writing
@@ -94,32 +100,9 @@ def hold_folder(folder: str | Path, command: str, flag: str = "--models-dir") ->
     emulates flock with POSIX locks, which need a file open for writing) the ``.lock`` file is."""
     d = Path(folder)
     path = d / LOCK_NAME
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        _refuse_odd_file(path)
-        fd = os.open(d, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
-    except OSError as e:
-        raise _open_failed(path, e) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in _NO_LOCKS:
-                raise
-            os.close(fd)
-            fd = -1
-            fd = _lock_the_file(path)
-    except BlockingIOError:
-        if fd >= 0:
-            os.close(fd)
-        raise FolderInUse(f"{d}/ is in use by {holder_text(_read_holder(path))}; use another {flag} or "
-                          f"stop it") from None
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        raise
+    fd, made, on_folder = _lock_folder(d, path, flag, create)
     _held.add(fd)
-    st = os.fstat(fd)
+    st = os.fstat(fd) if on_folder else os.stat(d)
     _held_folders[str(d)] = (os.path.abspath(d), st.st_dev, st.st_ino)
     try:
         me = {"pid": os.getpid(), "command": command, "host": socket.gethostname(),
@@ -134,8 +117,77 @@ def hold_folder(folder: str | Path, command: str, flag: str = "--models-dir") ->
         with contextlib.suppress(OSError, StorageError):  # read-only, moved or removed meanwhile
             check_still_held(d)  # a folder made anew at that name is another run's: not touched
             _write_holder(path, b"")  # a later reader of a free lock finds no stale name
+            if made and on_folder and os.listdir(d) == [LOCK_NAME]:
+                # Still held, so no other process can be inside: one that opened the folder
+                # meanwhile finds it gone once it gets the lock, and makes its own.
+                os.unlink(path)
+                os.rmdir(d)
         _held_folders.pop(str(d), None)
         os.close(fd)  # releases the flock
+
+
+def _lock_folder(d: Path, path: Path, flag: str, create: bool) -> tuple[int, bool, bool]:
+    """(descriptor holding the lock, whether the folder was made here, whether the lock is on the
+    folder itself rather than on the holder file). A lock got on a folder that has meanwhile been
+    removed or replaced (its last holder removed it as empty) is let go and taken again."""
+    for _ in range(50):
+        made = False
+        try:
+            if create:
+                try:
+                    d.mkdir(parents=True)
+                    made = True
+                except FileExistsError:
+                    pass
+            _refuse_odd_file(path)
+            fd = os.open(d, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+        except FileNotFoundError:
+            if create:
+                continue  # removed between the mkdir and the open: make it again
+            raise FolderInUse(f"{d}/ was moved or removed after this command chose what to continue "
+                              f"there; run the command again") from None
+        except OSError as e:
+            raise _open_failed(path, e) from None
+        on_folder = True
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in _NO_LOCKS:
+                    raise
+                os.close(fd)
+                fd = -1
+                fd = _lock_the_file(path)
+                on_folder = False
+        except BlockingIOError:
+            if fd >= 0:
+                os.close(fd)
+            raise FolderInUse(f"{d}/ is in use by {holder_text(_read_holder(path))}; use another {flag} "
+                              f"or stop it") from None
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+        try:
+            here = os.stat(d if on_folder else path, follow_symlinks=on_folder)
+            same = (here.st_dev, here.st_ino) == (lambda s: (s.st_dev, s.st_ino))(os.fstat(fd))
+        except OSError:
+            same = False
+        if same:
+            return fd, made, on_folder
+        os.close(fd)
+    raise FolderInUse(f"{d}/ keeps being removed or replaced by another process; stop it and run the "
+                      f"command again")
+
+
+def folder_holder(folder: str | Path) -> str | None:
+    """'PID N (train, ...)' when a live process holds ``folder`` (see :func:`hold_folder`), else
+    None (also when it cannot be told: no folder, no /proc/locks, a holder file lock on NFS). It
+    only reads /proc/locks: asking never takes the lock, so it never refuses a starting run."""
+    if not lock_holders(Path(folder)):
+        return None
+    text = holder_text(_read_holder(Path(folder) / LOCK_NAME))
+    return text if text.startswith("PID") else f"{_pids_text(Path(folder))} (starting up)"
 
 
 # The folder as named -> (its absolute path, device, inode) when it was locked: the absolute path

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from . import metrics
+from . import faults, metrics
 from .atomic import atomic_write_json, atomic_write_text
 from .baseline_store import BASELINES_FILE, owner_of, save_baselines
 from .baselines import Baselines, baseline_predictions
@@ -191,19 +191,23 @@ def _exits_hard() -> bool:
 
 
 def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: TextIO | None) -> int:
-    # Rank 0 holds models/ from its first write to the end: after the data and the settings were
-    # checked (bad input writes nothing, not even the lock), before anything is moved or saved.
+    # Rank 0 holds models/ from before the preparation to the end, so that a second run into the
+    # same folder is refused at once, not after its preparation (or let in while the first one
+    # prepares). A folder made for the lock and left empty (bad data, a stop in the preparation)
+    # is removed again. A resume's checkpoint was chosen in an existing folder: it is not made.
     with contextlib.ExitStack() as held:
         def claim() -> None:
-            held.enter_context(hold_folder(cfg.train.models_dir, opts.command))
+            chose_here = opts.recheck_choice and opts.resume_path is not None
+            faults.point("claim", 0)
+            held.enter_context(hold_folder(cfg.train.models_dir, opts.command, create=not chose_here))
             if opts.recheck_choice:
                 _check_choice_unchanged(Path(cfg.train.models_dir), opts.resume_path, opts.resume_state)
         return _pipeline_held(cfg, handler, opts, stream, None if opts.prepare_only else claim)
 
 
 def _check_choice_unchanged(models_dir: Path, chosen: Path | None, state: dict[str, Any] | None) -> None:
-    """Refuse to go on from a choice of checkpoint that another run made stale while this one
-    prepared (it held models/ then, and has written newer files since): continuing would fork an
+    """Refuse to go on from a choice of checkpoint that another run made stale before this one
+    held models/ (it held the folder then, and has written newer files since): continuing would fork an
     older state and move that run's results aside. The same name may hold a newer state (a second
     stop in one epoch rewrites its interrupted checkpoint): the line and step are compared too."""
     info, _ = ckpt.select_for_resume(models_dir)
@@ -219,9 +223,9 @@ def _check_choice_unchanged(models_dir: Path, chosen: Path | None, state: dict[s
     if same:
         return
     then = f"{chosen} at global step {int(state.get('global_step', -1))}" if chosen and state else "none"
-    raise FolderInUse(f"{models_dir}/ changed while this command prepared its data (another run wrote "
-                      f"there): the newest checkpoint is now {now_text}, not {then}; run the command "
-                      f"again to continue from it")
+    raise FolderInUse(f"{models_dir}/ changed after this command chose its checkpoint (another run "
+                      f"wrote there meanwhile): the newest checkpoint is now {now_text}, not {then}; "
+                      f"run the command again to continue from it")
 
 
 def _pipeline_held(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: TextIO | None,
@@ -234,6 +238,8 @@ def _pipeline_held(cfg: Config, handler: SignalHandler, opts: RunOptions, stream
         opts = dataclasses.replace(opts, show_progress=False)
         warnings.filterwarnings("ignore")  # rank 0 reads the same data and warns once for the job
     started = time.perf_counter()
+    if not opts.prepare_only:
+        _claim_once(claim, handler)
     data = _prepare_once(cfg, handler, stream, opts)
     if data is None:
         return handler.exit_code
@@ -258,7 +264,8 @@ def _pipeline_held(cfg: Config, handler: SignalHandler, opts: RunOptions, stream
         norm = fit_normalisation(data.symbols, splits["train"], cfg.features.window,
                                  per_symbol=cfg.features.normalise == "per-symbol")
 
-    _claim_once(claim, handler)
+    if d.is_main:
+        check_still_held(cfg.train.models_dir)  # moved while this run prepared: nothing goes there
     trainer = Trainer(cfg, data, splits, norm, handler=handler, stream=stream,
                       show_progress=opts.show_progress, dist=d)
     models_dir = Path(trainer.cfg.train.models_dir)
@@ -310,13 +317,14 @@ def _train_and_report(trainer: Trainer, data: PreparedData, summary: RunSummary,
     try:
         result = trainer.fit()
     except (StorageError, WorkerStalled) as e:
+        e = _moved_or(e, models_dir)
         summary.mark("training")
         if handler.shutdown_requested:
             print(f"error: {e}", file=stream, flush=True)
             _report_interrupted(summary, "training", None, stream, handler.exit_code, unsaved=str(e))
             return handler.exit_code
         _report_failed(summary, str(e), stream)
-        raise
+        raise e from None
     except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError and the CPU allocator's
         if not is_out_of_memory(e):            # failure are RuntimeErrors
             raise
@@ -333,13 +341,24 @@ def _train_and_report(trainer: Trainer, data: PreparedData, summary: RunSummary,
         try:
             return _evaluate_and_report(trainer, data, summary, handler, models_dir, stream)
         except StorageError as e:  # a report file refused: the training is saved, the run failed
+            e = _moved_or(e, models_dir)
             summary.mark("evaluation")
             if handler.shutdown_requested:
                 print(f"error: {e}", file=stream, flush=True)
                 _report_interrupted(summary, "evaluation", None, stream, handler.exit_code)
                 return handler.exit_code
             _report_failed(summary, str(e), stream)
-            raise
+            raise e from None
+
+
+def _moved_or(e: Exception, models_dir: Path) -> Exception:
+    """The error that says the models folder was moved away under the run, when it was: a write
+    that failed because of that (ENOENT halfway through) then names the cause, not the symptom."""
+    try:
+        check_still_held(models_dir)
+    except StorageError as moved:
+        return moved
+    return e
 
 
 def _relayed_stop(handler: SignalHandler, signum: int, stream: TextIO) -> None:
@@ -387,6 +406,7 @@ def _evaluate_and_report(trainer: Trainer, data: PreparedData, summary: RunSumma
     if base.fitted is not None:  # for evaluate --all-windows and predict --baselines on other files
         save_baselines(models_dir, base.fitted, owner_of(trainer.cfg.to_dict(), data.fingerprint,
                                                          trainer.lineage["line"], trainer.global_step))
+    run.check()
     plots, skipped = write_plots(run.root, report_series(tp), trainer.epoch_history, trainer.step_losses,
                                  trainer.steps_per_epoch, run.resume_steps()) \
         if summary.plots_enabled else ([], {})
@@ -624,6 +644,7 @@ def _report_interrupted(summary: RunSummary, during: str, checkpoint: Path | Non
     print("\n".join(lines), file=stream, flush=True)
     # The loss plot of what exists, and the summary; never let a report error hide the stop.
     try:
+        summary.run.check()
         if t.step_losses and summary.plots_enabled:
             plot_losses(t.epoch_history, t.step_losses, t.steps_per_epoch, summary.run.resume_steps(),
                         summary.run.root / "loss_curves.png")

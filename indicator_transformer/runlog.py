@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .atomic import atomic_write_json, atomic_write_text, remove_stale_temp_files, storage_error
-from .errors import UserError
+from .errors import StorageError, UserError
 from .integrity import json_safe, seal_json
 
 LOG_NAME = "train.log"
@@ -107,6 +107,7 @@ class RunFolder:
         self.name = name
         self.segments = segments  # [[global step where the segment began, UTC start time], ...]
         self.existed = False      # the folder was there before this segment (a resume found it)
+        self._identity: tuple[str, int, int] | None = None  # (absolute path, device, inode) at start
 
     @classmethod
     def start(cls, runs_dir: Path, record: dict[str, Any] | None, global_step: int) -> RunFolder:
@@ -123,8 +124,27 @@ class RunFolder:
             folder = cls(runs_dir, record["name"], kept + [[global_step, stamp]])
         folder.existed = folder.root.is_dir()
         _make_folder(folder.root, "the run folder")
+        st = folder.root.stat()
+        folder._identity = (str(folder.root.absolute()), st.st_dev, st.st_ino)
         remove_stale_temp_files(folder.root)  # left by a writer that was killed (kill -9)
         return folder
+
+    def check(self) -> None:
+        """StorageError when the run folder is no longer the one this segment opened (it, or the
+        runs folder above it, was moved or removed): a write by its path would make a partial run
+        folder at the old name, or put this run's files into another's."""
+        if self._identity is None:
+            return
+        where, dev, ino = self._identity
+        try:
+            st = Path(where).stat()
+            same = (st.st_dev, st.st_ino) == (dev, ino)
+        except OSError:
+            same = False
+        if not same:
+            raise StorageError(f"{where}: the run folder was moved or removed while the run ran (it, or "
+                               f"the runs folder above it); nothing more is written there. Its train.log "
+                               f"went with it; the checkpoints are intact: resume_training.py continues")
 
     @property
     def segment(self) -> int:
@@ -146,10 +166,12 @@ class RunFolder:
         w.writerow(METRICS_COLUMNS)
         for e in history:
             w.writerow(["" if e.get(c) is None else _cell(e.get(c)) for c in METRICS_COLUMNS])
+        self.check()
         return atomic_write_text(self.root / METRICS_NAME, buf.getvalue())
 
     def write_summary(self, summary: dict[str, Any]) -> Path:
         """summary.json (sealed like every JSON this tool writes; undefined numbers are null)."""
+        self.check()
         return atomic_write_json(self.root / SUMMARY_NAME, seal_json(json_safe(summary)))
 
 

@@ -109,6 +109,7 @@ def test_the_lock_in_process_names_its_holder_frees_on_exit_and_forked_children_
     read, write = os.pipe()
     ready_r, ready_w = os.pipe()
     with hold_folder(m, "train"):
+        (m / "checkpoint_epoch_1.pth").write_bytes(b"x")  # written by the holder: the folder stays
         with pytest.raises(FolderInUse, match=rf"is in use by PID {os.getpid()} \(train, started "):
             with hold_folder(m, "resume"):
                 pass
@@ -135,13 +136,13 @@ def test_a_resume_whose_choice_went_stale_while_it_prepared_is_refused_and_moves
     took the lock once that run had ended during its preparation. It then forked a new line from
     epoch 1 and moved the finished run's files aside. Now the choice is checked once the lock is held."""
     first = _start([TRAIN, *SMALL, "--epochs", "3"], tmp_path, _paused("train_step:40"))
-    env = pause_env("prepare_symbol:1")
+    env = pause_env("claim:0")
     env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "12"  # the first run stops meanwhile (in ~2 s)
     second = None
     try:
         first.wait_for("PAUSED train_step 40")  # only checkpoint_epoch_1.pth exists
         second = _start([RESUME, "--no-progress", "--no-plots", "--cache-dir", "cache2"], tmp_path, env)
-        second.wait_for("PAUSED prepare_symbol 1")  # it chose epoch 1's checkpoint, not yet the lock
+        second.wait_for("PAUSED claim 0")  # it chose epoch 1's checkpoint, not yet the lock
         first.proc.send_signal(signal.SIGINT)  # the live run writes its interrupted checkpoint, ends
         assert first.finish() == 130, first.stderr
         models = tmp_path / "models"
@@ -152,7 +153,7 @@ def test_a_resume_whose_choice_went_stale_while_it_prepared_is_refused_and_moves
             if child is not None and child.proc.poll() is None:
                 child.proc.kill()
     err = second.stderr
-    assert "models/ changed while this command prepared its data" in err, err
+    assert "models/ changed after this command chose its checkpoint" in err, err
     assert "checkpoint_epoch_2_interrupted.pth" in err and "Traceback" not in err
     assert " parameters on " not in err
     # Only the holder file changed (it named the resume while it held the folder).
@@ -223,13 +224,13 @@ def test_a_resume_whose_chosen_file_was_rewritten_under_the_same_name_is_refused
     first.proc.send_signal(signal.SIGINT)
     assert first.finish() == 130, first.stderr  # checkpoint_epoch_1_interrupted.pth at step 3
     live = _start([RESUME, "--no-progress", "--no-plots"], tmp_path, _paused("train_step:6"))
-    env = pause_env("prepare_symbol:1")
+    env = pause_env("claim:0")
     env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "12"  # the live resume stops meanwhile (in ~2 s)
     second = None
     try:
         live.wait_for("PAUSED train_step 6")
         second = _start([RESUME, "--no-progress", "--no-plots", "--cache-dir", "cache2"], tmp_path, env)
-        second.wait_for("PAUSED prepare_symbol 1")  # it chose the step-3 file
+        second.wait_for("PAUSED claim 0")  # it chose the step-3 file
         live.proc.send_signal(signal.SIGINT)  # the same name now holds step 6
         assert live.finish() == 130, live.stderr
         assert second.finish() == 2, second.stderr
@@ -237,7 +238,7 @@ def test_a_resume_whose_chosen_file_was_rewritten_under_the_same_name_is_refused
         for child in (live, second):
             if child is not None and child.proc.poll() is None:
                 child.proc.kill()
-    assert "models/ changed while this command prepared its data" in second.stderr, second.stderr
+    assert "models/ changed after this command chose its checkpoint" in second.stderr, second.stderr
     assert not (tmp_path / "models" / "previous_runs").exists()
 
 

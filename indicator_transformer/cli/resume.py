@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config import MAX_EPOCHS, Config, DataConfig, flag_name, setting_text
 from ..errors import CheckpointError, UserError
+from ..folder_lock import FolderInUse, folder_holder
 from ..run import EVALUATION_FILE, RunOptions, evaluation_belongs, run_pipeline
 from ..shutdown import SignalHandler
 from ..training import checkpoint as ckpt
@@ -164,6 +165,10 @@ def _resume_job(args: argparse.Namespace, models_dir: str, handler: SignalHandle
     else:
         chosen = distributed.broadcast_text(_choose(models_dir) if main else None)
         if chosen is None:
+            holder = folder_holder(models_dir) if main else None
+            if holder is not None:  # a fresh run that has not written its first checkpoint yet
+                raise FolderInUse(f"{models_dir}/ is in use by {holder}, which has written no checkpoint "
+                                  f"yet; wait for it, or stop it and resume then")
             raise CheckpointError(f"{models_dir}: no valid checkpoint to resume from (train first with "
                                   f"train_indicator_transformer.py, or pass --checkpoint PATH)")
         path = Path(chosen)

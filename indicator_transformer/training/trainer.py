@@ -421,6 +421,7 @@ class Trainer:
         """Train until the configured epoch count, or until a stop is requested."""
         t = self.cfg.train
         if self.dist.is_main:
+            check_still_held(self.models_dir)  # else the mkdir would make a new one at the old name
             self.models_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temp_files(self.models_dir)  # checkpoints abandoned by an earlier hard exit
         while self.epoch <= t.epochs:

@@ -1,0 +1,149 @@
+"""A models or runs folder taken while a run prepares, or moved under a live run.
+
+Found by the fourth outside attack on issue 18: a second fresh run was let in while the first one
+prepared (the lock was taken only after the preparation); a resume whose models/ was moved during
+its preparation made a new models/ at the old name; a runs/ folder moved under a live run was
+rebuilt, half, at the old name; a move during the write of evaluation.json was reported as a
+missing file; a resume beside a fresh run that had no checkpoint yet said "no valid checkpoint"
+instead of naming the run.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO_ROOT, child_env, default_sigint
+from trainproc import SMALL, Child, pause_env
+
+from indicator_transformer.atomic import storage_error
+
+TRAIN = str(REPO_ROOT / "train_indicator_transformer.py")
+RESUME = str(REPO_ROOT / "resume_training.py")
+
+
+def _start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> Child:
+    return Child(subprocess.Popen([sys.executable, *args], cwd=cwd, env=env or child_env(), text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint))
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=child_env(), capture_output=True, text=True,
+                          timeout=300, preexec_fn=default_sigint)
+
+
+def _paused(point: str, timeout_s: int = 300) -> dict[str, str]:
+    env = pause_env(point)
+    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = str(timeout_s)
+    return env
+
+
+def _kill(*children: Child | None) -> None:
+    for c in children:
+        if c is not None and c.proc.poll() is None:
+            c.proc.kill()
+            c.finish()
+
+
+def _error_line(child: Child) -> str:
+    (line,) = [ln for ln in child.lines if ln.startswith("error: ")]
+    return line
+
+
+def test_a_second_run_during_the_first_ones_preparation_is_refused_before_it_prepares(tmp_path: Path) -> None:
+    first = _start([TRAIN, *SMALL], tmp_path, _paused("prepare_symbol:1"))
+    try:
+        first.wait_for("PAUSED prepare_symbol 1")  # no checkpoint yet: the first run is preparing
+        for args in ([TRAIN, *SMALL, "--seed", "5"], [TRAIN, *SMALL, "--resume", "auto"],
+                     [RESUME, "--no-progress"]):
+            r = _run(args, tmp_path)
+            assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+            assert f"models/ is in use by PID {first.proc.pid} (train, started " in r.stderr, r.stderr
+            assert "Preparing " not in r.stderr  # refused at once, not after its own preparation
+        first.proc.send_signal(signal.SIGINT)
+        assert first.finish() == 130, first.stderr
+    finally:
+        _kill(first)
+    # The folder made for the lock held nothing when the stopped run let it go: it is removed.
+    assert not (tmp_path / "models").exists()
+
+
+def test_bad_data_leaves_no_models_folder_behind(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "AAA.csv").write_text("date,open,high,low,close,volume\nnot a date,1,1,1,1,1\n")
+    r = _run([TRAIN, *SMALL, "--data-dir", "data", "--models-dir", "fresh/models"], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "fresh" / "models").exists()
+
+
+def test_a_resume_whose_models_folder_is_moved_while_it_prepares_writes_nothing_at_the_old_name(
+        tmp_path: Path) -> None:
+    r = _run([TRAIN, *SMALL, "--epochs", "1"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    resume = _start([RESUME, "--epochs", "1", "--no-progress", "--no-plots", "--cache-dir", "cache2"],
+                    tmp_path, _paused("prepare_symbol:1", 3))
+    try:
+        resume.wait_for("PAUSED prepare_symbol 1")  # it holds models/ and prepares
+        before = sorted(p.name for p in (tmp_path / "models").iterdir())
+        (tmp_path / "models").rename(tmp_path / "models.old")
+        code = resume.finish()
+    finally:
+        _kill(resume)
+    assert code == 1 and "Traceback" not in resume.stderr, resume.stderr
+    assert "the folder this run holds was removed while it ran" in _error_line(resume)
+    assert not (tmp_path / "models").exists()  # no new folder, no files of this resume
+    assert sorted(p.name for p in (tmp_path / "models.old").iterdir()) == before
+
+
+def test_a_resume_beside_a_fresh_run_without_checkpoints_names_that_run(tmp_path: Path) -> None:
+    first = _start([TRAIN, *SMALL], tmp_path, _paused("train_step:3"))
+    try:
+        first.wait_for("PAUSED train_step 3")  # its first checkpoint comes at the epoch's end
+        r = _run([RESUME, "--no-progress"], tmp_path)
+    finally:
+        _kill(first)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"models/ is in use by PID {first.proc.pid} (train, started " in r.stderr, r.stderr
+    assert "has written no checkpoint yet" in r.stderr and "no valid checkpoint" not in r.stderr
+
+
+def test_a_runs_folder_moved_under_a_live_run_is_not_rebuilt_at_the_old_name(tmp_path: Path) -> None:
+    child = _start([TRAIN, *SMALL], tmp_path, _paused("train_step:5", 3))
+    try:
+        child.wait_for("PAUSED train_step 5")
+        (tmp_path / "runs").rename(tmp_path / "runs.old")
+        code = child.finish()
+    finally:
+        _kill(child)
+    assert code == 1 and "Traceback" not in child.stderr, child.stderr
+    assert "the run folder was moved or removed while the run ran" in _error_line(child)
+    assert not (tmp_path / "runs").exists()
+    (run,) = (tmp_path / "runs.old").iterdir()
+    assert "Training " in (run / "train.log").read_text()  # the log went on where the folder went
+    assert (tmp_path / "models" / "checkpoint_epoch_1.pth").is_file()  # saved before metrics.csv
+
+
+def test_a_models_folder_moved_while_its_report_is_written_names_the_move(tmp_path: Path) -> None:
+    child = _start([TRAIN, *SMALL, "--epochs", "1"], tmp_path, _paused("before_commit:evaluation.json", 3))
+    try:
+        child.wait_for("PAUSED before_commit evaluation.json")
+        (tmp_path / "models").rename(tmp_path / "models.old")
+        code = child.finish()
+    finally:
+        _kill(child)
+    assert code == 1 and "Traceback" not in child.stderr, child.stderr
+    assert "the folder this run holds was removed while it ran" in _error_line(child)
+    assert not (tmp_path / "models").exists()
+
+
+def test_a_missing_folder_in_a_write_is_said_plainly() -> None:
+    e = storage_error(Path("/x/models/evaluation.json"), OSError(errno.ENOENT, os.strerror(errno.ENOENT)))
+    assert e is not None
+    assert str(e) == ("/x/models/evaluation.json: could not be written: No such file or directory. /x/models "
+                      "(or a folder above it) was moved or removed while the command ran: put it back or "
+                      "choose another folder, and run the command again (a stopped training continues "
+                      "with resume_training.py)")
