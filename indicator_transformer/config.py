@@ -23,8 +23,10 @@ out-of-memory kill, never a setting someone could mean:
     data_seed, seed 0 <= s < 2**63           prep_workers 1..256, num_workers 0..256
     horizon 1..100_000, window 2..8192       train_frac, val_frac in (0, 1), sum < 1
     split auto, global or per-symbol          normalise per-symbol or global
-    val_start, test_start: not set, or an ISO date/time (UTC, years 1678..2261) for every symbol,
-    or per symbol SYM=DATE,...,*=DATE; val_start needs test_start and comes before it
+    train_start, val_start, test_start, test_end: not set, or an ISO date/time (UTC, years
+    1678..2261) for every symbol, or per symbol SYM=DATE,...,*=DATE; the others need test_start,
+    and where two apply to one symbol they come in the order train_start < val_start < test_start
+    < test_end
     d_model 1..8192, heads 1..256 (divides d_model), layers 1..256, ff_mult 1..64,
     dropout in [0, 1), model parameters <= 10**9
     custom_features: see data/features.py (zscore window 2..5000)
@@ -63,7 +65,7 @@ DEFAULT_FEATURES: tuple[str, ...] = (
 )
 
 SPLIT_POLICIES = ("auto", "global", "per-symbol")
-DATE_KEYS = ("val_start", "test_start")
+DATE_KEYS = ("train_start", "val_start", "test_start", "test_end")  # in calendar order
 NORMALISATIONS = ("per-symbol", "global")
 PRECISIONS = ("fp32", "bf16")
 SEED_LIMIT = 2**63  # seeds are 0 <= s < 2**63: what torch.manual_seed and NumPy's SeedSequence take
@@ -203,6 +205,10 @@ class FeatureConfig(_Section):
     # policy; the purge gap of horizon bars stays. None: not set.
     val_start: str | None = None
     test_start: str | None = None
+    # Bounds of a walk-forward fold: training starts at train_start (a rolling window), the test
+    # split's windows end before test_end (the next fold's test period).
+    train_start: str | None = None
+    test_end: str | None = None
     normalise: str = "per-symbol"    # per-symbol | global statistics, fitted on training rows
 
     def validate(self) -> None:
@@ -228,18 +234,28 @@ class FeatureConfig(_Section):
         for key in DATE_KEYS:
             if getattr(self, key) is not None:
                 setattr(self, key, canonical_cuts(getattr(self, key), key))
-        _check(self.val_start is None or self.test_start is not None, "val_start", self.val_start,
-               "to be given with test_start (validation runs from val_start to test_start); or give "
-               "test_start alone")
-        if self.val_start is not None and self.test_start is not None:
-            val, test = parse_cuts(self.val_start, "val_start"), parse_cuts(self.test_start, "test_start")
-            for name in sorted(set(val) | set(test)):
-                v = cut_for(val, name, "val_start") if name in val or ANY_SYMBOL in val else None
-                t = cut_for(test, name, "test_start") if name in test or ANY_SYMBOL in test else None
-                _check(v is None or t is None or v < t, "val_start", self.val_start,
-                       f"a date before test_start for {'every symbol' if name == ANY_SYMBOL else name} "
-                       f"(test_start {self.test_start})")
+        for key, why in (("val_start", "validation runs from val_start to test_start"),
+                         ("train_start", "training runs from train_start to the validation split"),
+                         ("test_end", "the test split runs from test_start to test_end")):
+            _check(getattr(self, key) is None or self.test_start is not None, key, getattr(self, key),
+                   f"to be given with test_start ({why}); or give test_start alone")
+        _check_cut_order(self)
         _check(self.normalise in NORMALISATIONS, "normalise", self.normalise, " or ".join(NORMALISATIONS))
+
+
+def _check_cut_order(f: FeatureConfig) -> None:
+    """Every pair of date cuts that applies to one symbol comes in calendar order (DATE_KEYS): the
+    error names the earlier key of the first pair out of order, the later one and the symbol."""
+    given = [(k, parse_cuts(getattr(f, k), k)) for k in DATE_KEYS if getattr(f, k) is not None]
+    names = sorted({n for _, cuts in given for n in cuts})
+    for i, (early, a) in enumerate(given):
+        for late, b in given[i + 1:]:
+            for name in names:
+                x = cut_for(a, name, early) if name in a or ANY_SYMBOL in a else None
+                y = cut_for(b, name, late) if name in b or ANY_SYMBOL in b else None
+                _check(x is None or y is None or x < y, early, getattr(f, early),
+                       f"a date before {late} for {'every symbol' if name == ANY_SYMBOL else name} "
+                       f"({late} {getattr(f, late)})")
 
 
 @dataclass
@@ -424,7 +440,8 @@ class Config:
 # checkpoint (or a saved configuration) without them still loads. Any other missing key is damage.
 ADDED_LATER: dict[str, dict[str, Any]] = {"data": {"data_file": None},
                                           "features": {"custom_features": [], "val_start": None,
-                                                       "test_start": None},
+                                                       "test_start": None, "train_start": None,
+                                                       "test_end": None},
                                           "train": {"precision": "fp32", "threads": 0}}
 
 

@@ -32,7 +32,7 @@ OTHER = {"data_dir": "some/data", "data_file": None, "symbols": "5", "bars": "70
          "num_workers": "1", "models_dir": "m2", "checkpoint_every": "10", "keep": "4",
          "split": "per-symbol", "normalise": "global", "runs_dir": "r2", "cost_bps": "2.5",
          "precision": "bf16", "threads": "1", "val_start": "GOOG=2012-06-01,*=2016-01-01",
-         "test_start": "2017-01-01"}
+         "test_start": "2017-01-01", "train_start": "2010-01-01", "test_end": "2018-01-01"}
 
 
 def _cli(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -96,6 +96,12 @@ def test_a_date_outside_a_symbols_bars_empties_its_splits_and_no_test_at_all_is_
     ({"val_start": "2016-01-01"}, "to be given with test_start"),
     ({"val_start": "2017-01-01", "test_start": "2016-01-01"}, "a date before test_start for every symbol"),
     ({"val_start": "A=2017-01-01,*=2015-01-01", "test_start": "2016-01-01"}, "before test_start for A"),
+    ({"train_start": "2016-01-01"}, "'train_start'.*to be given with test_start"),
+    ({"test_end": "2016-01-01"}, "'test_end'.*to be given with test_start"),
+    ({"test_start": "2016-01-01", "test_end": "2016-01-01"}, "a date before test_end for every symbol"),
+    ({"train_start": "2016-02-01", "val_start": "2016-01-01", "test_start": "2016-06-01"},
+     "'train_start'.*a date before val_start"),
+    ({"train_start": "A=2016-07-01,*=2015-01-01", "test_start": "2016-06-01"}, "before test_start for A"),
 ])
 def test_bad_dates_are_config_errors_naming_the_key(kw: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -192,3 +198,31 @@ def test_evaluate_on_data_outside_a_date_cut_checkpoints_splits_is_refused_namin
     early = run(*ev, "early")
     assert early.returncode == 2 and "the test split has no windows (test_start 2001-06-01" in early.stderr
     assert not list(tmp_path.rglob("summary.json"))[1:]  # only the training run's: no report written
+
+
+def test_a_fold_bounded_by_train_start_and_test_end_keeps_every_label_inside_its_period() -> None:
+    """A walk-forward fold: training from train_start (a rolling window), validation, test up to
+    test_end. On real time stamps: no training label reaches validation, none of validation the
+    test period, and every test window ends before test_end (the next fold's test period)."""
+    syms = [symbol("A", "2014-01-01", 1200), symbol("B", "2014-03-01", 1000)]
+    c = cfg(train_start="2015-01-01", val_start="2016-01-01", test_start="2016-04-01", test_end="2016-07-01",
+            horizon=5)
+    sp = choose_splits(syms, c).splits
+    for i, s in enumerate(syms):
+        t = s.time
+        train = range(int(sp["train"].starts[i]), int(sp["train"].stops[i]))
+        val = range(int(sp["val"].starts[i]), int(sp["val"].stops[i]))
+        test = range(int(sp["test"].starts[i]), int(sp["test"].stops[i]))
+        assert t[train[0]] == _ns("2015-01-01") and t[train[0] - 1] < _ns("2015-01-01")
+        assert t[train[-1] + c.horizon] < _ns("2016-01-01") <= t[val[0]]
+        assert t[val[-1] + c.horizon] < _ns("2016-04-01") <= t[test[0]]
+        assert t[test[-1]] < _ns("2016-07-01") <= t[test[-1] + 1]  # every end bar before the next period
+    # Folds that tile the calendar test every end bar once: this fold's last and the next one's first.
+    nxt = choose_splits(syms, cfg(train_start="2015-04-01", val_start="2016-04-01", test_start="2016-07-01",
+                                  test_end="2016-10-01", horizon=5)).splits
+    for i in range(len(syms)):
+        assert int(nxt["test"].starts[i]) == int(sp["test"].stops[i])
+    assert "--train-start 2015-01-01T00:00:00 --val-start 2016-01-01T00:00:00" in choose_splits(syms, c).reason
+    old = Config().to_dict()
+    del old["features"]["train_start"], old["features"]["test_end"]  # a checkpoint from before them
+    assert Config.from_dict(old).features.test_end is None

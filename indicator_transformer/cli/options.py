@@ -83,6 +83,12 @@ FEATURE_FLAGS = [
     ("--test-start", str, "date cut: the test split starts at the first bar at or after this date (same "
                           "forms as --val-start); alone, validation is the last val_frac / (train_frac + "
                           "val_frac) of each symbol's windows before it (default: not set)"),
+    ("--train-start", str, "date cut: training windows end at or after this date (same forms as "
+                           "--val-start; a rolling training window); needs --test-start (default: not "
+                           "set: from the first full window)"),
+    ("--test-end", str, "date cut: the test split's windows end before this date (same forms; the next "
+                        "walk-forward fold's test period); needs --test-start (default: not set: to the "
+                        "last bar with a label)"),
     ("--normalise", str, "feature and label statistics, fitted on training rows only: per-symbol "
                          "(assets of different price, volatility and bar frequency train together) "
                          "or global (pooled over all symbols)"),

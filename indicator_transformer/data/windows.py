@@ -17,7 +17,11 @@ Date cuts (``--val-start`` / ``--test-start``, config keys ``val_start`` / ``tes
 the fractions and the policy, for a test period fixed in the calendar (the same years for every
 model compared) or per symbol for files covering different years: validation begins at the first
 bar whose time is at or after val_start, test at the first at or after test_start, with the same
-purge gap of h end bars before each cut. ``--test-start`` alone takes validation from the windows
+purge gap of h end bars before each cut. ``--train-start`` starts training at the first end bar at
+or after it (a rolling window: the inputs may reach back before it, no label does), ``--test-end``
+ends the test split before the first bar at or after it (a walk-forward fold's test period; its
+last labels may reach into the next period, which is only tested, never trained on, in this
+fold). ``--test-start`` alone takes validation from the windows
 before it: the last val_frac / (train_frac + val_frac) of each symbol's. A date outside a symbol's
 bars leaves the splits on that side empty for that symbol (a test date after its last bar: no
 test windows of it; before its first full window: no training or validation windows).
@@ -37,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..config import FeatureConfig
+from ..config import DATE_KEYS, FeatureConfig
 from ..cutoffs import ANY_SYMBOL, cut_for, parse_cuts
 from .prepare import SymbolData
 
@@ -135,18 +139,33 @@ def date_splits(symbols: list[SymbolData], cfg: FeatureConfig) -> dict[str, Spli
     split (:func:`choose_splits` also names entries for symbols that are not in the data)."""
     test = parse_cuts(cfg.test_start, "test_start")
     val = parse_cuts(cfg.val_start, "val_start") if cfg.val_start is not None else None
+    first = _optional_cuts(cfg, "train_start")
+    end = _optional_cuts(cfg, "test_end")
     firsts, lasts = _valid_ranges(symbols, cfg)
     share = cfg.train_frac / (cfg.train_frac + cfg.val_frac)
     ranges = []
     for s, f, la in zip(symbols, firsts, lasts, strict=True):
         t = np.asarray(s.time)
-        a2 = int(np.searchsorted(t, cut_for(test, s.symbol, "test_start"), side="left"))
+
+        def at(cuts: dict[str, int], key: str, sym: str = s.symbol, times: np.ndarray = t) -> int:
+            return int(np.searchsorted(times, cut_for(cuts, sym, key), side="left"))
+
+        if first is not None:  # a rolling training window: end bars from the first at train_start
+            f = max(f, at(first, "train_start"))
+        if end is not None:  # the test windows end before test_end (the next fold's period)
+            la = min(la, at(end, "test_end"))
+        a2 = at(test, "test_start")
         if val is not None:
-            a1 = int(np.searchsorted(t, cut_for(val, s.symbol, "val_start"), side="left"))
+            a1 = at(val, "val_start")
         else:  # the last val share of the valid end bars before the test cut
             a1 = f + int(max(min(a2, la) - f, 0) * share)
         ranges.append(_cut(f, a1, a2, max(la, f), cfg.horizon))
     return _assemble(ranges)
+
+
+def _optional_cuts(cfg: FeatureConfig, key: str) -> dict[str, int] | None:
+    text = getattr(cfg, key, None)
+    return parse_cuts(text, key) if text is not None else None
 
 
 def make_splits(symbols: list[SymbolData], cfg: FeatureConfig) -> dict[str, SplitIndex]:
@@ -217,7 +236,7 @@ def require_windows(splits: dict[str, SplitIndex], cfg: FeatureConfig) -> None:
 
 def _date_cuts_text(cfg: FeatureConfig, prefix: str) -> str:
     """``--val-start X --test-start Y`` (prefix "--") or ``val_start X, test_start Y`` (prefix "")."""
-    parts = [(k, getattr(cfg, k)) for k in ("val_start", "test_start") if getattr(cfg, k) is not None]
+    parts = [(k, getattr(cfg, k, None)) for k in DATE_KEYS if getattr(cfg, k, None) is not None]
     if prefix:
         return " ".join(f"{prefix}{k.replace('_', '-')} {v}" for k, v in parts)
     return ", ".join(f"{k} {v}" for k, v in parts)
@@ -229,8 +248,8 @@ def _stray_note(symbols: list[SymbolData], cfg: FeatureConfig) -> str:
     (GOGL for GOOG) leaves that symbol on the ``*`` default."""
     names = {s.symbol for s in symbols}
     notes = []
-    for key in ("val_start", "test_start"):
-        text = getattr(cfg, key)
+    for key in DATE_KEYS:
+        text = getattr(cfg, key, None)
         stray = sorted(set(parse_cuts(text, key)) - names - {ANY_SYMBOL}) if text is not None else []
         if stray:
             notes.append(f"{key} names symbol(s) not in the data: {_names(stray)}")
