@@ -222,7 +222,8 @@ def test_a_fold_bounded_by_train_start_and_test_end_keeps_every_label_inside_its
                                   test_end="2016-10-01", horizon=5)).splits
     for i in range(len(syms)):
         assert int(nxt["test"].starts[i]) == int(sp["test"].stops[i])
-    assert "--train-start 2015-01-01T00:00:00 --val-start 2016-01-01T00:00:00" in choose_splits(syms, c).reason
+    reason = choose_splits(syms, c).reason
+    assert "--train-start 2015-01-01T00:00:00 --val-start 2016-01-01T00:00:00" in reason
     old = Config().to_dict()
     del old["features"]["train_start"], old["features"]["test_end"]  # a checkpoint from before them
     assert Config.from_dict(old).features.test_end is None

@@ -1,0 +1,1 @@
+"""Experiments as sets of ordinary runs: walk-forward folds (folds.py)."""
