@@ -123,7 +123,7 @@ def mean_t(x: np.ndarray) -> tuple[float, float, float]:
 
 
 # ----------------------------------------------------------------------------- point metrics
-def point_metrics(pred: np.ndarray, target: np.ndarray, train_mean: float) -> dict[str, float]:
+def point_metrics(pred: np.ndarray, target: np.ndarray, train_mean: float | np.ndarray) -> dict[str, float]:
     """Scores of ``pred`` against ``target`` on the same samples.
 
     ``hit_rate`` counts the samples whose move is not zero and whose predicted sign matches;
@@ -168,14 +168,16 @@ def point_metrics(pred: np.ndarray, target: np.ndarray, train_mean: float) -> di
     }
 
 
-def by_symbol(symbols: np.ndarray, pred: np.ndarray, target: np.ndarray, train_mean: float
+def by_symbol(symbols: np.ndarray, pred: np.ndarray, target: np.ndarray, train_mean: float | np.ndarray
               ) -> dict[str, dict[str, float]]:
-    """:func:`point_metrics` of each symbol's own samples."""
+    """:func:`point_metrics` of each symbol's own samples (``train_mean`` a constant, or one per
+    sample)."""
     symbols = np.asarray(symbols)
     out = {}
     for s in sorted(set(symbols.tolist())):
         mask = symbols == s
-        m = point_metrics(pred[mask], target[mask], train_mean)
+        mean = train_mean[mask] if isinstance(train_mean, np.ndarray) else train_mean
+        m = point_metrics(pred[mask], target[mask], mean)
         out[str(s)] = {k: m[k] for k in ("samples", "ic", "ic_t", "ic_se", "rank_ic", "rank_ic_se",
                                          "hit_rate", "always_long", "mse_ratio", "mse_ratio_se")}
     return out

@@ -64,7 +64,9 @@ class TestPredictions:
     times: np.ndarray                # (N,) int64 ns, end-bar time of each sample
     target: np.ndarray               # (N,) float64 realised forward return
     preds: dict[str, np.ndarray]     # "model" first, then the baselines, each (N,)
-    train_mean: float                # pooled training-label mean (the MSE ratio's constant)
+    # Pooled training-label mean (the MSE ratio's constant); per sample (an array) where samples of
+    # several walk-forward folds are pooled, each with its own fold's mean.
+    train_mean: float | np.ndarray
     horizon: int
     cost_bps: float
     per_year: float                  # bars per year for annualisation (NaN if unknown)
@@ -86,8 +88,9 @@ class TestPredictions:
 
     def subset(self, mask: np.ndarray, per_year: float | None = None) -> TestPredictions:
         """The samples of ``mask`` (with another annualisation when given)."""
+        mean = self.train_mean[mask] if isinstance(self.train_mean, np.ndarray) else self.train_mean
         return TestPredictions(self.symbols[mask], self.times[mask], self.target[mask],
-                               {k: v[mask] for k, v in self.preds.items()}, self.train_mean, self.horizon,
+                               {k: v[mask] for k, v in self.preds.items()}, mean, self.horizon,
                                self.cost_bps, self.per_year if per_year is None else per_year)
 
 
@@ -338,6 +341,11 @@ def _headline(head: dict[str, Any], pooled: dict[str, Any], sym: dict[str, Any],
     """The headline IC and MSE/mean of one predictor, with their standard errors and t."""
     if head["metric"] == "cs_ic" and cs is not None:
         ic, se, t, n = cs["ic_mean"], cs["ic_se"], cs["ic_t_adj"], f"{cs['dates']:,} dates"
+    elif head["metric"] == "cs_ic":  # one value per date (a constant): no cross-section to correlate.
+        # Not the symbol IC instead: one column holds one metric (pooled walk-forward folds give a
+        # constant per fold a spurious IC over time).
+        ic = se = t = math.nan
+        n = "no date with a cross-section"
     else:
         ic, se, t = sym["ic_mean"], sym["ic_se"], sym["ic_t"]
         n = (f"{pooled['samples']:,} samples of one symbol" if sym["symbols"] == 1

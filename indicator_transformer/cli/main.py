@@ -370,7 +370,18 @@ COMMANDS: dict[str, Command] = {
                         "declare as your own features", _configure_features, _run_features),
     "config": Command("print the effective configuration as TOML (config --show [--config F] [flags])",
                       _configure_config, _run_config),
+    "walk-forward": Command("walk-forward evaluation over seeds: one training run per (fold, seed), "
+                            "the out-of-sample report pooled over folds, mean +- std over seeds; the "
+                            "same command continues a stopped experiment (walk-forward --folds K "
+                            "--seeds 0,1,2 --test-bars N --out DIR)",
+                            lambda p: _walkforward().configure(p), lambda a: _walkforward().run(a)),
 }
+
+
+def _walkforward():  # noqa: ANN202 - the module, imported when the command is built
+    from . import walkforward
+
+    return walkforward
 
 
 def parser() -> argparse.ArgumentParser:

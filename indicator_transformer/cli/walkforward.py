@@ -1,0 +1,196 @@
+"""``indicator-transformer walk-forward``: retrain on the past, test on the next period, roll on,
+for several seeds; the out-of-sample report pooled over folds, as mean +- std over seeds.
+
+    indicator-transformer walk-forward --folds 4 --seeds 0,1,2 --test-bars 250 --out wf
+    indicator-transformer walk-forward --folds 4 --seeds 0,1,2 --test-bars 250 --out wf   # continues
+    indicator-transformer walk-forward --status --out wf
+
+Every train flag applies to every run (see experiment/walkforward.py for the folder layout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from ..config import Config, build_config, load_toml
+from ..errors import UserError
+from ..experiment import walkforward as wf
+from ..experiment.folds import WINDOW_KINDS, Fold, parse_period, plan_folds
+from ..shutdown import SignalHandler
+from ..startup import deferred_interrupt
+from .common import check_folders, print_table, run_with_handler
+from .options import add_common_switches, add_setting_flags, flag_values
+
+# Settings each run gets from the experiment: giving them is a mistake, not an override.
+SET_PER_RUN = {"seed": "--seeds", "models_dir": "--out", "runs_dir": "--out", "val_start": "--folds",
+               "test_start": "--folds", "train_start": "--window-kind rolling --train-bars/--train-period",
+               "test_end": "--folds"}
+
+
+class RunFailed(UserError):
+    """A run of the experiment ended with an error: the experiment stops with its exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    """The flags: the experiment's own, then every train flag."""
+    g = p.add_argument_group("the experiment")
+    g.add_argument("--folds", type=int, default=4, help="number of test periods, contiguous, at the end of "
+                   "the calendar (default: %(default)s)")
+    g.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each seeds the model and every "
+                   "stochastic baseline of its runs (default: %(default)s)")
+    g.add_argument("--test-bars", type=int, default=None, help="length of each test period in bars of the "
+                   "common calendar")
+    g.add_argument("--test-period", default=None, help="length of each test period in calendar time: 90d, "
+                   "6w, 3m, 1q, 1y (give this or --test-bars)")
+    g.add_argument("--window-kind", choices=WINDOW_KINDS, default="expanding",
+                   help="expanding: each fold trains on everything before its test period; rolling: on a "
+                        "fixed length before it (--train-bars or --train-period) (default: %(default)s)")
+    g.add_argument("--train-bars", type=int, default=None, help="rolling: training period length in bars")
+    g.add_argument("--train-period", default=None, help="rolling: training period length (90d ... 5y)")
+    g.add_argument("--out", default="walk_forward", help="the experiment's folder (default: %(default)s)")
+    g.add_argument("--status", action="store_true", help="print each run's state and exit")
+    g.add_argument("--new", action="store_true", help="move an earlier experiment in --out aside "
+                   "(previous_experiments/<time>/, untouched) instead of refusing different settings")
+    add_setting_flags(p)
+    add_common_switches(p)
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: expected comma-separated whole numbers, such as 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds) or any(not 0 <= s < 2**63 for s in seeds):
+        raise UserError(f"--seeds {text!r}: expected distinct seeds from 0 to 2**63 - 1")
+    return seeds
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the settings, then run (or continue) the experiment, or print its status."""
+    out = Path(args.out)
+    if args.status:
+        return status(out)
+    if args.config is not None and not args.config.strip():
+        raise UserError("--config: expected a TOML file name, got an empty string")
+    given = flag_values(args)
+    raw = load_toml(args.config) if args.config is not None else {}
+    for key, instead in SET_PER_RUN.items():
+        if key in given or _in_toml(raw, key):
+            raise UserError(f"{key.replace('_', '-')}: set for each run by the experiment (use {instead})")
+    cfg = build_config(raw, given, args.config)
+    settings = wf.Settings(
+        folds=args.folds, seeds=_seeds(args.seeds), window_kind=args.window_kind, test_bars=args.test_bars,
+        test_period=parse_period(args.test_period, "--test-period") if args.test_period else None,
+        train_bars=args.train_bars,
+        train_period=parse_period(args.train_period, "--train-period") if args.train_period else None)
+    check_folders(cfg, models=False)
+    extra = [flag for flag, on in (("--no-progress", args.no_progress), ("--no-plots", args.no_plots)) if on]
+    return run_with_handler(lambda handler: _experiment(cfg, settings, out, handler, args.new, extra))
+
+
+def _in_toml(raw: dict, key: str) -> bool:
+    return any(isinstance(v, dict) and key in v for v in raw.values()) or key in raw
+
+
+def _experiment(cfg: Config, settings: wf.Settings, out: Path, handler: SignalHandler, new: bool,
+                extra: list[str]) -> int:
+    with deferred_interrupt():
+        from ..data.cache import FeatureCache
+        from ..folder_lock import hold_folder
+        from ..run import prepare_data
+    stream = sys.stderr
+    started = time.perf_counter()
+    with hold_folder(out, "walk-forward", flag="--out"):
+        data = prepare_data(cfg, handler, FeatureCache(cfg.data.cache_dir).open(), stream,
+                            "--no-progress" not in extra)
+        if handler.should_stop:
+            return handler.exit_code
+        folds = plan_folds(data.symbols, window=cfg.features.window, horizon=cfg.features.horizon,
+                           folds=settings.folds, test_bars=settings.test_bars,
+                           test_period=settings.test_period, kind=settings.window_kind,
+                           train_bars=settings.train_bars, train_period=settings.train_period)
+        record = wf.experiment_record(cfg, settings, folds, data.fingerprint)
+        _print_folds(data.symbols, cfg, folds, stream)
+        del data  # the runs read the cache themselves
+        wf.claim_experiment(out, record, new, stream)
+        specs = wf.run_specs(out, folds, settings.seeds)
+        for i, spec in enumerate(specs, 1):
+            state = wf.run_state(spec)
+            head = f"[{i}/{len(specs)}] {spec.name}"
+            if state.status == "done":
+                print(f"{head}: done, not retrained", file=stream, flush=True)
+                continue
+            if handler.should_stop:
+                break
+            print(f"{head}: {'continuing, ' + state.detail if state.status == 'stopped' else 'starting'} "
+                  f"({spec.root})", file=stream, flush=True)
+            code = wf.run_one(spec, cfg, handler, extra, stream)
+            if handler.shutdown_requested:
+                break
+            if code != 0:
+                raise RunFailed(f"run {spec.name} failed (exit code {code}; its output is above, its files "
+                                f"in {spec.root}); the same command continues the experiment once that "
+                                f"is fixed", code if code == 2 else 1)
+        if handler.shutdown_requested:
+            print(f"Experiment stopped after {wf.elapsed(started)}: the run in progress saved its "
+                  f"checkpoint; the same command continues it (done runs are not retrained)", file=stream,
+                  flush=True)
+            return handler.exit_code
+        states = [(s, wf.run_state(s)) for s in specs]
+        missing = [s.name for s, st in states if st.status != "done"]
+        if missing:
+            raise UserError(f"runs {', '.join(missing)} have no report after training; run the command again")
+        wf.write_report(out, states, settings.seeds, cfg.features.horizon, cfg.train.cost_bps, record, stream)
+        print(f"Experiment complete in {wf.elapsed(started)}", file=stream, flush=True)
+    return 0
+
+
+def _print_folds(symbols: list, cfg: Config, folds: list[Fold], stream: TextIO) -> None:
+    from ..data.windows import choose_splits, split_summary
+
+    rows = []
+    for f in folds:
+        fc = cfg.replace(**f.cuts()).features
+        summary = split_summary(symbols, choose_splits(symbols, fc).splits)
+        cells = [str(f.index)]
+        for k in ("train", "val", "test"):
+            s = summary[k]
+            cells.append(f"{s['from']} .. {s['to']} ({s['windows']:,})" if s["windows"] else "-")
+        rows.append(cells)
+    print(f"Walk-forward: {len(folds)} fold(s), windows ending in each split (the last "
+          f"{cfg.features.horizon} before each cut are purged):", file=stream, flush=True)
+    print_table(["fold", "train", "validation", "test"], rows, stream=stream)
+
+
+def status(out: Path) -> int:
+    """Each run's state, from the files (nothing is written, no lock is taken)."""
+    import json
+
+    from ..integrity import IntegrityError, check_json
+
+    path = out / wf.EXPERIMENT_FILE
+    try:
+        record = check_json(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise UserError(f"{out}: no experiment here ({wf.EXPERIMENT_FILE} is missing)") from None
+    except (OSError, ValueError, IntegrityError) as e:
+        raise UserError(f"{path}: not a readable experiment record ({e})") from None
+    folds = [Fold(f["index"], f["train_start"], f["test_start"], f["test_end"]) for f in record["folds"]]
+    specs = wf.run_specs(out, folds, record["settings"]["seeds"])
+    rows = []
+    for spec in specs:
+        st = wf.run_state(spec)
+        rows.append([spec.name, st.status, st.detail])
+    print_table(["run", "state", "where"], rows)
+    done = sum(1 for r in rows if r[1] == "done")
+    print(f"{done} of {len(rows)} run(s) done" + ("; summary: " + str(out / wf.SUMMARY_FILE)
+                                                  if (out / wf.SUMMARY_FILE).exists() else ""))
+    return 0

@@ -1,0 +1,397 @@
+"""A walk-forward experiment over seeds: one ordinary training run per (fold, seed), then the
+out-of-sample report pooled over the folds, per seed and as mean +- std over seeds.
+
+    DIR/experiment.json            what the experiment is (settings, base configuration, data, folds)
+    DIR/runs/fold<k>-seed<s>/      one ordinary run: run.toml, models/, runs/<time>/
+    DIR/summary.json               per run, per seed pooled over folds, over seeds (when all are done)
+    DIR/oos_predictions.csv        every out-of-sample window once per seed, every predictor
+
+Each run is the train command as a child process (``--config run.toml --resume auto
+--save-predictions``): everything that makes one run safe holds unchanged, and a run that was
+stopped continues bit-exactly from its checkpoint when the experiment is started again. A run
+counts as done only when its ``evaluation.json`` belongs to its newest checkpoint and its test
+predictions are there; done runs are never retrained. A stop (Ctrl-C, SIGTERM) is passed to the
+run in progress, which saves its checkpoint; the experiment then exits with the signal's code.
+
+The experiment holds ``DIR`` (:func:`..folder_lock.hold_folder`) while it works, so a second
+experiment in the same folder is refused; each run holds its own models folder as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import atomic_write_json, atomic_write_text
+from ..config import Config, to_toml
+from ..errors import StorageError, UserError
+from ..integrity import IntegrityError, check_json, json_safe, seal_json
+from ..shutdown import SignalHandler
+from .folds import Fold, Period
+
+EXPERIMENT_FILE = "experiment.json"
+SUMMARY_FILE = "summary.json"
+OOS_FILE = "oos_predictions.csv"
+RUNS = "runs"
+PREVIOUS = "previous_experiments"
+PREDICTIONS = "predictions.csv"  # written by each run's --save-predictions, in its run folder
+RUN_CONFIG = "run.toml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The experiment's own settings (the runs' settings are the base configuration's)."""
+
+    folds: int
+    seeds: tuple[int, ...]
+    window_kind: str = "expanding"
+    test_bars: int | None = None
+    test_period: Period | None = None
+    train_bars: int | None = None
+    train_period: Period | None = None
+
+    def record(self) -> dict[str, Any]:
+        """JSON-able, as stored in experiment.json."""
+        return {"folds": self.folds, "seeds": list(self.seeds), "window_kind": self.window_kind,
+                "test_bars": self.test_bars,
+                "test_period": str(self.test_period) if self.test_period else None,
+                "train_bars": self.train_bars,
+                "train_period": str(self.train_period) if self.train_period else None}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One (fold, seed) run and where it lives."""
+
+    fold: Fold
+    seed: int
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return f"fold{self.fold.index}-seed{self.seed}"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def config(self, base: Config) -> Config:
+        """The base configuration made this fold and seed, writing into this run's folders."""
+        return base.replace(seed=self.seed, models_dir=str(self.models.absolute()),
+                            runs_dir=str(self.runs.absolute()), **self.fold.cuts())
+
+
+def run_specs(out: Path, folds: Sequence[Fold], seeds: Sequence[int]) -> list[RunSpec]:
+    """Every run, fold by fold (the oldest first), each fold's seeds in the order given."""
+    return [RunSpec(f, s, out / RUNS / f"fold{f.index}-seed{s}") for f in folds for s in seeds]
+
+
+@dataclass(frozen=True)
+class RunState:
+    status: str            # "done", "stopped", "not started"
+    detail: str            # for the status table
+    report: dict[str, Any] | None = None   # evaluation.json of a done run
+    predictions: Path | None = None        # its test predictions
+
+
+def run_state(spec: RunSpec) -> RunState:
+    """Where one run stands, from its files (nothing is written)."""
+    from ..run import EVALUATION_FILE, evaluation_belongs
+    from ..training import checkpoint as ckpt
+
+    if not spec.models.is_dir():
+        return RunState("not started", "-")
+    info, _ = ckpt.select_for_resume(spec.models)
+    if info is None:
+        return RunState("not started", "no checkpoint yet")
+    state = info.state or {}
+    where = f"epoch {state.get('epoch')}, global step {info.global_step}"
+    del info
+    if evaluation_belongs(spec.models, state):
+        try:
+            report = check_json(json.loads((spec.models / EVALUATION_FILE).read_text(encoding="utf-8")))
+        except (OSError, ValueError, IntegrityError):
+            report = None
+        preds = spec.runs / str(report.get("run")) / PREDICTIONS if report else None
+        if report is not None and preds is not None and preds.is_file():
+            return RunState("done", where, report, preds)
+        return RunState("stopped", f"trained to {where}; its test predictions are missing (a rerun "
+                                   f"writes them)")
+    return RunState("stopped", f"stopped at {where}")
+
+
+# ----------------------------------------------------------------------------- the experiment record
+def experiment_record(base: Config, settings: Settings, folds: Sequence[Fold], fingerprint: str
+                      ) -> dict[str, Any]:
+    """What must be the same for a second start to continue this experiment."""
+    cfg = base.to_dict()
+    for section in cfg.values():  # set per run, or only where files go: not what the runs compute
+        for key in ("models_dir", "runs_dir", "seed", "cache_dir", "threads", "num_workers",
+                    "prep_workers", "device"):
+            section.pop(key, None)
+    return {"settings": settings.record(), "config": cfg, "data_fingerprint": fingerprint,
+            "folds": [{"index": f.index, **f.cuts()} for f in folds]}
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The keys (dotted) whose values differ, for the refusal's message."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, name + ".")
+        elif a != b:
+            out.append(f"{name} {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def claim_experiment(out: Path, record: dict[str, Any], new: bool, stream: TextIO) -> None:
+    """Write experiment.json, or check that the one there is this experiment; with ``new`` an
+    earlier experiment is moved aside (untouched) to ``previous_experiments/<time>/`` first."""
+    path = out / EXPERIMENT_FILE
+    old = None
+    if path.exists() or path.is_symlink():
+        try:
+            old = check_json(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, IntegrityError) as e:
+            if not new:
+                raise UserError(f"{path}: not a readable experiment record ({e}); pass --new to move "
+                                f"this folder's experiment aside and start again") from None
+            old = {"unreadable": True}
+    if old is not None:
+        old.pop("sha256", None)
+        if old == record:
+            return
+        if not new:
+            diff = differences(old, record)
+            raise UserError(f"{out}/ holds another experiment: {'; '.join(diff[:6])}"
+                            f"{' ...' if len(diff) > 6 else ''}. Use another --out, the same settings to "
+                            f"continue it, or --new to move it aside")
+        aside = out / PREVIOUS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside.mkdir(parents=True, exist_ok=False)
+        for name in (EXPERIMENT_FILE, SUMMARY_FILE, OOS_FILE, RUNS):
+            if (out / name).exists() or (out / name).is_symlink():
+                os.replace(out / name, aside / name)
+        print(f"note: moved the previous experiment to {aside} (nothing was deleted)", file=stream,
+              flush=True)
+    atomic_write_json(path, seal_json(json_safe(record)))
+
+
+# ----------------------------------------------------------------------------- running the runs
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the experiment process dies (kill -9), so that the run saves its
+    checkpoint and ends instead of training on unwatched; and SIGINT back to its default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+
+
+TRAIN = "import sys; from indicator_transformer.startup import train; sys.exit(train())"
+
+
+def run_one(spec: RunSpec, base: Config, handler: SignalHandler, extra: Sequence[str], stream: TextIO) -> int:
+    """Train (or continue) one run as a child process; its exit code. A stop request is passed on
+    to it (once: the child is in its own process group, so a terminal's Ctrl-C reaches it only
+    through here)."""
+    spec.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(spec.root / RUN_CONFIG, to_toml(spec.config(base)))
+    argv = [sys.executable, "-c", TRAIN, "--config", str(spec.root / RUN_CONFIG), "--resume", "auto",
+            "--save-predictions", *extra]
+    try:
+        proc = subprocess.Popen(argv, preexec_fn=_die_with_parent, process_group=0,
+                                stdout=stream if _has_fd(stream) else None,
+                                stderr=stream if _has_fd(stream) else None)
+    except OSError as e:
+        raise StorageError(f"{spec.name}: could not start its training process ({e.strerror or e})") from None
+    passed = False
+    while True:
+        try:
+            return proc.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            pass
+        if handler.shutdown_requested and not passed:
+            passed = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, handler.signal_received or signal.SIGINT)
+
+
+def _has_fd(stream: TextIO) -> bool:
+    try:
+        stream.fileno()
+        return True
+    except (OSError, AttributeError, ValueError):
+        return False
+
+
+# ----------------------------------------------------------------------------- the report
+@dataclass
+class Pooled:
+    """Every done run's test predictions, tagged with fold and seed."""
+
+    frame: pd.DataFrame
+    predictors: list[str]
+
+
+def read_predictions(states: Sequence[tuple[RunSpec, RunState]]) -> Pooled:
+    """The out-of-sample table: symbol, time, fold, seed, realised and one column per predictor
+    (the model first), sorted by seed, time, symbol."""
+    frames = []
+    names: list[str] | None = None
+    for spec, st in states:
+        assert st.predictions is not None
+        try:
+            df = pd.read_csv(st.predictions)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{st.predictions}: cannot read the run's test predictions ({e}); remove the "
+                            f"run's models folder to train it again") from None
+        cols = [c for c in df.columns if c not in ("symbol", "time", "predicted_return", "rank", "split",
+                                                    "realised_return")]
+        names = names or ["model", *cols]
+        out = pd.DataFrame({"symbol": df["symbol"].astype(str), "time": df["time"],
+                            "fold": spec.fold.index, "seed": spec.seed,
+                            "realised": df["realised_return"], "model": df["predicted_return"]})
+        for c in cols:
+            out[c] = df[c]
+        frames.append(out)
+    frame = pd.concat(frames, ignore_index=True)
+    frame = frame.sort_values(["seed", "time", "symbol"], kind="stable").reset_index(drop=True)
+    return Pooled(frame, names or ["model"])
+
+
+def pooled_report(pooled: Pooled, seed: int, horizon: int, cost_bps: float) -> dict[str, Any]:
+    """The single-run report (report.build_report) of one seed's out-of-sample windows over every
+    fold: each sample's MSE constant is its own fold's training mean."""
+    from .. import metrics
+    from ..report import TestPredictions, build_report
+
+    df = pooled.frame[pooled.frame["seed"] == seed]
+    times = pd.to_datetime(df["time"], utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+    per_year = [metrics.periods_per_year(np.sort(times[df["symbol"].to_numpy() == s]))
+                for s in np.unique(df["symbol"].to_numpy())]
+    train_mean = df["train_mean"].to_numpy(np.float64) if "train_mean" in df else np.zeros(len(df))
+    tp = TestPredictions(df["symbol"].to_numpy(), times, df["realised"].to_numpy(np.float64),
+                         {p: df[p].to_numpy(np.float64) for p in pooled.predictors}, train_mean,
+                         horizon, cost_bps, float(np.nanmedian(per_year)) if per_year else math.nan)
+    return build_report(tp, None, scored=f"the out-of-sample windows of every fold (seed {seed})")
+
+
+def over_seeds(reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Per predictor: the headline metric (and MSE/mean) as mean, std and per seed; how many seeds
+    the model leads each strong baseline in, and in how many by more than its standard error."""
+    seeds = sorted(reports)
+    first = reports[seeds[0]]
+    metric = first["headline"]["metric"]
+    out: dict[str, Any] = {"headline": first["headline"]["label"], "seeds": seeds, "predictors": {}}
+    for name in first["predictors"]:
+        values = [reports[s]["predictors"][name]["headline"]["ic"] for s in seeds]
+        mse = [reports[s]["predictors"][name]["headline"]["mse_ratio"] for s in seeds]
+        out["predictors"][name] = {metric: _spread(values), "mse_ratio": _spread(mse)}
+    wins: dict[str, Any] = {}
+    for name in first.get("margins", {}):
+        leads = [reports[s]["margins"][name]["ic_lead"] for s in seeds]
+        clear = [bool(reports[s]["margins"][name]["clear"]) for s in seeds]
+        wins[name] = {"ahead_in": sum(1 for v in leads if v > 0), "clearly_ahead_in": sum(clear),
+                      "of": len(seeds), "lead": _spread(leads)}
+    out["model_against"] = wins
+    return out
+
+
+def _spread(values: Sequence[float]) -> dict[str, Any]:
+    v = np.asarray(values, np.float64)
+    ok = v[np.isfinite(v)]
+    return {"mean": float(ok.mean()) if len(ok) else math.nan,
+            "std": float(ok.std(ddof=1)) if len(ok) > 1 else math.nan,
+            "per_seed": [float(x) for x in v]}
+
+
+def verdict(agg: dict[str, Any]) -> str:
+    """One paragraph a quant can act on, honest about seed noise: a lead counts only when it is
+    larger than its standard error in every seed."""
+    head = agg["headline"]
+    metric = next(iter(agg["predictors"]["model"]))
+    m = agg["predictors"]["model"][metric]
+    parts = [f"Out of sample over every fold, the model's {head} is {_pm(m)} (mean +- std over "
+             f"{len(agg['seeds'])} seed(s))."]
+    for name, w in agg["model_against"].items():
+        other = agg["predictors"][name][metric]
+        if w["clearly_ahead_in"] == w["of"]:
+            word = "the model beats it in every seed"
+        elif w["ahead_in"] == 0:
+            word = "the model is behind it in every seed"
+        else:
+            word = "not distinguishable"
+        parts.append(f"Against {name} ({_pm(other)}): {word} (ahead in {w['ahead_in']} of {w['of']} seeds, "
+                     f"by more than the standard error in {w['clearly_ahead_in']}).")
+    return " ".join(parts)
+
+
+def _pm(s: dict[str, Any]) -> str:
+    mean, std = s["mean"], s["std"]
+    return f"{mean:+.4f}" + (f" +- {std:.4f}" if math.isfinite(std) else "")
+
+
+def write_report(out: Path, specs_states: Sequence[tuple[RunSpec, RunState]], seeds: Sequence[int],
+                 horizon: int, cost_bps: float, record: dict[str, Any], stream: TextIO) -> dict[str, Any]:
+    """summary.json and oos_predictions.csv of a finished experiment; the table on ``stream``."""
+    pooled = read_predictions(specs_states)
+    reports = {s: pooled_report(pooled, s, horizon, cost_bps) for s in seeds}
+    agg = over_seeds(reports)
+    per_run = []
+    for spec, st in specs_states:
+        rep = (st.report or {}).get("report", {})
+        per_run.append({"run": spec.name, "fold": spec.fold.index, "seed": spec.seed, **spec.fold.cuts(),
+                        "headline": {n: p["headline"] for n, p in rep.get("predictors", {}).items()}})
+    by_seed = {str(s): {"headline": r["headline"], "samples": r["samples"], "dates": r["dates"],
+                        "predictors": {n: {k: p[k] for k in ("headline", "pooled", "cross_section")}
+                                       for n, p in r["predictors"].items()},
+                        "margins": r["margins"], "verdict": r["verdict"]}
+               for s, r in reports.items()}
+    summary = {"experiment": record, "runs": per_run, "pooled_by_seed": by_seed, "over_seeds": agg,
+               "verdict": verdict(agg)}
+    frame = pooled.frame.copy()
+    atomic_write_text(out / OOS_FILE, frame.to_csv(index=False, float_format="%.8g"))
+    atomic_write_json(out / SUMMARY_FILE, seal_json(json_safe(summary)))
+    _print_table(agg, stream)
+    print(f"Verdict: {summary['verdict']}", file=stream, flush=True)
+    print(f"Report: {out / SUMMARY_FILE}; out-of-sample predictions: {out / OOS_FILE}", file=stream,
+          flush=True)
+    return summary
+
+
+def _print_table(agg: dict[str, Any], stream: TextIO) -> None:
+    metric = next(iter(agg["predictors"]["model"]))
+    lines = [f"Pooled out of sample, {len(agg['seeds'])} seed(s): {agg['headline']} and MSE/mean, mean +- "
+             f"std over seeds", f"  {'predictor':<12} {agg['headline']:>20} {'MSE/mean':>20}"]
+    for name, p in agg["predictors"].items():
+        lines.append(f"  {name:<12} {_pm(p[metric]):>20} {_pm(p['mse_ratio']):>20}")
+    print("\n".join(lines), file=stream, flush=True)
+
+
+def elapsed(start: float) -> str:
+    s = int(time.perf_counter() - start)
+    return f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"

@@ -1,0 +1,156 @@
+"""``indicator-transformer walk-forward``: one ordinary run per (fold, seed) as a real child
+process, the pooled out-of-sample report, and a stopped experiment that continues to the very
+figures and predictions of an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import child_env, default_sigint
+from trainproc import Child
+
+from indicator_transformer.cutoffs import parse_cuts
+from indicator_transformer.integrity import check_json
+
+TINY = ["--symbols", "4", "--bars", "700", "--epochs", "2", "--batch-size", "64", "--d-model", "16",
+        "--heads", "2", "--layers", "1", "--no-progress", "--no-plots", "--window", "16"]
+EXPERIMENT = ["--folds", "2", "--seeds", "0,1", "--test-bars", "80", *TINY]
+
+
+def _cmd(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "indicator_transformer", "walk-forward", *args]
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(_cmd(args), cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=600,
+                          preexec_fn=default_sigint)
+
+
+def _wait_for_after(child: Child, first: str, then: str, timeout: float = 300) -> None:
+    """Block until a line starting with ``then`` follows the line starting with ``first``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = list(child.lines)
+        at = next((i for i, ln in enumerate(lines) if ln.startswith(first)), None)
+        if at is not None and any(ln.startswith(then) for ln in lines[at:]):
+            return
+        assert child.proc.poll() is None, child.stderr
+        time.sleep(0.05)
+    raise AssertionError(f"no '{then}' after '{first}':\n{child.stderr}")
+
+
+def _figures(out: Path) -> dict:
+    doc = check_json(json.loads((out / "summary.json").read_text()))
+    doc.pop("sha256")
+    return doc
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted experiment (its cache is shared with the other tests' experiments)."""
+    root = tmp_path_factory.mktemp("wf")
+    r = _run([*EXPERIMENT, "--out", "whole"], root)
+    assert r.returncode == 0, r.stderr
+    assert "Experiment complete" in r.stderr and "Traceback" not in r.stderr
+    return root
+
+
+def test_every_out_of_sample_window_is_tested_once_per_seed_in_its_own_fold(finished: Path) -> None:
+    out = finished / "whole"
+    doc = _figures(out)
+    oos = pd.read_csv(out / "oos_predictions.csv")
+    assert list(oos.columns[:6]) == ["symbol", "time", "fold", "seed", "realised", "model"]
+    assert {"ridge", "lightgbm", "train_mean"} <= set(oos.columns)
+    folds = doc["experiment"]["folds"]
+    assert [f["index"] for f in folds] == [0, 1] and folds[0]["test_end"] == folds[1]["test_start"]
+    times = pd.to_datetime(oos["time"], utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+    for f in folds:  # each row lies in its fold's test period
+        rows = oos["fold"].to_numpy() == f["index"]
+        start = parse_cuts(f["test_start"], "x")["*"]
+        assert times[rows].min() >= start
+        if f["test_end"] is not None:
+            assert times[rows].max() < parse_cuts(f["test_end"], "x")["*"]
+    per_seed = [oos[oos["seed"] == s] for s in (0, 1)]
+    assert len(per_seed[0]) == len(per_seed[1]) > 0
+    for part in per_seed:
+        assert not part.duplicated(["symbol", "time"]).any()  # once per seed
+        assert (part[["symbol", "time", "realised"]].to_numpy() == per_seed[0][["symbol", "time",
+                                                                               "realised"]].to_numpy()).all()
+    # The seeds differ (the model is seeded), the pooled report has them both, with the spread.
+    assert not np.array_equal(per_seed[0]["model"].to_numpy(), per_seed[1]["model"].to_numpy())
+    agg = doc["over_seeds"]
+    assert agg["seeds"] == [0, 1] and agg["headline"] == "CS IC"
+    model = agg["predictors"]["model"]["cs_ic"]
+    assert len(model["per_seed"]) == 2 and model["std"] > 0
+    assert set(agg["model_against"]) == {"symbol_mean", "ridge", "lightgbm"}
+    assert doc["verdict"].startswith("Out of sample over every fold, the model's CS IC is")
+    # A constant per fold has no cross-section: no figure, not a spurious IC over time.
+    assert doc["pooled_by_seed"]["0"]["predictors"]["train_mean"]["headline"]["ic"] is None
+    assert len(doc["runs"]) == 4 and {r["run"] for r in doc["runs"]} == {
+        "fold0-seed0", "fold0-seed1", "fold1-seed0", "fold1-seed1"}
+
+
+def test_the_same_command_again_retrains_nothing_and_status_lists_every_run(finished: Path) -> None:
+    out = finished / "whole"
+    before = (out / "summary.json").read_bytes()
+    r = _run([*EXPERIMENT, "--out", "whole"], finished)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("done, not retrained") == 4 and "starting" not in r.stderr
+    assert (out / "summary.json").read_bytes() == before
+    st = _run(["--status", "--out", "whole"], finished)
+    assert st.returncode == 0, st.stderr
+    assert "4 of 4 run(s) done" in st.stdout and st.stdout.count(" done ") == 4
+
+
+def test_other_settings_in_the_same_folder_are_refused_and_new_moves_the_old_one_aside(
+        finished: Path) -> None:
+    import shutil
+
+    shutil.copytree(finished / "whole", finished / "other")
+    r = _run([*EXPERIMENT[:-2], "--lr", "0.002", "--out", "other"], finished)  # --window dropped too
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "other/ holds another experiment: " in r.stderr and "config.features.window 16 -> 32" in r.stderr
+    assert "config.train.lr" in r.stderr
+    for flag in (["--seed", "3"], ["--test-start", "2003-01-01"], ["--models-dir", "m"]):
+        bad = _run([*EXPERIMENT, *flag, "--out", "other"], finished)
+        assert bad.returncode == 2 and "set for each run by the experiment" in bad.stderr, bad.stderr
+
+
+def test_a_stopped_experiment_continues_to_the_figures_of_an_uninterrupted_one(finished: Path) -> None:
+    env = child_env()
+    env["INDICATOR_TRANSFORMER_PAUSE_AT"] = "train_step:30"
+    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "2"  # each run pauses briefly at step 30
+    proc = subprocess.Popen(_cmd([*EXPERIMENT, "--out", "stopped"]), cwd=finished, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
+    child = Child(proc)
+    try:
+        child.wait_for("[2/4] fold0-seed1: starting", timeout=300)
+        _wait_for_after(child, "[2/4] fold0-seed1: starting", "PAUSED train_step 30")  # the 2nd run's
+        proc.send_signal(signal.SIGTERM)  # to the experiment only: it passes the stop on
+        code = child.finish(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 143, child.stderr
+    assert child.lines[-1] == "Cleanup complete", child.stderr
+    assert "Experiment stopped after" in child.stderr and "Traceback" not in child.stderr
+    models = finished / "stopped" / "runs" / "fold0-seed1" / "models"
+    assert list(models.glob("*_interrupted.pth")), child.stderr
+    again = _run([*EXPERIMENT, "--out", "stopped"], finished)
+    assert again.returncode == 0, again.stderr
+    assert "[1/4] fold0-seed0: done, not retrained" in again.stderr
+    assert "[2/4] fold0-seed1: continuing, stopped at epoch " in again.stderr
+    assert ", global step 30 (" in again.stderr
+    a, b = _figures(finished / "whole"), _figures(finished / "stopped")
+    assert a == b
+    assert (finished / "whole" / "oos_predictions.csv").read_bytes() == \
+        (finished / "stopped" / "oos_predictions.csv").read_bytes()
