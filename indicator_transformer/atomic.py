@@ -22,6 +22,7 @@ from . import faults, shutdown
 from .errors import StorageError, StorageFull, UserError, too_many_open_files
 
 TMP_SUFFIX = ".tmp"
+_BY_FOLDER = os.unlink in os.supports_dir_fd  # unlinkat: remove a file relative to a folder descriptor
 
 
 def is_temp_file(path: str | Path) -> bool:
@@ -110,10 +111,17 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], *, sync_di
     """
     path = Path(path)
     folder = path.parent
-    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+    tmp_name = f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+    tmp = folder / tmp_name
+    # The writes go by path (a folder remounted read-only meanwhile refuses them); a descriptor of
+    # the folder only removes the temporary file of a failed write where the folder went, should
+    # it have been moved (renamed) meanwhile, instead of leaving it there.
+    dfd = -1
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
+        with contextlib.suppress(OSError):
+            dfd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+        with open(tmp, "xb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -125,12 +133,18 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], *, sync_di
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if dfd >= 0 and _BY_FOLDER:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name, dir_fd=dfd)
         if isinstance(e, IsADirectoryError):
             raise UserError(f"{path}: is a folder, where this file is to be written; move it away and run "
                             f"the command again") from None
         if isinstance(e, OSError) and (refused := storage_error(path, e)) is not None:
             raise refused from None
         raise
+    finally:
+        if dfd >= 0:
+            os.close(dfd)
     return path
 
 

@@ -344,7 +344,8 @@ class TrainConfig(_Section):
 
 
 def _same_folder(a: str, b: str) -> bool:
-    return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+    """One folder under two names: the same path, or links to one (``ln -s cache m``)."""
+    return any(os.path.normcase(f(a)) == os.path.normcase(f(b)) for f in (os.path.abspath, os.path.realpath))
 
 
 @dataclass
@@ -365,8 +366,12 @@ class Config:
                 raise ConfigError(f"section [{name}] must be a {klass.__name__}, got {_short(part)}")
         # Four roles, four folders: the cache would litter a data folder with .npy files that the
         # next run reads as input, and checkpoints inside the cache make it look foreign.
+        # runs_dir unset is "runs" beside the models folder (runlog.runs_dir_for): that one counts.
         paths = [("data_dir", self.data.data_dir), ("cache_dir", self.data.cache_dir),
                  ("models_dir", self.train.models_dir), ("runs_dir", self.train.runs_dir)]
+        if self.train.runs_dir is None:  # first, so that the error names the setting that was given
+            beside = os.path.join(os.path.dirname(os.path.abspath(self.train.models_dir)), "runs")
+            paths.insert(0, ("the runs folder beside models_dir", beside))
         for i, (key_a, a) in enumerate(paths):
             for key_b, b in paths[i + 1:]:
                 _check(a is None or b is None or not _same_folder(a, b), key_b, b,

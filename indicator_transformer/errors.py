@@ -83,6 +83,11 @@ class StorageError(UserError):
     exit_code = EXIT_FAILURE
 
 
+class FolderMoved(StorageError):
+    """A folder a run holds was moved or removed under it (exit code 1): said once, with where it
+    went and what was saved there."""
+
+
 class OutOfMemory(UserError):
     """Memory ran out in a training step: one message saying what to change, exit code 1."""
 

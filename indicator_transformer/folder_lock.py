@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .atomic import storage_error
-from .errors import StorageError, UserError
+from .errors import FolderMoved, StorageError, UserError
 
 LOCK_NAME = ".lock"
 _held: set[int] = set()  # descriptors this process holds a folder lock on
@@ -54,6 +54,18 @@ def _close_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_close_in_child)
+
+
+def hold_descriptor(fd: int) -> None:
+    """Count ``fd`` (holding a flock) among this process's locks: a forked child closes its copy."""
+    _held.add(fd)
+
+
+def release_descriptor(fd: int) -> None:
+    """Close a descriptor given to :func:`hold_descriptor` (its flock is released)."""
+    _held.discard(fd)
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 class FolderInUse(UserError):
@@ -103,7 +115,7 @@ def hold_folder(folder: str | Path, command: str, flag: str = "--models-dir", *,
     fd, made, on_folder = _lock_folder(d, path, flag, create)
     _held.add(fd)
     st = os.fstat(fd) if on_folder else os.stat(d)
-    _held_folders[str(d)] = (os.path.abspath(d), st.st_dev, st.st_ino)
+    _held_folders[str(d)] = (os.path.abspath(d), st.st_dev, st.st_ino, fd, on_folder)
     try:
         me = {"pid": os.getpid(), "command": command, "host": socket.gethostname(),
               "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), "argv": sys.argv[:8]}
@@ -122,23 +134,22 @@ def hold_folder(folder: str | Path, command: str, flag: str = "--models-dir", *,
                 # meanwhile finds it gone once it gets the lock, and makes its own.
                 os.unlink(path)
                 os.rmdir(d)
+                for parent in made[1:]:  # the folders above it that were made for it, if empty
+                    os.rmdir(parent)
         _held_folders.pop(str(d), None)
         os.close(fd)  # releases the flock
 
 
-def _lock_folder(d: Path, path: Path, flag: str, create: bool) -> tuple[int, bool, bool]:
-    """(descriptor holding the lock, whether the folder was made here, whether the lock is on the
-    folder itself rather than on the holder file). A lock got on a folder that has meanwhile been
-    removed or replaced (its last holder removed it as empty) is let go and taken again."""
+def _lock_folder(d: Path, path: Path, flag: str, create: bool) -> tuple[int, list[Path], bool]:
+    """(descriptor holding the lock, the folders made here - the folder first, then the ones above
+    it that were missing too -, whether the lock is on the folder itself rather than on the holder
+    file). A lock got on a folder that has meanwhile been removed or replaced (its last holder
+    removed it as empty) is let go and taken again."""
     for _ in range(50):
-        made = False
+        made: list[Path] = []
         try:
             if create:
-                try:
-                    d.mkdir(parents=True)
-                    made = True
-                except FileExistsError:
-                    pass
+                made = _make_folders(d)
             _refuse_odd_file(path)
             fd = os.open(d, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
         except FileNotFoundError:
@@ -180,6 +191,20 @@ def _lock_folder(d: Path, path: Path, flag: str, create: bool) -> tuple[int, boo
                       f"command again")
 
 
+def _make_folders(d: Path) -> list[Path]:
+    """Make ``d`` and any missing folder above it; the ones made, ``d`` first ([] if it existed)."""
+    missing = []
+    p = d.absolute()
+    while not p.exists() and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    try:
+        d.mkdir(parents=True)
+    except FileExistsError:  # another process made it meanwhile: it is not ours to remove
+        return []
+    return missing
+
+
 def folder_holder(folder: str | Path) -> str | None:
     """'PID N (train, ...)' when a live process holds ``folder`` (see :func:`hold_folder`), else
     None (also when it cannot be told: no folder, no /proc/locks, a holder file lock on NFS). It
@@ -190,9 +215,28 @@ def folder_holder(folder: str | Path) -> str | None:
     return text if text.startswith("PID") else f"{_pids_text(Path(folder))} (starting up)"
 
 
-# The folder as named -> (its absolute path, device, inode) when it was locked: the absolute path
-# is taken then, as the working folder may be gone by the time of a check.
-_held_folders: dict[str, tuple[str, int, int]] = {}
+# The folder as named -> (its absolute path, device, inode, the descriptor holding the lock, whether
+# that is the folder's own) when it was locked: the absolute path is taken then, as the working
+# folder may be gone by the time of a check.
+_held_folders: dict[str, tuple[str, int, int, int, bool]] = {}
+
+
+def moved_to(folder: str | Path) -> Path | None:
+    """Where the folder this process holds is now, when it was moved (renamed) and still exists:
+    the lock is on the folder itself, so the kernel knows its new name (Linux: /proc/self/fd).
+    None when it is where it was, was removed, or this cannot be told."""
+    held = _held_folders.get(str(Path(folder)))
+    if held is None:
+        return None
+    where, _, _, fd, on_folder = held
+    try:
+        link = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    if link.endswith(" (deleted)") or not link.startswith("/"):
+        return None
+    now = Path(link) if on_folder else Path(link).parent
+    return None if str(now) == where else now
 
 
 def check_still_held(folder: str | Path) -> None:
@@ -202,19 +246,22 @@ def check_still_held(folder: str | Path) -> None:
     held = _held_folders.get(str(Path(folder)))
     if held is None:
         return
-    where, dev, ino = held
+    where, dev, ino = held[:3]
     try:
         st = os.stat(where)
         now: tuple[int, int] | None = (st.st_dev, st.st_ino)
     except OSError:
         now = None
-    if now != (dev, ino):
-        how = "removed" if now is None else "replaced"
-        raise StorageError(f"{folder}: the folder this run holds was {how} while it ran (moved, or "
-                           f"removed and made again); nothing more is written "
-                           f"there, where another run may now be working. The files it had written are "
-                           f"where the folder went: continue from there with resume_training.py "
-                           f"--models-dir <that folder>")
+    if now == (dev, ino):
+        return
+    other = "" if now is None else ", where another folder is now"
+    went = moved_to(folder)
+    if went is not None:
+        raise FolderMoved(f"{folder}: the folder this run holds was moved to {went} while it ran; nothing "
+                           f"more is written at the old name{other}. Its files are in {went}: continue "
+                           f"with resume_training.py --models-dir {went}")
+    raise FolderMoved(f"{folder}: the folder this run holds was removed while it ran{other}; nothing more "
+                       f"is written there")
 
 
 def _refuse_odd_file(path: Path) -> None:

@@ -46,8 +46,8 @@ from .data.windows import (
     split_summary,
     split_table,
 )
-from .errors import CheckpointError, OutOfMemory, StorageError, UserError, WorkerStalled
-from .folder_lock import FolderInUse, check_still_held, hold_folder
+from .errors import CheckpointError, FolderMoved, OutOfMemory, StorageError, UserError, WorkerStalled
+from .folder_lock import FolderInUse, check_still_held, hold_folder, moved_to
 from .integrity import IntegrityError, check_json, json_safe, seal_json
 from .model import count_parameters
 from .plots import plot_losses, write_plots
@@ -197,12 +197,22 @@ def _pipeline(cfg: Config, handler: SignalHandler, opts: RunOptions, stream: Tex
     # is removed again. A resume's checkpoint was chosen in an existing folder: it is not made.
     with contextlib.ExitStack() as held:
         def claim() -> None:
-            chose_here = opts.recheck_choice and opts.resume_path is not None
             faults.point("claim", 0)
-            held.enter_context(hold_folder(cfg.train.models_dir, opts.command, create=not chose_here))
+            held.enter_context(hold_folder(cfg.train.models_dir, opts.command,
+                                           create=not _chosen_inside(opts.resume_path, cfg.train.models_dir)))
             if opts.recheck_choice:
                 _check_choice_unchanged(Path(cfg.train.models_dir), opts.resume_path, opts.resume_state)
         return _pipeline_held(cfg, handler, opts, stream, None if opts.prepare_only else claim)
+
+
+def _chosen_inside(checkpoint: Path | None, models_dir: str) -> bool:
+    """Whether a resume's checkpoint lies in its models folder (or in an archive inside it): the
+    folder was there when the command chose it, so a missing one was moved away meanwhile, and is
+    not made again (the resume would write its files at the old name)."""
+    if checkpoint is None:
+        return False
+    here = os.path.normpath(os.path.abspath(models_dir))
+    return os.path.normpath(os.path.abspath(checkpoint)).startswith(here + os.sep)
 
 
 def _check_choice_unchanged(models_dir: Path, chosen: Path | None, state: dict[str, Any] | None) -> None:
@@ -296,6 +306,16 @@ def _pipeline_held(cfg: Config, handler: SignalHandler, opts: RunOptions, stream
     if not d.is_main:
         return _follow(trainer, handler)
     run = open_run_folder(trainer, state, models_dir, stream, opts.adopt_unfinished_run)
+    try:
+        return _run_in_folder(trainer, data, choice, run, handler, opts, models_dir, stream, started)
+    finally:
+        run.close()
+
+
+def _run_in_folder(trainer: Trainer, data: PreparedData, choice: SplitChoice, run: RunFolder,
+                   handler: SignalHandler, opts: RunOptions, models_dir: Path, stream: TextIO,
+                   started: float) -> int:
+    d = trainer.dist
     summary = RunSummary(run, trainer, data, choice, prepared_s=time.perf_counter() - started)
     summary.plots_enabled = opts.plots
     summary.save_predictions = opts.save_predictions
@@ -354,6 +374,8 @@ def _train_and_report(trainer: Trainer, data: PreparedData, summary: RunSummary,
 def _moved_or(e: Exception, models_dir: Path) -> Exception:
     """The error that says the models folder was moved away under the run, when it was: a write
     that failed because of that (ENOENT halfway through) then names the cause, not the symptom."""
+    if isinstance(e, FolderMoved):  # already says so (and what was saved where it went)
+        return e
     try:
         check_still_held(models_dir)
     except StorageError as moved:
@@ -500,9 +522,12 @@ def open_run_folder(trainer: Trainer, state: dict[str, Any] | None, models_dir: 
     runs = runs_dir_for(trainer.cfg.train.runs_dir, models_dir)
     record = state.get("run") if state is not None else None
     if record is None and adopt_unfinished:
-        name = unfinished_run(runs)
+        name = unfinished_run(runs, models_dir)
         record = {"name": name, "segments": []} if name is not None else None
-    run = RunFolder.start(runs, record, trainer.global_step)
+    run = RunFolder.start(runs, record, trainer.global_step, models_dir)
+    if run.displaced is not None:
+        print(f"note: the run folder {runs / run.displaced} is held by another live run; this one "
+              f"writes to a new run folder instead", file=stream, flush=True)
     trainer.run = run
     attach_console_log(run.root / LOG_NAME)
     what = "new run" if run.segment == 0 else f"resume {run.segment} of this run"
@@ -539,8 +564,9 @@ class RunSummary:
 
     def write(self, status: str, **extra: Any) -> Path:
         t = self.trainer
-        models = Path(t.cfg.train.models_dir)
+        models = _own_folder(Path(t.cfg.train.models_dir)) or Path(t.cfg.train.models_dir)
         best = models / ckpt.BEST_NAME
+        owned = _own_folder(Path(t.cfg.train.models_dir)) is not None
         self.durations["total_s"] = round(time.perf_counter() - self._start, 3)
         groups = t.data_profile["bar_frequency"]  # computed once, also kept in every checkpoint
         doc = {
@@ -560,9 +586,11 @@ class RunSummary:
                          "steps_per_epoch": t.steps_per_epoch, "epochs": t.cfg.train.epochs,
                          "best_val": t.best_val},
             "history": t.epoch_history,
+            # Where this run's checkpoints are now (the folder may have been moved under it);
+            # never another run's files in a folder made anew at the old name.
             "checkpoints": {"models_dir": str(models.absolute()),
-                            "best": str(best.absolute()) if best.exists() else None,
-                            "newest": _newest_checkpoint(models)},
+                            "best": str(best.absolute()) if owned and best.exists() else None,
+                            "newest": _newest_checkpoint(models) if owned else None},
             "durations": dict(self.durations),
             **extra,
         }
@@ -572,6 +600,16 @@ class RunSummary:
         extra["plots"] = [p.name for p in extra.get("plots", [])]
         extra["evaluation"] = str(extra["evaluation"])
         return self.write("completed", interrupted=None, **extra)
+
+
+def _own_folder(models: Path) -> Path | None:
+    """The models folder this run holds, where it is now: ``models`` itself, the folder it was
+    moved to, or None when it was removed (or another folder took its name and its own is gone)."""
+    try:
+        check_still_held(models)
+        return models
+    except StorageError:
+        return moved_to(models)
 
 
 def _newest_checkpoint(models: Path) -> str | None:
@@ -620,7 +658,8 @@ def _report_interrupted(summary: RunSummary, during: str, checkpoint: Path | Non
     if checkpoint is not None:
         lines.append(f"  checkpoint: {checkpoint}")
     elif unsaved is not None:
-        chosen, _ = ckpt.select_for_resume(t.cfg.train.models_dir)  # what a resume continues
+        own = _own_folder(Path(t.cfg.train.models_dir))  # never a file of another run's folder
+        chosen = ckpt.select_for_resume(own)[0] if own is not None else None  # what a resume continues
         last_good = str(Path(chosen.path).absolute()) if chosen is not None else None
         lines.append("  the interrupted checkpoint could not be saved; last good checkpoint: "
                      + (str(last_good) if last_good else "none (resume starts again from the beginning)"))

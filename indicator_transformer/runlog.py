@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import io
+import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -33,6 +36,7 @@ from typing import Any, TextIO
 
 from .atomic import atomic_write_json, atomic_write_text, remove_stale_temp_files, storage_error
 from .errors import StorageError, UserError
+from .folder_lock import hold_descriptor, lock_holders, release_descriptor
 from .integrity import json_safe, seal_json
 
 LOG_NAME = "train.log"
@@ -62,19 +66,39 @@ def new_run_name(runs_dir: Path, now: datetime | None = None) -> str:
     return name
 
 
-def unfinished_run(runs_dir: Path) -> str | None:
-    """The newest run folder in ``runs_dir`` that has a train.log but no summary.json: one whose
-    only segment was killed before it could end (what a torchrun restart without a checkpoint
-    continues). None when there is none."""
+def unfinished_run(runs_dir: Path, models_dir: str | Path | None = None) -> str | None:
+    """The newest run folder in ``runs_dir`` (of those opened for ``models_dir``, when given) that
+    has a train.log but no summary.json: one whose only segment was killed before it could end
+    (what a torchrun restart without a checkpoint continues), and that no live run holds. None
+    when there is none. A runs folder shared by several models folders holds their runs side by
+    side: another one's, live or not, is never adopted."""
     try:
         names = sorted((p.name for p in runs_dir.iterdir() if RUN_NAME.fullmatch(p.name) and p.is_dir()
-                        and not p.is_symlink()), key=_run_order)
+                        and not p.is_symlink()
+                        and (models_dir is None or _owner(p) == _abs(models_dir))), key=_run_order)
     except OSError:
         return None
     if not names:  # only the newest one may be adopted: an older unfinished run is another job's
         return None
     newest = runs_dir / names[-1]
+    if lock_holders(newest):  # its run is alive (another process that started it)
+        return None
     return names[-1] if (newest / LOG_NAME).is_file() and not (newest / SUMMARY_NAME).exists() else None
+
+
+OWNER_NAME = ".owner"  # {"models_dir": absolute path} of the run that opened the folder
+
+
+def _abs(path: str | Path) -> str:
+    return os.path.normpath(os.path.abspath(path))
+
+
+def _owner(folder: Path) -> str | None:
+    try:
+        doc = json.loads((folder / OWNER_NAME).read_text(encoding="utf-8"))
+        return str(doc["models_dir"]) if isinstance(doc, dict) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _run_order(name: str) -> tuple[str, int]:
@@ -108,13 +132,22 @@ class RunFolder:
         self.segments = segments  # [[global step where the segment began, UTC start time], ...]
         self.existed = False      # the folder was there before this segment (a resume found it)
         self._identity: tuple[str, int, int] | None = None  # (absolute path, device, inode) at start
+        self._fd = -1               # the descriptor holding the folder's flock
+        self.displaced: str | None = None  # a recorded folder another live run holds
 
     @classmethod
-    def start(cls, runs_dir: Path, record: dict[str, Any] | None, global_step: int) -> RunFolder:
+    def start(cls, runs_dir: Path, record: dict[str, Any] | None, global_step: int,
+              models_dir: str | Path | None = None) -> RunFolder:
         """A new folder (``record`` None: a fresh run, or a checkpoint from before run folders), or
-        the recorded one with a new segment beginning at ``global_step``."""
+        the recorded one with a new segment beginning at ``global_step``. The folder is held (a
+        flock on it) until :meth:`close`: a recorded folder that another live process holds (two
+        models folders whose checkpoints name one run folder) is not written into; this segment
+        gets a new folder instead (:attr:`displaced` names the other)."""
         now = datetime.now(UTC)
         stamp = now.isoformat(timespec="seconds")
+        displaced = None
+        if record is not None and lock_holders(runs_dir / record["name"]):
+            displaced, record = record["name"], None
         if record is None:
             _make_folder(runs_dir, "--runs-dir")
             folder = cls(runs_dir, new_run_name(runs_dir, now), [[global_step, stamp]])
@@ -122,12 +155,37 @@ class RunFolder:
             # Segments after the resume point belong to a later history this resume replaces.
             kept = [list(s) for s in record["segments"] if s[0] <= global_step]
             folder = cls(runs_dir, record["name"], kept + [[global_step, stamp]])
+        folder.displaced = displaced
         folder.existed = folder.root.is_dir()
         _make_folder(folder.root, "the run folder")
+        folder._hold()
+        if models_dir is not None and _owner(folder.root) is None:
+            with contextlib.suppress(OSError, UserError):  # says who may adopt it; not the record
+                atomic_write_json(folder.root / OWNER_NAME, {"models_dir": _abs(models_dir)})
         st = folder.root.stat()
         folder._identity = (str(folder.root.absolute()), st.st_dev, st.st_ino)
         remove_stale_temp_files(folder.root)  # left by a writer that was killed (kill -9)
         return folder
+
+    def _hold(self) -> None:
+        """Take the folder's flock (released by :meth:`close`, or when the process ends)."""
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by a process that started meanwhile, or no locks here: not ours
+            os.close(fd)
+            return
+        self._fd = fd
+        hold_descriptor(fd)
+
+    def close(self) -> None:
+        """Let the folder go (its files stay)."""
+        if self._fd >= 0:
+            release_descriptor(self._fd)
+            self._fd = -1
 
     def check(self) -> None:
         """StorageError when the run folder is no longer the one this segment opened (it, or the

@@ -71,6 +71,12 @@ SETTINGS: dict[tuple[type, str], Setting] = {
                                           {"test_start": "2004-06-01", "val_start": "2004-03-01"}),
     (FeatureConfig, "test_start"): Setting(False, "date cuts split the cached arrays",
                                            {}, {"test_start": "2004-06-01"}),
+    (FeatureConfig, "train_start"): Setting(False, "date cuts split the cached arrays",
+                                            {"test_start": "2004-06-01"},
+                                            {"test_start": "2004-06-01", "train_start": "2003-06-01"}),
+    (FeatureConfig, "test_end"): Setting(False, "date cuts split the cached arrays",
+                                         {"test_start": "2004-06-01"},
+                                         {"test_start": "2004-06-01", "test_end": "2004-09-01"}),
 }
 
 

@@ -259,7 +259,11 @@ def test_a_models_folder_moved_under_a_live_run_gets_none_of_its_later_files(tmp
             child.proc.kill()
     assert code == 1 and "Traceback" not in child.stderr, child.stderr
     (line,) = [ln for ln in child.lines if ln.startswith("error: ")]
-    assert "the folder this run holds was replaced while it ran" in line, line
+    assert f"the folder this run holds was moved to {tmp_path / 'models.old'} while it ran" in line, line
+    assert "where another folder is now" in line
+    # It stopped at once, its state saved where the folder went (the lock still holds it there).
+    assert "saved its state there as checkpoint_epoch_1_interrupted.pth and stopped" in line, line
+    assert (tmp_path / "models.old" / "checkpoint_epoch_1_interrupted.pth").is_file()
     assert list((tmp_path / "models").iterdir()) == []  # nothing of this run in the new folder
 
 
@@ -288,5 +292,5 @@ def test_a_models_folder_moved_during_the_test_evaluation_gets_no_report_elsewhe
             child.proc.kill()
     assert code == 1 and "Traceback" not in child.stderr, child.stderr
     (line,) = [ln for ln in child.lines if ln.startswith("error: ")]
-    assert "the folder this run holds was removed while it ran" in line, line
+    assert f"the folder this run holds was moved to {tmp_path / 'models.old'} while it ran" in line, line
     assert not (tmp_path / "models").exists()

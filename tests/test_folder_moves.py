@@ -11,12 +11,14 @@ instead of naming the run.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO_ROOT, child_env, default_sigint
 from trainproc import SMALL, Child, pause_env
 
@@ -94,7 +96,8 @@ def test_a_resume_whose_models_folder_is_moved_while_it_prepares_writes_nothing_
     finally:
         _kill(resume)
     assert code == 1 and "Traceback" not in resume.stderr, resume.stderr
-    assert "the folder this run holds was removed while it ran" in _error_line(resume)
+    assert f"the folder this run holds was moved to {tmp_path / 'models.old'} while it ran" in \
+        _error_line(resume)
     assert not (tmp_path / "models").exists()  # no new folder, no files of this resume
     assert sorted(p.name for p in (tmp_path / "models.old").iterdir()) == before
 
@@ -136,8 +139,10 @@ def test_a_models_folder_moved_while_its_report_is_written_names_the_move(tmp_pa
     finally:
         _kill(child)
     assert code == 1 and "Traceback" not in child.stderr, child.stderr
-    assert "the folder this run holds was removed while it ran" in _error_line(child)
+    assert f"the folder this run holds was moved to {tmp_path / 'models.old'} while it ran" in \
+        _error_line(child)
     assert not (tmp_path / "models").exists()
+    assert not [p for p in (tmp_path / "models.old").iterdir() if p.name.endswith(".tmp")]  # no leftover
 
 
 def test_a_missing_folder_in_a_write_is_said_plainly() -> None:
@@ -147,3 +152,98 @@ def test_a_missing_folder_in_a_write_is_said_plainly() -> None:
                       "(or a folder above it) was moved or removed while the command ran: put it back or "
                       "choose another folder, and run the command again (a stopped training continues "
                       "with resume_training.py)")
+
+
+def test_two_models_folders_sharing_runs_never_share_a_run_folder(tmp_path: Path) -> None:
+    """Found by the fifth outside attack: `--resume auto` in models_b, finding no checkpoint,
+    adopted the live run folder of models_a (both runs logged into it; B's summary was lost)."""
+    a = _start([TRAIN, *SMALL, "--models-dir", "models_a"], tmp_path, _paused("train_step:5"))
+    try:
+        a.wait_for("PAUSED train_step 5")
+        r = _run([TRAIN, *SMALL, "--epochs", "1", "--models-dir", "models_b", "--resume", "auto"], tmp_path)
+    finally:
+        _kill(a)
+    assert r.returncode == 0, r.stderr
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("Run folder: ")]
+    assert line.endswith("(new run)"), line
+    a_line = next(ln for ln in a.lines if ln.startswith("Run folder: "))
+    assert a_line.split()[2] != line.split()[2]
+    a_log = (Path(a_line.split()[2]) / "train.log").read_text()
+    assert "models_b" not in a_log and a_log.count("Run folder:") == 1
+
+
+def test_a_models_folder_moved_during_training_keeps_every_step_where_it_went(tmp_path: Path) -> None:
+    """Found by the fifth outside attack: the move was noticed at the next checkpoint, so the
+    epoch's steps were trained for nothing and a stop after the move saved nothing."""
+    child = _start([TRAIN, *SMALL], tmp_path, _paused("train_step:5", 3))
+    try:
+        child.wait_for("PAUSED train_step 5")
+        (tmp_path / "models").rename(tmp_path / "models.old")
+        code = child.finish()
+    finally:
+        _kill(child)
+    assert code == 1 and "Traceback" not in child.stderr, child.stderr
+    line = _error_line(child)
+    assert "saved its state there as checkpoint_epoch_1_interrupted.pth and stopped" in line, line
+    assert " --models-dir " + str(tmp_path / "models.old") in line
+    (run,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["failed"]["global_step"] == 5
+    saved = tmp_path / "models.old" / "checkpoint_epoch_1_interrupted.pth"
+    assert summary["checkpoints"]["newest"] == str(saved)
+    assert not (tmp_path / "models").exists()
+    resumed = _run([RESUME, "--models-dir", "models.old", "--no-progress", "--no-plots"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming from models.old/checkpoint_epoch_1_interrupted.pth: epoch 1, step 5/" in resumed.stderr
+
+
+def test_a_move_while_a_checkpoint_is_written_leaves_it_complete_where_the_folder_went(
+        tmp_path: Path) -> None:
+    child = _start([TRAIN, *SMALL], tmp_path, _paused("before_commit:best.pth", 3))
+    try:
+        child.wait_for("PAUSED before_commit best.pth")
+        (tmp_path / "models").rename(tmp_path / "models.old")
+        code = child.finish()
+    finally:
+        _kill(child)
+    assert code == 1 and "Traceback" not in child.stderr, child.stderr
+    assert "saved its state there as checkpoint_epoch_1.pth and stopped" in _error_line(child)
+    names = sorted(p.name for p in (tmp_path / "models.old").iterdir())
+    assert names == [".lock", "best.pth", "checkpoint_epoch_1.pth"], names  # no temporary file
+
+
+def test_a_resume_of_a_named_checkpoint_whose_folder_moved_before_it_held_it_writes_nothing(
+        tmp_path: Path) -> None:
+    """Found by the fifth outside attack: --checkpoint made a new models/ at the old name."""
+    assert _run([TRAIN, *SMALL, "--epochs", "1"], tmp_path).returncode == 0
+    resume = _start([RESUME, "--checkpoint", "models/checkpoint_epoch_1.pth", "--epochs", "1",
+                     "--no-progress"], tmp_path, _paused("claim:0", 3))
+    try:
+        resume.wait_for("PAUSED claim 0")
+        (tmp_path / "models").rename(tmp_path / "models.old")
+        code = resume.finish(timeout=400)
+    finally:
+        _kill(resume)
+    assert code == 2 and "Traceback" not in resume.stderr, resume.stderr
+    assert "models/ was moved or removed after this command chose what to continue there" in resume.stderr
+    assert not (tmp_path / "models").exists()
+
+
+def test_folders_made_for_the_lock_are_removed_with_their_parents(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "AAA.csv").write_text("date,open,high,low,close,volume\nnot a date,1,1,1,1,1\n")
+    r = _run([TRAIN, *SMALL, "--data-dir", "data", "--models-dir", "x/y/models"], tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--cache-dir", "runs"], "'cache_dir': 'runs' (expected a folder other than the runs folder beside "
+                              "models_dir"),
+    (["--models-dir", "m"], "'models_dir': 'm' (expected a folder other than cache_dir (cache))"),
+])
+def test_one_folder_in_two_roles_is_refused_also_through_a_link(tmp_path: Path, args: list[str],
+                                                                  message: str) -> None:
+    (tmp_path / "m").symlink_to("cache")
+    r = _run([TRAIN, *SMALL, *args], tmp_path)
+    assert r.returncode == 2 and message in r.stderr, r.stderr

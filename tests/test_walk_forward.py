@@ -154,3 +154,36 @@ def test_a_stopped_experiment_continues_to_the_figures_of_an_uninterrupted_one(f
     assert a == b
     assert (finished / "whole" / "oos_predictions.csv").read_bytes() == \
         (finished / "stopped" / "oos_predictions.csv").read_bytes()
+
+
+def test_a_killed_experiment_process_makes_its_run_save_and_the_rerun_continues(finished: Path) -> None:
+    """kill -9 of the experiment: its run gets SIGTERM (PR_SET_PDEATHSIG) and saves its state,
+    and the same command continues to the figures of an uninterrupted experiment."""
+    import os
+    import time
+
+    env = child_env()
+    env["INDICATOR_TRANSFORMER_PAUSE_AT"] = "train_step:30"
+    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "300"  # the run waits there for a signal
+    proc = subprocess.Popen(_cmd([*EXPERIMENT, "--out", "killed"]), cwd=finished, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
+    child = Child(proc)
+    try:
+        child.wait_for("PAUSED train_step 30", timeout=300)  # the first run, paused
+        (run_pid,) = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        proc.kill()
+        child.finish(timeout=60)
+        deadline = time.monotonic() + 120
+        while Path(f"/proc/{run_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # it saves its checkpoint, then exits
+        assert not Path(f"/proc/{run_pid}").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    models = finished / "killed" / "runs" / "fold0-seed0" / "models"
+    assert list(models.glob("*_interrupted.pth")), child.stderr
+    again = _run([*EXPERIMENT, "--out", "killed"], finished)
+    assert again.returncode == 0, again.stderr
+    assert "[1/4] fold0-seed0: continuing, stopped at epoch " in again.stderr
+    assert _figures(finished / "whole") == _figures(finished / "killed")
+    assert os.path.getsize(finished / "killed" / "oos_predictions.csv") > 0

@@ -78,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.status:
         return status(out)
+    from ..training import distributed
+
+    if distributed.under_torchrun():
+        raise UserError("walk-forward starts each run as its own process: run it without torchrun "
+                        "(runs under torchrun, one at a time, are not supported yet)")
     if args.config is not None and not args.config.strip():
         raise UserError("--config: expected a TOML file name, got an empty string")
     given = flag_values(args)

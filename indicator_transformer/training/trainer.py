@@ -52,8 +52,16 @@ from ..data import frequency
 from ..data.periods import label_digest, split_dates
 from ..data.prepare import PreparedData
 from ..data.windows import Normalisation, SplitIndex, WindowDataset, collate_batch
-from ..errors import CheckpointError, TrainingDiverged, UserError, WorkerStalled, too_many_open_files
-from ..folder_lock import check_still_held
+from ..errors import (
+    CheckpointError,
+    FolderMoved,
+    StorageError,
+    TrainingDiverged,
+    UserError,
+    WorkerStalled,
+    too_many_open_files,
+)
+from ..folder_lock import check_still_held, moved_to
 from ..metrics import point_metrics
 from ..model import IndicatorTransformer
 from ..progress import Progress
@@ -387,14 +395,27 @@ class Trainer:
         state = self.state_dict(interrupted=interrupted)
         if not self.dist.is_main:
             return self.models_dir / name
-        check_still_held(self.models_dir)  # moved or replaced under the run: write nothing there
         data = ckpt.serialize(state)
-        if also_best:
-            # best.pth first: a checkpoint may only claim a best_val whose model is already on
-            # disk. Dying between the two writes leaves best.pth one epoch ahead, holding that
-            # epoch's complete end-of-epoch state, which a resume then continues from.
-            ckpt.save_checkpoint(self.models_dir / ckpt.BEST_NAME, {}, data=data)
-        return ckpt.save_checkpoint(self.models_dir / name, {}, data=data)
+        try:
+            check_still_held(self.models_dir)  # moved or replaced under the run: write nothing there
+            if also_best:
+                # best.pth first: a checkpoint may only claim a best_val whose model is already on
+                # disk. Dying between the two writes leaves best.pth one epoch ahead, holding that
+                # epoch's complete end-of-epoch state, which a resume then continues from.
+                ckpt.save_checkpoint(self.models_dir / ckpt.BEST_NAME, {}, data=data)
+            return ckpt.save_checkpoint(self.models_dir / name, {}, data=data)
+        except StorageError as e:  # FolderMoved before the write, or a write broken by the move
+            went = moved_to(self.models_dir)
+            if went is None:
+                raise
+            # Renamed under the run: the lock still holds the folder under its new name, so this
+            # state goes there (nothing trained is lost), and the run stops.
+            if also_best:
+                ckpt.save_checkpoint(went / ckpt.BEST_NAME, {}, data=data)
+            saved = ckpt.save_checkpoint(went / name, {}, data=data)
+            first = e if isinstance(e, FolderMoved) else _moved_error(self.models_dir)
+            raise FolderMoved(f"{first}; this run saved its state there as {saved.name} and "
+                              f"stopped") from None
 
     def save_interrupted(self) -> Path:
         """Save ``checkpoint_epoch_<E>_interrupted.pth`` and say so."""
@@ -467,6 +488,11 @@ class Trainer:
                 samples += self.sampler.global_size(self.step_in_epoch - 1) if self.dist.enabled else len(y)
                 if self._pauses:
                     faults.point("train_step", self.global_step)
+                if not self.dist.enabled and moved_to(self.models_dir) is not None:
+                    # The models folder was renamed: stop now, saving the state where it went,
+                    # rather than train on to a checkpoint that cannot be written. (Under torchrun
+                    # the ranks find out together, at the next save.)
+                    self._save(ckpt.interrupted_checkpoint_name(self.epoch), interrupted=True)
                 if len(self._pending_losses) >= LOSS_FLUSH_EVERY:
                     self._flush_losses()
                 if self.show_progress:
@@ -701,3 +727,12 @@ def _shutdown_loader(it: Any) -> None:
     shutdown = getattr(it, "_shutdown_workers", None)  # private, but the only explicit way
     if shutdown is not None:
         shutdown()
+
+
+def _moved_error(models_dir: Path) -> StorageError:
+    """What :func:`check_still_held` says of a folder moved under the run."""
+    try:
+        check_still_held(models_dir)
+    except StorageError as e:
+        return e
+    return StorageError(f"{models_dir}: the folder this run holds was moved while it ran")
