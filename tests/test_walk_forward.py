@@ -20,7 +20,7 @@ from indicator_transformer.cutoffs import parse_cuts
 from indicator_transformer.integrity import check_json
 
 TINY = ["--symbols", "4", "--bars", "700", "--epochs", "2", "--batch-size", "64", "--d-model", "16",
-        "--heads", "2", "--layers", "1", "--no-progress", "--no-plots", "--window", "16"]
+        "--heads", "2", "--layers", "1", "--no-progress", "--no-plots", "--window", "16", "--threads", "1"]
 EXPERIMENT = ["--folds", "2", "--seeds", "0,1", "--test-bars", "80", *TINY]
 
 
@@ -116,7 +116,7 @@ def test_other_settings_in_the_same_folder_are_refused_and_new_moves_the_old_one
     import shutil
 
     shutil.copytree(finished / "whole", finished / "other")
-    r = _run([*EXPERIMENT[:-2], "--lr", "0.002", "--out", "other"], finished)  # --window dropped too
+    r = _run([*EXPERIMENT[:-4], "--threads", "1", "--lr", "0.002", "--out", "other"], finished)  # no --window
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "other/ holds another experiment: " in r.stderr and "config.features.window 16 -> 32" in r.stderr
     assert "config.train.lr" in r.stderr
@@ -187,3 +187,13 @@ def test_a_killed_experiment_process_makes_its_run_save_and_the_rerun_continues(
     assert "[1/4] fold0-seed0: continuing, stopped at epoch " in again.stderr
     assert _figures(finished / "whole") == _figures(finished / "killed")
     assert os.path.getsize(finished / "killed" / "oos_predictions.csv") > 0
+
+
+def test_two_runs_at_a_time_give_the_figures_of_one_at_a_time(finished: Path) -> None:
+    r = _run([*EXPERIMENT, "--jobs", "2", "--out", "parallel"], finished)
+    assert r.returncode == 0, r.stderr
+    assert "Running 4 run(s), 2 at a time, 1 thread(s) each" in r.stderr
+    assert (finished / "parallel" / "runs" / "fold0-seed0" / "console.log").is_file()
+    assert _figures(finished / "whole") == _figures(finished / "parallel")
+    assert (finished / "whole" / "oos_predictions.csv").read_bytes() == \
+        (finished / "parallel" / "oos_predictions.csv").read_bytes()

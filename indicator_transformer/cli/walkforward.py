@@ -11,6 +11,7 @@ Every train flag applies to every run (see experiment/walkforward.py for the fol
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "fixed length before it (--train-bars or --train-period) (default: %(default)s)")
     g.add_argument("--train-bars", type=int, default=None, help="rolling: training period length in bars")
     g.add_argument("--train-period", default=None, help="rolling: training period length (90d ... 5y)")
+    g.add_argument("--jobs", type=int, default=1, help="runs at once, as separate processes sharing the "
+                   "feature cache; each gets --threads threads (default: the cores divided by --jobs, "
+                   "kept for the experiment: give --threads to compare --jobs settings bit for bit) "
+                   "(default: %(default)s)")
     g.add_argument("--out", default="walk_forward", help="the experiment's folder (default: %(default)s)")
     g.add_argument("--status", action="store_true", help="print each run's state and exit")
     g.add_argument("--new", action="store_true", help="move an earlier experiment in --out aside "
@@ -90,6 +95,12 @@ def run(args: argparse.Namespace) -> int:
     for key, instead in SET_PER_RUN.items():
         if key in given or _in_toml(raw, key):
             raise UserError(f"{key.replace('_', '-')}: set for each run by the experiment (use {instead})")
+    if not 1 <= args.jobs <= 256:
+        raise UserError(f"--jobs {args.jobs}: expected 1 to 256 runs at once")
+    if "threads" not in given and not _in_toml(raw, "threads"):
+        # The runs' figures depend on their thread count: fixed for the experiment, at its first
+        # start (a later start with other --jobs continues with the same).
+        given["threads"] = _recorded_threads(out) or max(1, (os.cpu_count() or 1) // args.jobs)
     cfg = build_config(raw, given, args.config)
     settings = wf.Settings(
         folds=args.folds, seeds=_seeds(args.seeds), window_kind=args.window_kind, test_bars=args.test_bars,
@@ -98,7 +109,18 @@ def run(args: argparse.Namespace) -> int:
         train_period=parse_period(args.train_period, "--train-period") if args.train_period else None)
     check_folders(cfg, models=False)
     extra = [flag for flag, on in (("--no-progress", args.no_progress), ("--no-plots", args.no_plots)) if on]
-    return run_with_handler(lambda handler: _experiment(cfg, settings, out, handler, args.new, extra))
+    return run_with_handler(lambda handler: _experiment(cfg, settings, out, handler, args.new, extra,
+                                                        args.jobs))
+
+
+def _recorded_threads(out: Path) -> int | None:
+    import json
+
+    try:
+        doc = json.loads((out / wf.EXPERIMENT_FILE).read_text(encoding="utf-8"))
+        return int(doc["config"]["train"]["threads"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _in_toml(raw: dict, key: str) -> bool:
@@ -106,7 +128,7 @@ def _in_toml(raw: dict, key: str) -> bool:
 
 
 def _experiment(cfg: Config, settings: wf.Settings, out: Path, handler: SignalHandler, new: bool,
-                extra: list[str]) -> int:
+                extra: list[str], jobs: int) -> int:
     with deferred_interrupt():
         from ..data.cache import FeatureCache
         from ..folder_lock import hold_folder
@@ -127,27 +149,37 @@ def _experiment(cfg: Config, settings: wf.Settings, out: Path, handler: SignalHa
         del data  # the runs read the cache themselves
         wf.claim_experiment(out, record, new, stream)
         specs = wf.run_specs(out, folds, settings.seeds)
+        todo, number = [], {}
         for i, spec in enumerate(specs, 1):
+            number[spec.name] = i
             state = wf.run_state(spec)
-            head = f"[{i}/{len(specs)}] {spec.name}"
             if state.status == "done":
-                print(f"{head}: done, not retrained", file=stream, flush=True)
-                continue
-            if handler.should_stop:
-                break
-            print(f"{head}: {'continuing, ' + state.detail if state.status == 'stopped' else 'starting'} "
+                print(f"[{i}/{len(specs)}] {spec.name}: done, not retrained", file=stream, flush=True)
+            else:
+                todo.append((spec, state))
+        before = {spec.name: state for spec, state in todo}
+
+        def starting(spec: wf.RunSpec) -> None:
+            state = before[spec.name]
+            print(f"[{number[spec.name]}/{len(specs)}] {spec.name}: "
+                  f"{'continuing, ' + state.detail if state.status == 'stopped' else 'starting'} "
                   f"({spec.root})", file=stream, flush=True)
-            code = wf.run_one(spec, cfg, handler, extra, stream)
-            if handler.shutdown_requested:
-                break
-            if code != 0:
-                raise RunFailed(f"run {spec.name} failed (exit code {code}; its output is above, its files "
-                                f"in {spec.root}); the same command continues the experiment once that "
-                                f"is fixed", code if code == 2 else 1)
+
+        if todo and jobs > 1:
+            print(f"Running {len(todo)} run(s), {jobs} at a time, {cfg.train.threads} thread(s) each",
+                  file=stream, flush=True)
+        ended = wf.run_all([s for s, _ in todo], cfg, handler, extra, jobs, stream, starting)
+        failed = [(s, c) for s, c in ended if c != 0]
+        if failed and not handler.shutdown_requested:
+            spec, code = failed[0]
+            where = f"its console: {spec.root / 'console.log'}" if jobs > 1 else "its output is above"
+            raise RunFailed(f"run {spec.name} failed (exit code {code}; {where}; its files in {spec.root}); "
+                            f"the same command continues the experiment once that is fixed",
+                            code if code == 2 else 1)
         if handler.shutdown_requested:
-            print(f"Experiment stopped after {wf.elapsed(started)}: the run in progress saved its "
-                  f"checkpoint; the same command continues it (done runs are not retrained)", file=stream,
-                  flush=True)
+            print(f"Experiment stopped after {wf.elapsed(started)}: the run(s) in progress saved "
+                  f"their checkpoints; the same command continues it (done runs are not retrained)",
+                  file=stream, flush=True)
             return handler.exit_code
         states = [(s, wf.run_state(s)) for s in specs]
         missing = [s.name for s, st in states if st.status != "done"]

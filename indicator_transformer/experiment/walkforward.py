@@ -145,7 +145,8 @@ def experiment_record(base: Config, settings: Settings, folds: Sequence[Fold], f
     """What must be the same for a second start to continue this experiment."""
     cfg = base.to_dict()
     for section in cfg.values():  # set per run, or only where files go: not what the runs compute
-        for key in ("models_dir", "runs_dir", "seed", "cache_dir", "threads", "num_workers",
+        # threads stays: the runs' figures depend on it (float reduction order).
+        for key in ("models_dir", "runs_dir", "seed", "cache_dir", "num_workers",
                     "prep_workers", "device"):
             section.pop(key, None)
     return {"settings": settings.record(), "config": cfg, "data_fingerprint": fingerprint,
@@ -214,38 +215,64 @@ def _die_with_parent() -> None:
 TRAIN = "import sys; from indicator_transformer.startup import train; sys.exit(train())"
 
 
-def run_one(spec: RunSpec, base: Config, handler: SignalHandler, extra: Sequence[str], stream: TextIO) -> int:
-    """Train (or continue) one run as a child process; its exit code. A stop request is passed on
-    to it (once: the child is in its own process group, so a terminal's Ctrl-C reaches it only
-    through here)."""
+def start_run(spec: RunSpec, base: Config, extra: Sequence[str], log: Path | None = None
+              ) -> subprocess.Popen:
+    """Start (or continue) one run as a child process in its own process group, its console on
+    this one's or, with ``log``, in that file."""
     spec.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(spec.root / RUN_CONFIG, to_toml(spec.config(base)))
     argv = [sys.executable, "-c", TRAIN, "--config", str(spec.root / RUN_CONFIG), "--resume", "auto",
             "--save-predictions", *extra]
+    out = None
     try:
-        proc = subprocess.Popen(argv, preexec_fn=_die_with_parent, process_group=0,
-                                stdout=stream if _has_fd(stream) else None,
-                                stderr=stream if _has_fd(stream) else None)
+        if log is not None:
+            out = open(log, "ab")  # noqa: SIM115 - the child's copy keeps it; ours is closed below
+        return subprocess.Popen(argv, preexec_fn=_die_with_parent, process_group=0, stdout=out,
+                                stderr=out)
     except OSError as e:
         raise StorageError(f"{spec.name}: could not start its training process ({e.strerror or e})") from None
+    finally:
+        if out is not None:
+            out.close()
+
+
+def run_all(specs: Sequence[RunSpec], base: Config, handler: SignalHandler, extra: Sequence[str], jobs: int,
+            stream: TextIO, on_start: Any = None) -> list[tuple[RunSpec, int]]:
+    """Run ``specs``, ``jobs`` at a time (the runs are independent), until all ended, one failed
+    or a stop was requested; (spec, exit code) of each run that ended, in the order they ended. A
+    stop request is passed to every run in progress, once (they are in their own process groups:
+    a terminal's Ctrl-C reaches them only through here); on a failure the runs still in progress
+    are stopped the same way, saving their checkpoints."""
+    pending = list(specs)
+    running: dict[int, tuple[RunSpec, subprocess.Popen]] = {}
+    ended: list[tuple[RunSpec, int]] = []
     passed = False
-    while True:
-        try:
-            return proc.wait(timeout=0.1)
-        except subprocess.TimeoutExpired:
-            pass
-        if handler.shutdown_requested and not passed:
+    while pending or running:
+        failed = any(code != 0 for _, code in ended)
+        while pending and len(running) < jobs and not handler.shutdown_requested and not failed:
+            spec = pending.pop(0)
+            if on_start is not None:
+                on_start(spec)
+            log = spec.root / "console.log" if jobs > 1 else None
+            proc = start_run(spec, base, extra, log)
+            running[proc.pid] = (spec, proc)
+        if not running:
+            break
+        if (handler.shutdown_requested or failed) and not passed:
             passed = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, handler.signal_received or signal.SIGINT)
-
-
-def _has_fd(stream: TextIO) -> bool:
-    try:
-        stream.fileno()
-        return True
-    except (OSError, AttributeError, ValueError):
-        return False
+            for _, proc in running.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, handler.signal_received or signal.SIGINT)
+        for pid, (spec, proc) in list(running.items()):
+            code = proc.poll()
+            if code is not None:
+                del running[pid]
+                ended.append((spec, code))
+                if jobs > 1:
+                    print(f"{spec.name}: {'done' if code == 0 else f'ended with exit code {code}'} "
+                          f"(its console: {spec.root / 'console.log'})", file=stream, flush=True)
+        time.sleep(0.05)
+    return ended
 
 
 # ----------------------------------------------------------------------------- the report
