@@ -228,7 +228,13 @@ def moved_to(folder: str | Path) -> Path | None:
     held = _held_folders.get(str(Path(folder)))
     if held is None:
         return None
-    where, _, _, fd, on_folder = held
+    where, dev, ino, fd, on_folder = held
+    try:  # still there under its name (also through a symbolic link): not moved
+        st = os.stat(where)
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            return None
+    except OSError:
+        pass
     try:
         link = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:

@@ -247,3 +247,14 @@ def test_one_folder_in_two_roles_is_refused_also_through_a_link(tmp_path: Path, 
     (tmp_path / "m").symlink_to("cache")
     r = _run([TRAIN, *SMALL, *args], tmp_path)
     assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_a_models_folder_reached_through_a_link_gets_only_its_usual_checkpoints(tmp_path: Path) -> None:
+    """Found by the sixth outside attack: the resolved path of a linked folder counted as a move,
+    so an interrupted checkpoint was written after every step of a run that was never stopped."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "models").symlink_to("real")
+    r = _run([TRAIN, *SMALL], tmp_path)
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in (tmp_path / "real").iterdir())
+    assert not [n for n in names if n.endswith("_interrupted.pth")], names
