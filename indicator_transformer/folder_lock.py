@@ -270,6 +270,19 @@ def check_still_held(folder: str | Path) -> None:
                        f"is written there")
 
 
+def explain_move(e: Exception, folder: str | Path) -> Exception:
+    """``e``, or the FolderMoved saying that ``folder`` (held by this process) was moved or
+    removed, when it was: a write that failed because of that (ENOENT halfway through) then names
+    the cause, not the symptom. A FolderMoved already says so (and what was saved where it went)."""
+    if isinstance(e, FolderMoved):
+        return e
+    try:
+        check_still_held(folder)
+    except FolderMoved as moved:
+        return moved
+    return e
+
+
 def _refuse_odd_file(path: Path) -> None:
     """A directory, FIFO, device or link at the holder file's name is refused, not opened (a FIFO
     would block the open for ever)."""

@@ -46,8 +46,8 @@ from .data.windows import (
     split_summary,
     split_table,
 )
-from .errors import CheckpointError, FolderMoved, OutOfMemory, StorageError, UserError, WorkerStalled
-from .folder_lock import FolderInUse, check_still_held, hold_folder, moved_to
+from .errors import CheckpointError, OutOfMemory, StorageError, UserError, WorkerStalled
+from .folder_lock import FolderInUse, check_still_held, explain_move, hold_folder, moved_to
 from .integrity import IntegrityError, check_json, json_safe, seal_json
 from .model import count_parameters
 from .plots import plot_losses, write_plots
@@ -337,7 +337,7 @@ def _train_and_report(trainer: Trainer, data: PreparedData, summary: RunSummary,
     try:
         result = trainer.fit()
     except (StorageError, WorkerStalled) as e:
-        e = _moved_or(e, models_dir)
+        e = explain_move(e, models_dir)
         summary.mark("training")
         if handler.shutdown_requested:
             print(f"error: {e}", file=stream, flush=True)
@@ -361,7 +361,7 @@ def _train_and_report(trainer: Trainer, data: PreparedData, summary: RunSummary,
         try:
             return _evaluate_and_report(trainer, data, summary, handler, models_dir, stream)
         except StorageError as e:  # a report file refused: the training is saved, the run failed
-            e = _moved_or(e, models_dir)
+            e = explain_move(e, models_dir)
             summary.mark("evaluation")
             if handler.shutdown_requested:
                 print(f"error: {e}", file=stream, flush=True)
@@ -369,18 +369,6 @@ def _train_and_report(trainer: Trainer, data: PreparedData, summary: RunSummary,
                 return handler.exit_code
             _report_failed(summary, str(e), stream)
             raise e from None
-
-
-def _moved_or(e: Exception, models_dir: Path) -> Exception:
-    """The error that says the models folder was moved away under the run, when it was: a write
-    that failed because of that (ENOENT halfway through) then names the cause, not the symptom."""
-    if isinstance(e, FolderMoved):  # already says so (and what was saved where it went)
-        return e
-    try:
-        check_still_held(models_dir)
-    except StorageError as moved:
-        return moved
-    return e
 
 
 def _relayed_stop(handler: SignalHandler, signum: int, stream: TextIO) -> None:

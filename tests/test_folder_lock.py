@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, child_env, default_sigint
-from trainproc import SMALL, Child, pause_env
+from trainproc import SMALL, pause_env, run, start
 
 from indicator_transformer.folder_lock import LOCK_NAME, FolderInUse, hold_folder
 
@@ -25,14 +25,7 @@ TRAIN = str(REPO_ROOT / "train_indicator_transformer.py")
 RESUME = str(REPO_ROOT / "resume_training.py")
 
 
-def _start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> Child:
-    return Child(subprocess.Popen([sys.executable, *args], cwd=cwd, env=env or child_env(), text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint))
-
-
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=child_env(), capture_output=True, text=True,
-                          timeout=300, preexec_fn=default_sigint)
+_start, _run = start, run
 
 
 def _paused(point: str) -> dict[str, str]:

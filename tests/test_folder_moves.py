@@ -14,13 +14,11 @@ import errno
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, child_env, default_sigint
-from trainproc import SMALL, Child, pause_env
+from conftest import REPO_ROOT
+from trainproc import SMALL, Child, pause_env, run, start
 
 from indicator_transformer.atomic import storage_error
 
@@ -28,14 +26,7 @@ TRAIN = str(REPO_ROOT / "train_indicator_transformer.py")
 RESUME = str(REPO_ROOT / "resume_training.py")
 
 
-def _start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> Child:
-    return Child(subprocess.Popen([sys.executable, *args], cwd=cwd, env=env or child_env(), text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint))
-
-
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=child_env(), capture_output=True, text=True,
-                          timeout=300, preexec_fn=default_sigint)
+_start, _run = start, run
 
 
 def _paused(point: str, timeout_s: int = 300) -> dict[str, str]:
@@ -49,6 +40,19 @@ def _kill(*children: Child | None) -> None:
         if c is not None and c.proc.poll() is None:
             c.proc.kill()
             c.finish()
+
+
+def _moved_at(tmp_path: Path, args: list[str], point: str, name: str) -> tuple[int, Child]:
+    """Start ``args`` paused at ``point`` (3 s), rename models/ to models.old there, let it go on
+    to its end: (exit code, the child)."""
+    child = _start(args, tmp_path, _paused(point, 3))
+    try:
+        child.wait_for(f"PAUSED {point.partition(':')[0]} {name}")
+        (tmp_path / "models").rename(tmp_path / "models.old")
+        code = child.finish(timeout=400)
+    finally:
+        _kill(child)
+    return code, child
 
 
 def _error_line(child: Child) -> str:
@@ -131,13 +135,8 @@ def test_a_runs_folder_moved_under_a_live_run_is_not_rebuilt_at_the_old_name(tmp
 
 
 def test_a_models_folder_moved_while_its_report_is_written_names_the_move(tmp_path: Path) -> None:
-    child = _start([TRAIN, *SMALL, "--epochs", "1"], tmp_path, _paused("before_commit:evaluation.json", 3))
-    try:
-        child.wait_for("PAUSED before_commit evaluation.json")
-        (tmp_path / "models").rename(tmp_path / "models.old")
-        code = child.finish()
-    finally:
-        _kill(child)
+    code, child = _moved_at(tmp_path, [TRAIN, *SMALL, "--epochs", "1"], "before_commit:evaluation.json",
+                            "evaluation.json")
     assert code == 1 and "Traceback" not in child.stderr, child.stderr
     assert f"the folder this run holds was moved to {tmp_path / 'models.old'} while it ran" in \
         _error_line(child)
@@ -175,13 +174,7 @@ def test_two_models_folders_sharing_runs_never_share_a_run_folder(tmp_path: Path
 def test_a_models_folder_moved_during_training_keeps_every_step_where_it_went(tmp_path: Path) -> None:
     """Found by the fifth outside attack: the move was noticed at the next checkpoint, so the
     epoch's steps were trained for nothing and a stop after the move saved nothing."""
-    child = _start([TRAIN, *SMALL], tmp_path, _paused("train_step:5", 3))
-    try:
-        child.wait_for("PAUSED train_step 5")
-        (tmp_path / "models").rename(tmp_path / "models.old")
-        code = child.finish()
-    finally:
-        _kill(child)
+    code, child = _moved_at(tmp_path, [TRAIN, *SMALL], "train_step:5", "5")
     assert code == 1 and "Traceback" not in child.stderr, child.stderr
     line = _error_line(child)
     assert "saved its state there as checkpoint_epoch_1_interrupted.pth and stopped" in line, line
@@ -199,13 +192,7 @@ def test_a_models_folder_moved_during_training_keeps_every_step_where_it_went(tm
 
 def test_a_move_while_a_checkpoint_is_written_leaves_it_complete_where_the_folder_went(
         tmp_path: Path) -> None:
-    child = _start([TRAIN, *SMALL], tmp_path, _paused("before_commit:best.pth", 3))
-    try:
-        child.wait_for("PAUSED before_commit best.pth")
-        (tmp_path / "models").rename(tmp_path / "models.old")
-        code = child.finish()
-    finally:
-        _kill(child)
+    code, child = _moved_at(tmp_path, [TRAIN, *SMALL], "before_commit:best.pth", "best.pth")
     assert code == 1 and "Traceback" not in child.stderr, child.stderr
     assert "saved its state there as checkpoint_epoch_1.pth and stopped" in _error_line(child)
     names = sorted(p.name for p in (tmp_path / "models.old").iterdir())
@@ -216,14 +203,8 @@ def test_a_resume_of_a_named_checkpoint_whose_folder_moved_before_it_held_it_wri
         tmp_path: Path) -> None:
     """Found by the fifth outside attack: --checkpoint made a new models/ at the old name."""
     assert _run([TRAIN, *SMALL, "--epochs", "1"], tmp_path).returncode == 0
-    resume = _start([RESUME, "--checkpoint", "models/checkpoint_epoch_1.pth", "--epochs", "1",
-                     "--no-progress"], tmp_path, _paused("claim:0", 3))
-    try:
-        resume.wait_for("PAUSED claim 0")
-        (tmp_path / "models").rename(tmp_path / "models.old")
-        code = resume.finish(timeout=400)
-    finally:
-        _kill(resume)
+    code, resume = _moved_at(tmp_path, [RESUME, "--checkpoint", "models/checkpoint_epoch_1.pth", "--epochs",
+                                        "1", "--no-progress"], "claim:0", "0")
     assert code == 2 and "Traceback" not in resume.stderr, resume.stderr
     assert "models/ was moved or removed after this command chose what to continue there" in resume.stderr
     assert not (tmp_path / "models").exists()

@@ -7,6 +7,7 @@ A reader thread drains the child's stderr into a list, so a test can wait for a 
 from __future__ import annotations
 
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -113,3 +114,19 @@ def pids_alive(pids: list[int]) -> list[int]:
     return alive
 
 
+
+
+def start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> Child:
+    """``python ARGS`` in ``cwd`` as a Child (SIGINT at its default, so a test can send it)."""
+    from conftest import child_env, default_sigint
+
+    return Child(subprocess.Popen([sys.executable, *args], cwd=cwd, env=env or child_env(), text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint))
+
+
+def run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python ARGS`` in ``cwd`` to its end, output captured."""
+    from conftest import child_env, default_sigint
+
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=child_env(), capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=default_sigint)

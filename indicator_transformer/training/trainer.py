@@ -61,7 +61,7 @@ from ..errors import (
     WorkerStalled,
     too_many_open_files,
 )
-from ..folder_lock import check_still_held, moved_to
+from ..folder_lock import check_still_held, explain_move, moved_to
 from ..metrics import point_metrics
 from ..model import IndicatorTransformer
 from ..progress import Progress
@@ -413,7 +413,7 @@ class Trainer:
             if also_best:
                 ckpt.save_checkpoint(went / ckpt.BEST_NAME, {}, data=data)
             saved = ckpt.save_checkpoint(went / name, {}, data=data)
-            first = e if isinstance(e, FolderMoved) else _moved_error(self.models_dir)
+            first = explain_move(e, self.models_dir)
             raise FolderMoved(f"{first}; this run saved its state there as {saved.name} and "
                               f"stopped") from None
 
@@ -728,11 +728,3 @@ def _shutdown_loader(it: Any) -> None:
     if shutdown is not None:
         shutdown()
 
-
-def _moved_error(models_dir: Path) -> StorageError:
-    """What :func:`check_still_held` says of a folder moved under the run."""
-    try:
-        check_still_held(models_dir)
-    except StorageError as e:
-        return e
-    return StorageError(f"{models_dir}: the folder this run holds was moved while it ran")
