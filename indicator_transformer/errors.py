@@ -7,6 +7,7 @@ Exit codes: 0 done; 130 stopped by SIGINT after saving; 143 stopped by SIGTERM a
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -85,7 +86,12 @@ class StorageError(UserError):
 
 class FolderMoved(StorageError):
     """A folder a run holds was moved or removed under it (exit code 1): said once, with where it
-    went and what was saved there."""
+    went and what was saved there (``saved``: the checkpoint written where the folder went, if
+    any)."""
+
+    def __init__(self, message: str, saved: Path | None = None) -> None:
+        super().__init__(message)
+        self.saved = saved
 
 
 class OutOfMemory(UserError):

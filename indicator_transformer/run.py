@@ -46,7 +46,7 @@ from .data.windows import (
     split_summary,
     split_table,
 )
-from .errors import CheckpointError, OutOfMemory, StorageError, UserError, WorkerStalled
+from .errors import CheckpointError, FolderMoved, OutOfMemory, StorageError, UserError, WorkerStalled
 from .folder_lock import FolderInUse, check_still_held, explain_move, hold_folder, moved_to
 from .integrity import IntegrityError, check_json, json_safe, seal_json
 from .model import count_parameters
@@ -340,6 +340,12 @@ def _train_and_report(trainer: Trainer, data: PreparedData, summary: RunSummary,
         e = explain_move(e, models_dir)
         summary.mark("training")
         if handler.shutdown_requested:
+            if isinstance(e, FolderMoved) and e.saved is not None:
+                # The stop's checkpoint was written where the folder went: an ordinary stop, whose
+                # resume needs the folder's new name (the warning gives the command).
+                print(f"warning: {e}\nCheckpoint saved: {e.saved}", file=stream, flush=True)
+                _report_interrupted(summary, "training", e.saved, stream, handler.exit_code)
+                return handler.exit_code
             print(f"error: {e}", file=stream, flush=True)
             _report_interrupted(summary, "training", None, stream, handler.exit_code, unsaved=str(e))
             return handler.exit_code

@@ -239,3 +239,33 @@ def test_a_models_folder_reached_through_a_link_gets_only_its_usual_checkpoints(
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in (tmp_path / "real").iterdir())
     assert not [n for n in names if n.endswith("_interrupted.pth")], names
+
+
+def test_a_stop_after_the_models_folder_moved_reports_the_checkpoint_saved_where_it_went(
+        tmp_path: Path) -> None:
+    """Found by the sixth outside attack: ``mv models m2`` then Ctrl-C saved the checkpoint in m2,
+    but the run said "the interrupted checkpoint could not be saved" and its summary named none."""
+    child = _start([TRAIN, *SMALL], tmp_path, _paused("train_step:5", 300))
+    try:
+        child.wait_for("PAUSED train_step 5")
+        (tmp_path / "models").rename(tmp_path / "m2")
+        child.proc.send_signal(signal.SIGINT)
+        code = child.finish(timeout=400)
+    finally:
+        _kill(child)
+    assert code == 130 and "Traceback" not in child.stderr, child.stderr
+    saved = tmp_path / "m2" / "checkpoint_epoch_1_interrupted.pth"
+    assert f"Checkpoint saved: {saved}" in child.lines, child.stderr
+    assert "could not be saved" not in child.stderr
+    assert any(ln.startswith("warning: ") and "--models-dir " + str(tmp_path / "m2") in ln
+               for ln in child.lines), child.stderr
+    assert child.lines[-1] == "Cleanup complete", child.lines[-3:]
+    (run,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted", summary
+    assert summary["interrupted"]["checkpoint"] == str(saved)
+    assert "checkpoint_error" not in summary["interrupted"]
+    assert not (tmp_path / "models").exists()
+    resumed = _run([RESUME, "--models-dir", "m2", "--no-progress", "--no-plots"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming from m2/checkpoint_epoch_1_interrupted.pth: epoch 1, step 5/" in resumed.stderr

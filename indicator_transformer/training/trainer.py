@@ -415,7 +415,7 @@ class Trainer:
             saved = ckpt.save_checkpoint(went / name, {}, data=data)
             first = explain_move(e, self.models_dir)
             raise FolderMoved(f"{first}; this run saved its state there as {saved.name} and "
-                              f"stopped") from None
+                              f"stopped", saved=saved) from None
 
     def save_interrupted(self) -> Path:
         """Save ``checkpoint_epoch_<E>_interrupted.pth`` and say so."""
