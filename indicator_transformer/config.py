@@ -521,6 +521,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
     for key, value in raw.items():
         name = key.replace("-", "_")
+        if name in COMMAND_SECTIONS:  # read by its own command (load_command_section)
+            continue
         if key in Config.SECTIONS and isinstance(value, dict):
             for k, v in value.items():
                 owner = sections.get(k.replace("-", "_"))
@@ -549,6 +551,43 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         return {k: _typed(k, v, hints[k]) for k, v in flat.items()}
     except ConfigError as e:
         raise e.at(str(path)) from None
+
+
+# Sections of a config file that belong to one command's own flags, not to the run settings:
+# every command accepts the file, the named command reads the section.
+COMMAND_SECTIONS = ("walk_forward",)
+
+
+def load_command_section(path: str | Path, section: str, keys: dict[str, type | tuple[type, ...]]
+                         ) -> dict[str, Any]:
+    """``[section]`` of the TOML file ``path`` (``walk_forward`` or ``walk-forward``), its keys
+    named like the command's flags (``_`` or ``-``) and checked against ``keys`` (name -> the
+    accepted TOML types); {} when the file has no such section. The file as a whole is checked by
+    :func:`load_toml`, which the caller runs too."""
+    raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    found = [k for k in raw if k.replace("-", "_") == section]
+    if len(found) > 1:
+        raise UserError(f"{path}: [{section}] is given twice ({' and '.join(found)})")
+    if not found:
+        return {}
+    table = raw[found[0]]
+    if not isinstance(table, dict):
+        raise UserError(f"{path}: [{found[0]}] must be a table of settings, got {_short(table)}")
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        name = k.replace("-", "_")
+        if name not in keys:
+            raise UserError(f"{path}: unknown key '{k}' in [{found[0]}] (its keys are: "
+                            f"{', '.join(sorted(keys))})")
+        if name in out:
+            raise UserError(f"{path}: '{k}' is given twice in [{found[0]}]")
+        want = keys[name]
+        if isinstance(v, bool) and bool not in (want if isinstance(want, tuple) else (want,)) \
+                or not isinstance(v, want):
+            names = " or ".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
+            raise UserError(f"{path}: [{found[0]}] {k} = {_short(v)}: expected {names}")
+        out[name] = v
+    return out
 
 
 def flag_name(key: str) -> str:

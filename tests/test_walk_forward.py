@@ -197,3 +197,37 @@ def test_two_runs_at_a_time_give_the_figures_of_one_at_a_time(finished: Path) ->
     assert _figures(finished / "whole") == _figures(finished / "parallel")
     assert (finished / "whole" / "oos_predictions.csv").read_bytes() == \
         (finished / "parallel" / "oos_predictions.csv").read_bytes()
+
+
+def test_the_experiment_flags_read_from_the_config_file_and_the_report_has_parquet_and_plots(
+        finished: Path) -> None:
+    """[walk_forward] in the config file gives the experiment's flags (a flag given wins): the
+    same experiment as the flags, so nothing is retrained; the report step writes the Parquet
+    twin of the CSV and the three plots."""
+    import shutil
+
+    shutil.copytree(finished / "whole", finished / "from_toml")
+    (finished / "wf.toml").write_text('[walk_forward]\nfolds = 3\nseeds = [0, 1]\ntest-bars = 80\n'
+                                      'out = "from_toml"\n\n[train]\nthreads = 1\n')
+    shown = [a for a in TINY if a != "--no-plots"]
+    r = _run(["--config", "wf.toml", "--folds", "2", *shown[:-2]], finished)  # --threads from the file
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("done, not retrained") == 4 and "starting" not in r.stderr, r.stderr
+    out = finished / "from_toml"
+    assert _figures(out) == _figures(finished / "whole")
+    csv = pd.read_csv(out / "oos_predictions.csv")
+    pq = pd.read_parquet(out / "oos_predictions.parquet")
+    assert list(pq.columns) == list(csv.columns) and len(pq) == len(csv)
+    assert isinstance(pq["time"].dtype, pd.DatetimeTZDtype) and str(pq["time"].dt.tz) == "UTC"
+    assert (pq["time"] == pd.to_datetime(csv["time"], utc=True)).all()
+    assert np.allclose(pq["model"].to_numpy(), csv["model"].to_numpy(), rtol=1e-7, atol=0)
+    assert (pq[["symbol", "fold", "seed"]].astype(str).to_numpy()
+            == csv[["symbol", "fold", "seed"]].astype(str).to_numpy()).all()
+    for name in ("ic_per_fold.png", "oos_strategies.png", "headline_over_seeds.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+    (finished / "bad.toml").write_text('[walk_forward]\nfold = 2\n')
+    bad = _run(["--config", "bad.toml", "--out", "from_toml", *TINY], finished)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert "bad.toml: unknown key 'fold' in [walk_forward]" in bad.stderr
+    assert _figures(out) == _figures(finished / "whole")  # nothing written

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..config import Config, build_config, load_toml
 from ..errors import UserError
@@ -40,32 +40,69 @@ class RunFailed(UserError):
         self.exit_code = code
 
 
+# The experiment's own flags and their defaults; each has its key in the config file's
+# [walk_forward] section (a flag given wins over the file), with the TOML types it accepts.
+DEFAULTS: dict[str, Any] = {"folds": 4, "seeds": "0,1,2", "test_bars": None, "test_period": None,
+                            "window_kind": "expanding", "train_bars": None, "train_period": None,
+                            "jobs": 1, "out": "walk_forward"}
+TOML_TYPES: dict[str, type | tuple[type, ...]] = {
+    "folds": int, "seeds": (str, list, int), "test_bars": int, "test_period": str, "window_kind": str,
+    "train_bars": int, "train_period": str, "jobs": int, "out": str}
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     """The flags: the experiment's own, then every train flag."""
-    g = p.add_argument_group("the experiment")
-    g.add_argument("--folds", type=int, default=4, help="number of test periods, contiguous, at the end of "
-                   "the calendar (default: %(default)s)")
-    g.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each seeds the model and every "
-                   "stochastic baseline of its runs (default: %(default)s)")
+    g = p.add_argument_group("the experiment (each also a key of the config file's [walk_forward] "
+                             "section; a flag given wins)")
+    g.add_argument("--folds", type=int, default=None, help="number of test periods, contiguous, at the "
+                   "end of the calendar (default: 4)")
+    g.add_argument("--seeds", default=None, help="comma-separated seeds; each seeds the model and every "
+                   "stochastic baseline of its runs (default: 0,1,2)")
     g.add_argument("--test-bars", type=int, default=None, help="length of each test period in bars of the "
                    "common calendar")
     g.add_argument("--test-period", default=None, help="length of each test period in calendar time: 90d, "
                    "6w, 3m, 1q, 1y (give this or --test-bars)")
-    g.add_argument("--window-kind", choices=WINDOW_KINDS, default="expanding",
+    g.add_argument("--window-kind", choices=WINDOW_KINDS, default=None,
                    help="expanding: each fold trains on everything before its test period; rolling: on a "
-                        "fixed length before it (--train-bars or --train-period) (default: %(default)s)")
+                        "fixed length before it (--train-bars or --train-period) (default: expanding)")
     g.add_argument("--train-bars", type=int, default=None, help="rolling: training period length in bars")
     g.add_argument("--train-period", default=None, help="rolling: training period length (90d ... 5y)")
-    g.add_argument("--jobs", type=int, default=1, help="runs at once, as separate processes sharing the "
+    g.add_argument("--jobs", type=int, default=None, help="runs at once, as separate processes sharing the "
                    "feature cache; each gets --threads threads (default: the cores divided by --jobs, "
                    "kept for the experiment: give --threads to compare --jobs settings bit for bit) "
-                   "(default: %(default)s)")
-    g.add_argument("--out", default="walk_forward", help="the experiment's folder (default: %(default)s)")
+                   "(default: 1)")
+    g.add_argument("--out", default=None, help="the experiment's folder (default: walk_forward)")
     g.add_argument("--status", action="store_true", help="print each run's state and exit")
     g.add_argument("--new", action="store_true", help="move an earlier experiment in --out aside "
                    "(previous_experiments/<time>/, untouched) instead of refusing different settings")
     add_setting_flags(p)
     add_common_switches(p)
+
+
+def _experiment_flags(args: argparse.Namespace) -> None:
+    """Fill the experiment's flags not given from the config file's [walk_forward] section, then
+    from the defaults (in ``args``)."""
+    from ..config import load_command_section
+
+    section = {}
+    if args.config is not None and args.config.strip():
+        try:
+            section = load_command_section(args.config, "walk_forward", TOML_TYPES)
+        except (OSError, ValueError):
+            section = {}  # load_toml reports an unreadable file, naming it
+    for key, default in DEFAULTS.items():
+        if getattr(args, key) is not None:
+            continue
+        value = section.get(key, default)
+        if key == "seeds" and isinstance(value, (list, int)):
+            values = value if isinstance(value, list) else [value]
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                raise UserError(f"{args.config}: [walk_forward] seeds = {value!r}: expected whole numbers")
+            value = ",".join(str(v) for v in values)
+        if key == "window_kind" and value not in WINDOW_KINDS:
+            raise UserError(f"{args.config}: [walk_forward] window_kind = {value!r}: expected one of "
+                            f"{', '.join(WINDOW_KINDS)}")
+        setattr(args, key, value)
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -80,6 +117,7 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def run(args: argparse.Namespace) -> int:
     """Check the settings, then run (or continue) the experiment, or print its status."""
+    _experiment_flags(args)
     out = Path(args.out)
     if args.status:
         return status(out)
@@ -185,7 +223,8 @@ def _experiment(cfg: Config, settings: wf.Settings, out: Path, handler: SignalHa
         missing = [s.name for s, st in states if st.status != "done"]
         if missing:
             raise UserError(f"runs {', '.join(missing)} have no report after training; run the command again")
-        wf.write_report(out, states, settings.seeds, cfg.features.horizon, cfg.train.cost_bps, record, stream)
+        wf.write_report(out, states, settings.seeds, cfg.features.horizon, cfg.train.cost_bps, record, stream,
+                        plots="--no-plots" not in extra)
         print(f"Experiment complete in {wf.elapsed(started)}", file=stream, flush=True)
     return 0
 

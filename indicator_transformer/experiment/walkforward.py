@@ -5,6 +5,8 @@ out-of-sample report pooled over the folds, per seed and as mean +- std over see
     DIR/runs/fold<k>-seed<s>/      one ordinary run: run.toml, models/, runs/<time>/
     DIR/summary.json               per run, per seed pooled over folds, over seeds (when all are done)
     DIR/oos_predictions.csv        every out-of-sample window once per seed, every predictor
+    DIR/oos_predictions.parquet    the same table, typed (times as UTC timestamps)
+    DIR/*.png                      IC per fold, out-of-sample strategies, headline over seeds
 
 Each run is the train command as a child process (``--config run.toml --resume auto
 --save-predictions``): everything that makes one run safe holds unchanged, and a run that was
@@ -37,16 +39,18 @@ from typing import Any, TextIO
 import numpy as np
 import pandas as pd
 
-from ..atomic import atomic_write_json, atomic_write_text
+from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..config import Config, to_toml
 from ..errors import StorageError, UserError
 from ..integrity import IntegrityError, check_json, json_safe, seal_json
 from ..shutdown import SignalHandler
 from .folds import Fold, Period
+from .plots import PLOTS as PLOT_NAMES
 
 EXPERIMENT_FILE = "experiment.json"
 SUMMARY_FILE = "summary.json"
 OOS_FILE = "oos_predictions.csv"
+OOS_PARQUET = "oos_predictions.parquet"
 RUNS = "runs"
 PREVIOUS = "previous_experiments"
 PREDICTIONS = "predictions.csv"  # written by each run's --save-predictions, in its run folder
@@ -195,7 +199,7 @@ def claim_experiment(out: Path, record: dict[str, Any], new: bool, stream: TextI
                             f"continue it, or --new to move it aside")
         aside = out / PREVIOUS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         aside.mkdir(parents=True, exist_ok=False)
-        for name in (EXPERIMENT_FILE, SUMMARY_FILE, OOS_FILE, RUNS):
+        for name in (EXPERIMENT_FILE, SUMMARY_FILE, OOS_FILE, OOS_PARQUET, *PLOT_NAMES, RUNS):
             if (out / name).exists() or (out / name).is_symlink():
                 os.replace(out / name, aside / name)
         print(f"note: moved the previous experiment to {aside} (nothing was deleted)", file=stream,
@@ -310,20 +314,28 @@ def read_predictions(states: Sequence[tuple[RunSpec, RunState]]) -> Pooled:
     return Pooled(frame, names or ["model"])
 
 
-def pooled_report(pooled: Pooled, seed: int, horizon: int, cost_bps: float) -> dict[str, Any]:
-    """The single-run report (report.build_report) of one seed's out-of-sample windows over every
-    fold: each sample's MSE constant is its own fold's training mean."""
+def pooled_predictions(pooled: Pooled, seed: int, horizon: int, cost_bps: float) -> Any:
+    """One seed's out-of-sample windows over every fold as a single run's TestPredictions: each
+    sample's MSE constant is its own fold's training mean."""
     from .. import metrics
-    from ..report import TestPredictions, build_report
+    from ..report import TestPredictions
 
     df = pooled.frame[pooled.frame["seed"] == seed]
     times = pd.to_datetime(df["time"], utc=True).dt.as_unit("ns").astype("int64").to_numpy()
     per_year = [metrics.periods_per_year(np.sort(times[df["symbol"].to_numpy() == s]))
                 for s in np.unique(df["symbol"].to_numpy())]
     train_mean = df["train_mean"].to_numpy(np.float64) if "train_mean" in df else np.zeros(len(df))
-    tp = TestPredictions(df["symbol"].to_numpy(), times, df["realised"].to_numpy(np.float64),
-                         {p: df[p].to_numpy(np.float64) for p in pooled.predictors}, train_mean,
-                         horizon, cost_bps, float(np.nanmedian(per_year)) if per_year else math.nan)
+    return TestPredictions(df["symbol"].to_numpy(), times, df["realised"].to_numpy(np.float64),
+                           {p: df[p].to_numpy(np.float64) for p in pooled.predictors}, train_mean,
+                           horizon, cost_bps, float(np.nanmedian(per_year)) if per_year else math.nan)
+
+
+def pooled_report(pooled: Pooled, seed: int, horizon: int, cost_bps: float) -> dict[str, Any]:
+    """The single-run report (report.build_report) of one seed's out-of-sample windows over every
+    fold."""
+    from ..report import build_report
+
+    tp = pooled_predictions(pooled, seed, horizon, cost_bps)
     return build_report(tp, None, scored=f"the out-of-sample windows of every fold (seed {seed})")
 
 
@@ -383,8 +395,10 @@ def _pm(s: dict[str, Any]) -> str:
 
 
 def write_report(out: Path, specs_states: Sequence[tuple[RunSpec, RunState]], seeds: Sequence[int],
-                 horizon: int, cost_bps: float, record: dict[str, Any], stream: TextIO) -> dict[str, Any]:
-    """summary.json and oos_predictions.csv of a finished experiment; the table on ``stream``."""
+                 horizon: int, cost_bps: float, record: dict[str, Any], stream: TextIO,
+                 plots: bool = True) -> dict[str, Any]:
+    """summary.json, oos_predictions.csv/.parquet and (``plots``) the PNGs of a finished
+    experiment; the table on ``stream``. summary.json last: its presence says the rest is there."""
     pooled = read_predictions(specs_states)
     reports = {s: pooled_report(pooled, s, horizon, cost_bps) for s in seeds}
     agg = over_seeds(reports)
@@ -402,12 +416,30 @@ def write_report(out: Path, specs_states: Sequence[tuple[RunSpec, RunState]], se
                "verdict": verdict(agg)}
     frame = pooled.frame.copy()
     atomic_write_text(out / OOS_FILE, frame.to_csv(index=False, float_format="%.8g"))
+    atomic_write_bytes(out / OOS_PARQUET, _parquet(frame))
+    if plots:
+        from ..report import report_series
+        from .plots import write_experiment_plots
+
+        series = {s: report_series(pooled_predictions(pooled, s, horizon, cost_bps)) for s in seeds}
+        write_experiment_plots(out, summary, series)
     atomic_write_json(out / SUMMARY_FILE, seal_json(json_safe(summary)))
     _print_table(agg, stream)
     print(f"Verdict: {summary['verdict']}", file=stream, flush=True)
-    print(f"Report: {out / SUMMARY_FILE}; out-of-sample predictions: {out / OOS_FILE}", file=stream,
-          flush=True)
+    print(f"Report: {out / SUMMARY_FILE}; out-of-sample predictions: {out / OOS_FILE} (and "
+          f"{OOS_PARQUET})" + ("; plots: " + ", ".join(PLOT_NAMES) if plots else ""), file=stream, flush=True)
     return summary
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    """The out-of-sample table as Parquet bytes: times as UTC timestamps, the rest as in the CSV."""
+    import io
+
+    typed = frame.copy()
+    typed["time"] = pd.to_datetime(typed["time"], utc=True)
+    buf = io.BytesIO()
+    typed.to_parquet(buf, index=False, engine="pyarrow")
+    return buf.getvalue()
 
 
 def _print_table(agg: dict[str, Any], stream: TextIO) -> None:
