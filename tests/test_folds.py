@@ -116,3 +116,58 @@ def test_month_arithmetic_clamps_to_the_months_last_day() -> None:
     assert np.datetime64(Period(1, "m").before(t), "ns") == np.datetime64("2020-02-29T00:00:00")
     assert np.datetime64(Period(1, "y").before(t), "ns") == np.datetime64("2019-03-31T00:00:00")
     assert np.datetime64(Period(2, "w").before(t), "ns") == np.datetime64("2020-03-17T00:00:00")
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> list:
+    """Daily files covering 2004-2013 beside hourly ones covering 2017 (tests/mixed_market.py)."""
+    from mixed_market import write_mixed_market
+
+    from indicator_transformer.data.folder import discover_files
+
+    root = tmp_path_factory.mktemp("mixed")
+    return prepare(discover_files(write_mixed_market(root / "data")), FeatureConfig(window=16, horizon=H),
+                   FeatureCache(root / "cache").open(), show_progress=False).symbols
+
+
+@pytest.mark.parametrize("kind", ["expanding", "rolling"])
+def test_files_covering_different_years_get_their_folds_on_their_own_bars(mixed: list, kind: str) -> None:
+    """On the common calendar the daily files (ending 2013) would have no test window in any fold
+    (2017): auto places each symbol's folds on its own bars, as per-symbol cuts."""
+    from indicator_transformer.cutoffs import cut_for
+    from indicator_transformer.experiment.folds import plan
+
+    common = plan(mixed, window=16, horizon=H, folds=3, test_bars=100, calendar="common")
+    assert common.calendar == "common"
+    placed = plan(mixed, window=16, horizon=H, folds=3, test_bars=100, kind=kind,
+                  train_bars=800 if kind == "rolling" else None)
+    assert placed.calendar == "per-symbol" and placed.reason.startswith("auto: on the common calendar ")
+    assert placed.reason.split(" would have no test window")[0].rsplit(" ", 1)[1] in {"SPX", "AAPL"}
+    folds = placed.folds
+    tested: dict[str, list[int]] = {s.symbol: [] for s in mixed}
+    for f in folds:
+        cfg = _cfg(**f.cuts())
+        sp = choose_splits(mixed, cfg).splits
+        require_windows(sp, cfg)
+        starts = parse_cuts(f.test_start, "test_start")
+        ends = parse_cuts(f.test_end, "test_end") if f.test_end else None
+        for i, s in enumerate(mixed):
+            t = np.asarray(s.time)
+            start = cut_for(starts, s.symbol, "test_start")
+            train = np.arange(int(sp["train"].starts[i]), int(sp["train"].stops[i]))
+            val = np.arange(int(sp["val"].starts[i]), int(sp["val"].stops[i]))
+            test = np.arange(int(sp["test"].starts[i]), int(sp["test"].stops[i]))
+            assert len(train) and len(val) and len(test) == 100, (s.symbol, f)  # every symbol, every fold
+            assert t[train[-1] + H] < t[val[0]] and t[val[-1] + H] < start <= t[test[0]]
+            if ends is not None:
+                assert t[test[-1]] < cut_for(ends, s.symbol, "test_end")
+            if kind == "rolling":
+                first = cut_for(parse_cuts(f.train_start, "train_start"), s.symbol, "train_start")
+                assert t[train[0]] >= first
+            tested[s.symbol].extend(test.tolist())
+    for s in mixed:  # each symbol's last 300 labelled end bars, each tested once
+        assert tested[s.symbol] == list(range(len(s.time) - H - 300, len(s.time) - H)), s.symbol
+    refused = pytest.raises(UserError, match="EURUSD's calendar has|USDJPY's calendar has|"
+                                             "SPX's calendar has|AAPL's calendar has")
+    with refused:
+        plan(mixed, window=16, horizon=H, folds=3, test_bars=900, calendar="per-symbol")

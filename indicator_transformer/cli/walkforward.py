@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from ..config import Config, build_config, load_toml
 from ..errors import UserError
 from ..experiment import walkforward as wf
-from ..experiment.folds import WINDOW_KINDS, Fold, parse_period, plan_folds
+from ..experiment.folds import CALENDARS, WINDOW_KINDS, Fold, parse_period, plan
 from ..shutdown import SignalHandler
 from ..startup import deferred_interrupt
 from .common import check_folders, print_table, run_with_handler
@@ -44,10 +44,10 @@ class RunFailed(UserError):
 # [walk_forward] section (a flag given wins over the file), with the TOML types it accepts.
 DEFAULTS: dict[str, Any] = {"folds": 4, "seeds": "0,1,2", "test_bars": None, "test_period": None,
                             "window_kind": "expanding", "train_bars": None, "train_period": None,
-                            "jobs": 1, "out": "walk_forward"}
+                            "jobs": 1, "out": "walk_forward", "fold_calendar": "auto"}
 TOML_TYPES: dict[str, type | tuple[type, ...]] = {
     "folds": int, "seeds": (str, list, int), "test_bars": int, "test_period": str, "window_kind": str,
-    "train_bars": int, "train_period": str, "jobs": int, "out": str}
+    "train_bars": int, "train_period": str, "jobs": int, "out": str, "fold_calendar": str}
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -65,6 +65,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--window-kind", choices=WINDOW_KINDS, default=None,
                    help="expanding: each fold trains on everything before its test period; rolling: on a "
                         "fixed length before it (--train-bars or --train-period) (default: expanding)")
+    g.add_argument("--fold-calendar", choices=CALENDARS, default=None,
+                   help="where the fold boundaries go: common (every symbol's bars together: each fold "
+                        "tests the same dates of every symbol), per-symbol (each symbol's own last periods, "
+                        "for files covering different years), auto: common unless a symbol would have "
+                        "no test window in some fold (default: auto)")
     g.add_argument("--train-bars", type=int, default=None, help="rolling: training period length in bars")
     g.add_argument("--train-period", default=None, help="rolling: training period length (90d ... 5y)")
     g.add_argument("--jobs", type=int, default=None, help="runs at once, as separate processes sharing the "
@@ -99,9 +104,10 @@ def _experiment_flags(args: argparse.Namespace) -> None:
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
                 raise UserError(f"{args.config}: [walk_forward] seeds = {value!r}: expected whole numbers")
             value = ",".join(str(v) for v in values)
-        if key == "window_kind" and value not in WINDOW_KINDS:
-            raise UserError(f"{args.config}: [walk_forward] window_kind = {value!r}: expected one of "
-                            f"{', '.join(WINDOW_KINDS)}")
+        for name, allowed in (("window_kind", WINDOW_KINDS), ("fold_calendar", CALENDARS)):
+            if key == name and value not in allowed:
+                raise UserError(f"{args.config}: [walk_forward] {name} = {value!r}: expected one of "
+                                f"{', '.join(allowed)}")
         setattr(args, key, value)
 
 
@@ -144,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
         folds=args.folds, seeds=_seeds(args.seeds), window_kind=args.window_kind, test_bars=args.test_bars,
         test_period=parse_period(args.test_period, "--test-period") if args.test_period else None,
         train_bars=args.train_bars,
-        train_period=parse_period(args.train_period, "--train-period") if args.train_period else None)
+        train_period=parse_period(args.train_period, "--train-period") if args.train_period else None,
+        calendar=args.fold_calendar)
     check_folders(cfg, models=False)
     extra = [flag for flag, on in (("--no-progress", args.no_progress), ("--no-plots", args.no_plots)) if on]
     return run_with_handler(lambda handler: _experiment(cfg, settings, out, handler, args.new, extra,
@@ -178,12 +185,13 @@ def _experiment(cfg: Config, settings: wf.Settings, out: Path, handler: SignalHa
                             "--no-progress" not in extra)
         if handler.should_stop:
             return handler.exit_code
-        folds = plan_folds(data.symbols, window=cfg.features.window, horizon=cfg.features.horizon,
-                           folds=settings.folds, test_bars=settings.test_bars,
-                           test_period=settings.test_period, kind=settings.window_kind,
-                           train_bars=settings.train_bars, train_period=settings.train_period)
+        placed = plan(data.symbols, window=cfg.features.window, horizon=cfg.features.horizon,
+                      folds=settings.folds, test_bars=settings.test_bars, test_period=settings.test_period,
+                      kind=settings.window_kind, train_bars=settings.train_bars,
+                      train_period=settings.train_period, calendar=settings.calendar)
+        folds = placed.folds
         record = wf.experiment_record(cfg, settings, folds, data.fingerprint)
-        _print_folds(data.symbols, cfg, folds, stream)
+        _print_folds(data.symbols, cfg, folds, placed.reason, stream)
         del data  # the runs read the cache themselves
         wf.claim_experiment(out, record, new, stream)
         specs = wf.run_specs(out, folds, settings.seeds)
@@ -229,7 +237,7 @@ def _experiment(cfg: Config, settings: wf.Settings, out: Path, handler: SignalHa
     return 0
 
 
-def _print_folds(symbols: list, cfg: Config, folds: list[Fold], stream: TextIO) -> None:
+def _print_folds(symbols: list, cfg: Config, folds: list[Fold], reason: str, stream: TextIO) -> None:
     from ..data.windows import choose_splits, split_summary
 
     rows = []
@@ -242,7 +250,7 @@ def _print_folds(symbols: list, cfg: Config, folds: list[Fold], stream: TextIO) 
             cells.append(f"{s['from']} .. {s['to']} ({s['windows']:,})" if s["windows"] else "-")
         rows.append(cells)
     print(f"Walk-forward: {len(folds)} fold(s), windows ending in each split (the last "
-          f"{cfg.features.horizon} before each cut are purged):", file=stream, flush=True)
+          f"{cfg.features.horizon} before each cut are purged; {reason}):", file=stream, flush=True)
     print_table(["fold", "train", "validation", "test"], rows, stream=stream)
 
 

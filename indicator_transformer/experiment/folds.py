@@ -13,7 +13,10 @@ tested by exactly one fold, and no fold trains on a label from its own test peri
 
 The calendar is the union of every symbol's window end bars that have a label (one panel sharing
 dates). Fold boundaries are placed on it: the last ``folds * test_bars`` end times, or periods of
-``test_period`` (``90d``, ``6w``, ``3m``, ``1q``, ``1y``) counted back from the last one.
+``test_period`` (``90d``, ``6w``, ``3m``, ``1q``, ``1y``) counted back from the last one. For files
+covering different years (a symbol without a test window in some fold on that calendar) they are
+placed on each symbol's own end bars instead, and the cuts are written per symbol
+(``A=2012-01-03,B=2017-06-01``), as single runs split such files per symbol.
 """
 
 from __future__ import annotations
@@ -93,14 +96,44 @@ def end_calendar(symbols: Sequence[SymbolData], window: int, horizon: int) -> np
     return np.unique(np.concatenate(pieces)) if pieces else np.zeros(0, np.int64)
 
 
+CALENDARS = ("auto", "common", "per-symbol")
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """The folds and which calendar placed them (with, for ``auto``, why)."""
+
+    folds: list[Fold]
+    calendar: str      # "common" or "per-symbol"
+    reason: str
+
+
 def plan_folds(symbols: Sequence[SymbolData], *, window: int, horizon: int, folds: int,
                test_bars: int | None = None, test_period: Period | None = None,
                kind: str = "expanding", train_bars: int | None = None,
-               train_period: Period | None = None) -> list[Fold]:
+               train_period: Period | None = None, calendar: str = "common") -> list[Fold]:
+    """The folds, oldest first (see :func:`plan`, whose ``folds`` this returns)."""
+    return plan(symbols, window=window, horizon=horizon, folds=folds, test_bars=test_bars,
+                test_period=test_period, kind=kind, train_bars=train_bars, train_period=train_period,
+                calendar=calendar).folds
+
+
+def plan(symbols: Sequence[SymbolData], *, window: int, horizon: int, folds: int,
+         test_bars: int | None = None, test_period: Period | None = None, kind: str = "expanding",
+         train_bars: int | None = None, train_period: Period | None = None,
+         calendar: str = "auto") -> FoldPlan:
     """The folds, oldest first; a UserError naming the flags when the data cannot hold them
-    (each fold needs a test period, and training and validation end bars before it)."""
+    (each fold needs a test period, and training and validation end bars before it).
+
+    ``calendar``: ``common`` places the fold boundaries on the union of every symbol's end bars
+    (one panel sharing dates: every fold tests the same dates of every symbol); ``per-symbol`` on
+    each symbol's own bars (files covering different years: each symbol's last periods are its
+    test periods, the cuts are written per symbol); ``auto`` (default) keeps the common calendar
+    unless a symbol would have no test window in some fold under it."""
     if kind not in WINDOW_KINDS:
         raise UserError(f"--window-kind {kind!r}: expected {' or '.join(WINDOW_KINDS)}")
+    if calendar not in CALENDARS:
+        raise UserError(f"--fold-calendar {calendar!r}: expected one of {', '.join(CALENDARS)}")
     if (test_bars is None) == (test_period is None):
         raise UserError("give one of --test-bars N and --test-period P (such as 1y) for the length of each "
                         "fold's test period")
@@ -112,16 +145,70 @@ def plan_folds(symbols: Sequence[SymbolData], *, window: int, horizon: int, fold
                         "rolling, or leave them out (expanding: each fold trains on everything before it)")
     if not 1 <= folds <= 1000:
         raise UserError(f"--folds {folds}: expected 1 to 1,000")
+    if test_bars is not None and test_bars < 1:
+        raise UserError(f"--test-bars {test_bars}: expected a positive number of bars")
+
+    def on(cal: np.ndarray, whose: str) -> list[tuple[int | None, int, int | None]]:
+        return _place(cal, whose, folds, test_bars, test_period, kind, train_bars, train_period)
+
     cal = end_calendar(symbols, window, horizon)
+    own = {s.symbol: end_calendar([s], window, horizon) for s in symbols}
+    own = {sym: c for sym, c in own.items() if len(c)}
+    if calendar != "per-symbol":
+        common = on(cal, "the data's calendar")
+        starved = _starved(own, common)
+        if calendar == "common" or starved is None or len(own) < 2:
+            reason = ("--fold-calendar common" if calendar == "common" else
+                      "auto: every symbol has test windows in every fold on the common calendar")
+            return FoldPlan([Fold(k, _text(b), _text(t), _text(e)) for k, (b, t, e) in enumerate(common)],
+                            "common", reason)
+        reason = f"auto: on the common calendar {starved}, so each symbol's folds are placed on its own bars"
+    else:
+        reason = "--fold-calendar per-symbol"
+    placed = {sym: on(c, f"{sym}'s calendar") for sym, c in own.items()}
+    # A symbol too short for any window gets the latest cut (it has no windows either way): every
+    # symbol of the data must have a date, or the run refuses the cuts.
+    rest = len(own) < len({s.symbol for s in symbols})
+
+    def joined(k: int, part: int) -> str | None:
+        cuts = [(sym, p[k][part]) for sym, p in placed.items()]
+        if all(t is None for _, t in cuts):
+            return None
+        text = ",".join(f"{sym}={_text(t)}" for sym, t in cuts if t is not None)
+        return text + (f",*={_text(max(t for _, t in cuts if t is not None))}" if rest else "")
+
+    out = []
+    for k in range(folds):
+        start = joined(k, 1)
+        assert start is not None
+        out.append(Fold(k, joined(k, 0), start, joined(k, 2)))
+    return FoldPlan(out, "per-symbol", reason)
+
+
+def _text(ns: int | None) -> str | None:
+    return None if ns is None else cut_time_text(int(ns))
+
+
+def _starved(own: dict[str, np.ndarray], placed: list[tuple[int | None, int, int | None]]) -> str | None:
+    """The first symbol (and fold) without a test window under common-calendar folds, or None."""
+    for sym, c in own.items():
+        for k, (_, start, end) in enumerate(placed):
+            hi = np.iinfo(np.int64).max if end is None else end
+            if not np.any((c >= start) & (c < hi)):
+                return f"{sym} would have no test window in fold {k} ({_text(start)[:10]} ..)"
+    return None
+
+
+def _place(cal: np.ndarray, whose: str, folds: int, test_bars: int | None, test_period: Period | None,
+           kind: str, train_bars: int | None, train_period: Period | None
+           ) -> list[tuple[int | None, int, int | None]]:
+    """(train start or None, test start, test end or None) in ns of each fold on ``cal``."""
     if test_bars is not None:
-        if test_bars < 1:
-            raise UserError(f"--test-bars {test_bars}: expected a positive number of bars")
         need = folds * test_bars
         if need >= len(cal):
-            raise UserError(f"--folds {folds} x --test-bars {test_bars:,} = {need:,} test bars, but the "
-                            f"data's calendar has {len(cal):,} window end bars with a label (window "
-                            f"{window}, horizon {horizon}), and training needs some before them; use "
-                            f"fewer or shorter folds")
+            raise UserError(f"--folds {folds} x --test-bars {test_bars:,} = {need:,} test bars, but "
+                            f"{whose} has {len(cal):,} window end bars with a label, and training needs "
+                            f"some before them; use fewer or shorter folds")
         starts = [len(cal) - (folds - k) * test_bars for k in range(folds)]
     else:
         assert test_period is not None
@@ -129,29 +216,29 @@ def plan_folds(symbols: Sequence[SymbolData], *, window: int, horizon: int, fold
         starts = [int(np.searchsorted(cal, test_period.before(last, folds - k), side="right"))
                   for k in range(folds)]
         if len(cal) == 0 or starts[0] <= 0 or len(set(starts)) < folds:
-            raise UserError(f"--folds {folds} x --test-period {test_period} does not fit the data's calendar "
+            raise UserError(f"--folds {folds} x --test-period {test_period} does not fit {whose} "
                             f"({_span(cal)}): each fold needs its own test bars and training before the "
                             f"first; use fewer or shorter folds")
-    out = []
+    out: list[tuple[int | None, int, int | None]] = []
     for k, i in enumerate(starts):
         begin = None
         if kind == "rolling":
             if train_bars is not None:
                 if train_bars < 2 or i - train_bars < 0:
                     raise UserError(f"--train-bars {train_bars:,}: fold {k + 1}'s training period would "
-                                    f"start before the data's first window end bar ({i:,} of them come "
-                                    f"before its test period); use fewer bars or fewer folds")
-                begin = cut_time_text(int(cal[i - train_bars]))
+                                    f"start before the first window end bar of {whose} ({i:,} of them "
+                                    f"come before its test period); use fewer bars or fewer folds")
+                begin = int(cal[i - train_bars])
             else:
                 assert train_period is not None
                 t = train_period.before(int(cal[i]))
                 if t < int(cal[0]):
                     raise UserError(f"--train-period {train_period}: fold {k + 1}'s training period would "
-                                    f"start before the data's first window end bar ({_span(cal)}); use a "
-                                    f"shorter period or fewer folds")
-                begin = cut_time_text(t)
-        end = cut_time_text(int(cal[starts[k + 1]])) if k + 1 < folds else None
-        out.append(Fold(k, begin, cut_time_text(int(cal[i])), end))
+                                    f"start before the first window end bar of {whose} ({_span(cal)}); use "
+                                    f"a shorter period or fewer folds")
+                begin = t
+        end = int(cal[starts[k + 1]]) if k + 1 < folds else None
+        out.append((begin, int(cal[i]), end))
     return out
 
 

@@ -67,7 +67,7 @@ def plot_ic_per_fold(runs: Sequence[Mapping[str, Any]], predictors: Sequence[str
     if not drawn:
         _empty(ax, f"no fold has a {label} (one symbol, or symbols that never share a date)")
         return _save(fig, path)
-    starts = {int(r["fold"]): str(r.get("test_start") or "")[:10] for r in runs}
+    starts = {int(r["fold"]): _first_date(r.get("test_start")) for r in runs}
     ax.set_xticks(range(len(folds)), [f"fold {f}\n{starts.get(f, '')}" for f in folds], fontsize="small")
     ax.axhline(0.0, color="0.6", linewidth=0.6)
     ax.set_ylabel(label)
@@ -75,6 +75,14 @@ def plot_ic_per_fold(runs: Sequence[Mapping[str, Any]], predictors: Sequence[str
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     return _save(fig, path)
+
+
+def _first_date(cut: Any) -> str:
+    """A fold's test start for its label: the date, or for cuts per symbol the earliest."""
+    text = str(cut or "")
+    if "=" not in text:
+        return text[:10]
+    return "from " + min(part.rpartition("=")[2] for part in text.split(","))[:10]
 
 
 def plot_oos_strategies(series_by_seed: Mapping[int, Mapping[str, Any]], path: str | Path) -> Path:

@@ -68,6 +68,7 @@ class Settings:
     test_period: Period | None = None
     train_bars: int | None = None
     train_period: Period | None = None
+    calendar: str = "auto"    # --fold-calendar
 
     def record(self) -> dict[str, Any]:
         """JSON-able, as stored in experiment.json."""
@@ -75,7 +76,8 @@ class Settings:
                 "test_bars": self.test_bars,
                 "test_period": str(self.test_period) if self.test_period else None,
                 "train_bars": self.train_bars,
-                "train_period": str(self.train_period) if self.train_period else None}
+                "train_period": str(self.train_period) if self.train_period else None,
+                "fold_calendar": self.calendar}
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,8 @@ def claim_experiment(out: Path, record: dict[str, Any], new: bool, stream: TextI
             old = {"unreadable": True}
     if old is not None:
         old.pop("sha256", None)
+        if isinstance(old.get("settings"), dict):  # recorded before --fold-calendar existed: its folds
+            old["settings"].setdefault("fold_calendar", "auto")  # were placed as auto places them
         if old == record:
             return
         if not new:
