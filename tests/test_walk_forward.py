@@ -97,6 +97,28 @@ def test_every_out_of_sample_window_is_tested_once_per_seed_in_its_own_fold(fini
     assert doc["pooled_by_seed"]["0"]["predictors"]["train_mean"]["headline"]["ic"] is None
     assert len(doc["runs"]) == 4 and {r["run"] for r in doc["runs"]} == {
         "fold0-seed0", "fold0-seed1", "fold1-seed0", "fold1-seed1"}
+    # Per fold: each fold's runs' own headline, mean and std over the seeds, by hand.
+    assert [f["fold"] for f in doc["per_fold"]] == [0, 1]
+    for f in doc["per_fold"]:
+        runs = sorted((r for r in doc["runs"] if r["fold"] == f["fold"]), key=lambda r: r["seed"])
+        for name in ("model", "ridge", "lightgbm"):
+            values = [r["headline"][name]["ic"] for r in runs]
+            got = f["predictors"][name]["ic"]
+            assert got["per_seed"] == values
+            assert got["mean"] == pytest.approx(np.mean(values), abs=1e-12)
+            assert got["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+        assert f["test_start"] == folds[f["fold"]]["test_start"]
+    # The pooled CS IC of seed 0 from the exported predictions alone: the per-date Pearson IC
+    # across symbols (dates with 3 or more), averaged over every fold's dates.
+    zero = oos[oos["seed"] == 0]
+    ics = [np.corrcoef(g["model"], g["realised"])[0, 1] for _, g in zero.groupby("time") if len(g) >= 3]
+    pooled_ic = doc["pooled_by_seed"]["0"]["predictors"]["model"]["headline"]["ic"]
+    assert pooled_ic == pytest.approx(float(np.mean(ics)), abs=1e-6)
+    # Over seeds: the pooled headline of each seed, mean and std.
+    for name in ("model", "lightgbm"):
+        per_seed = [doc["pooled_by_seed"][str(s)]["predictors"][name]["headline"]["ic"] for s in (0, 1)]
+        got = agg["predictors"][name]["cs_ic"]
+        assert got["per_seed"] == per_seed and got["mean"] == pytest.approx(np.mean(per_seed), abs=1e-12)
 
 
 def test_the_same_command_again_retrains_nothing_and_status_lists_every_run(finished: Path) -> None:

@@ -44,10 +44,11 @@ class RunFailed(UserError):
 # [walk_forward] section (a flag given wins over the file), with the TOML types it accepts.
 DEFAULTS: dict[str, Any] = {"folds": 4, "seeds": "0,1,2", "test_bars": None, "test_period": None,
                             "window_kind": "expanding", "train_bars": None, "train_period": None,
-                            "jobs": 1, "out": "walk_forward", "fold_calendar": "auto"}
+                            "jobs": 1, "out": "walk_forward", "fold_calendar": "auto", "nproc_per_node": 0}
 TOML_TYPES: dict[str, type | tuple[type, ...]] = {
     "folds": int, "seeds": (str, list, int), "test_bars": int, "test_period": str, "window_kind": str,
-    "train_bars": int, "train_period": str, "jobs": int, "out": str, "fold_calendar": str}
+    "train_bars": int, "train_period": str, "jobs": int, "out": str, "fold_calendar": str,
+    "nproc_per_node": int}
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -76,6 +77,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                    "feature cache; each gets --threads threads (default: the cores divided by --jobs, "
                    "kept for the experiment: give --threads to compare --jobs settings bit for bit) "
                    "(default: 1)")
+    g.add_argument("--nproc-per-node", type=int, default=None, metavar="N",
+                   help="run each run under torchrun with N ranks on this machine (gloo on CPU, NCCL on "
+                        "GPUs), one run at a time; its figures differ from a single process's, so N is "
+                        "part of the experiment (default: each run one process)")
     g.add_argument("--out", default=None, help="the experiment's folder (default: walk_forward)")
     g.add_argument("--status", action="store_true", help="print each run's state and exit")
     g.add_argument("--new", action="store_true", help="move an earlier experiment in --out aside "
@@ -130,8 +135,8 @@ def run(args: argparse.Namespace) -> int:
     from ..training import distributed
 
     if distributed.under_torchrun():
-        raise UserError("walk-forward starts each run as its own process: run it without torchrun "
-                        "(runs under torchrun, one at a time, are not supported yet)")
+        raise UserError("walk-forward starts each run as its own process: run it without torchrun, and "
+                        "give --nproc-per-node N to run each run under torchrun with N ranks")
     if args.config is not None and not args.config.strip():
         raise UserError("--config: expected a TOML file name, got an empty string")
     given = flag_values(args)
@@ -141,17 +146,23 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{key.replace('_', '-')}: set for each run by the experiment (use {instead})")
     if not 1 <= args.jobs <= 256:
         raise UserError(f"--jobs {args.jobs}: expected 1 to 256 runs at once")
+    if not 0 <= args.nproc_per_node <= 1024:
+        raise UserError(f"--nproc-per-node {args.nproc_per_node}: expected 1 to 1,024 ranks per run")
+    if args.nproc_per_node and args.jobs > 1:
+        raise UserError(f"--nproc-per-node {args.nproc_per_node} with --jobs {args.jobs}: a run under "
+                        f"torchrun uses every rank, so runs go one at a time (leave out --jobs)")
     if "threads" not in given and not _in_toml(raw, "threads"):
         # The runs' figures depend on their thread count: fixed for the experiment, at its first
         # start (a later start with other --jobs continues with the same).
-        given["threads"] = _recorded_threads(out) or max(1, (os.cpu_count() or 1) // args.jobs)
+        given["threads"] = _recorded_threads(out) or max(1, (os.cpu_count() or 1) // args.jobs
+                                                         // max(1, args.nproc_per_node))
     cfg = build_config(raw, given, args.config)
     settings = wf.Settings(
         folds=args.folds, seeds=_seeds(args.seeds), window_kind=args.window_kind, test_bars=args.test_bars,
         test_period=parse_period(args.test_period, "--test-period") if args.test_period else None,
         train_bars=args.train_bars,
         train_period=parse_period(args.train_period, "--train-period") if args.train_period else None,
-        calendar=args.fold_calendar)
+        calendar=args.fold_calendar, nproc_per_node=args.nproc_per_node)
     check_folders(cfg, models=False)
     extra = [flag for flag, on in (("--no-progress", args.no_progress), ("--no-plots", args.no_plots)) if on]
     return run_with_handler(lambda handler: _experiment(cfg, settings, out, handler, args.new, extra,
@@ -214,7 +225,8 @@ def _experiment(cfg: Config, settings: wf.Settings, out: Path, handler: SignalHa
         if todo and jobs > 1:
             print(f"Running {len(todo)} run(s), {jobs} at a time, {cfg.train.threads} thread(s) each",
                   file=stream, flush=True)
-        ended = wf.run_all([s for s, _ in todo], cfg, handler, extra, jobs, stream, starting)
+        ended = wf.run_all([s for s, _ in todo], cfg, handler, extra, jobs, stream, starting,
+                           settings.nproc_per_node)
         failed = [(s, c) for s, c in ended if c != 0]
         if failed and not handler.shutdown_requested:
             spec, code = failed[0]

@@ -69,6 +69,7 @@ class Settings:
     train_bars: int | None = None
     train_period: Period | None = None
     calendar: str = "auto"    # --fold-calendar
+    nproc_per_node: int = 0   # > 0: each run under torchrun with this many ranks, one run at a time
 
     def record(self) -> dict[str, Any]:
         """JSON-able, as stored in experiment.json."""
@@ -77,7 +78,8 @@ class Settings:
                 "test_period": str(self.test_period) if self.test_period else None,
                 "train_bars": self.train_bars,
                 "train_period": str(self.train_period) if self.train_period else None,
-                "fold_calendar": self.calendar}
+                "fold_calendar": self.calendar,
+                **({"nproc_per_node": self.nproc_per_node} if self.nproc_per_node else {})}
 
 
 @dataclass(frozen=True)
@@ -223,14 +225,24 @@ def _die_with_parent() -> None:
 TRAIN = "import sys; from indicator_transformer.startup import train; sys.exit(train())"
 
 
-def start_run(spec: RunSpec, base: Config, extra: Sequence[str], log: Path | None = None
-              ) -> subprocess.Popen:
+def run_argv(spec: RunSpec, extra: Sequence[str], nproc_per_node: int = 0) -> list[str]:
+    """The command of one run: the train command, or under torchrun (``nproc_per_node`` ranks on
+    this machine, a rendezvous of its own) the same command as a module."""
+    flags = ["--config", str(spec.root / RUN_CONFIG), "--resume", "auto", "--save-predictions", *extra]
+    if nproc_per_node:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={nproc_per_node}", "--monitor-interval", "0.5",
+                "-m", "indicator_transformer.train_main", *flags]
+    return [sys.executable, "-c", TRAIN, *flags]
+
+
+def start_run(spec: RunSpec, base: Config, extra: Sequence[str], log: Path | None = None,
+              nproc_per_node: int = 0) -> subprocess.Popen:
     """Start (or continue) one run as a child process in its own process group, its console on
     this one's or, with ``log``, in that file."""
     spec.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(spec.root / RUN_CONFIG, to_toml(spec.config(base)))
-    argv = [sys.executable, "-c", TRAIN, "--config", str(spec.root / RUN_CONFIG), "--resume", "auto",
-            "--save-predictions", *extra]
+    argv = run_argv(spec, extra, nproc_per_node)
     out = None
     try:
         if log is not None:
@@ -245,7 +257,7 @@ def start_run(spec: RunSpec, base: Config, extra: Sequence[str], log: Path | Non
 
 
 def run_all(specs: Sequence[RunSpec], base: Config, handler: SignalHandler, extra: Sequence[str], jobs: int,
-            stream: TextIO, on_start: Any = None) -> list[tuple[RunSpec, int]]:
+            stream: TextIO, on_start: Any = None, nproc_per_node: int = 0) -> list[tuple[RunSpec, int]]:
     """Run ``specs``, ``jobs`` at a time (the runs are independent), until all ended, one failed
     or a stop was requested; (spec, exit code) of each run that ended, in the order they ended. A
     stop request is passed to every run in progress, once (they are in their own process groups:
@@ -262,7 +274,7 @@ def run_all(specs: Sequence[RunSpec], base: Config, handler: SignalHandler, extr
             if on_start is not None:
                 on_start(spec)
             log = spec.root / "console.log" if jobs > 1 else None
-            proc = start_run(spec, base, extra, log)
+            proc = start_run(spec, base, extra, log, nproc_per_node)
             running[proc.pid] = (spec, proc)
         if not running:
             break
@@ -395,6 +407,8 @@ def verdict(agg: dict[str, Any]) -> str:
 
 def _pm(s: dict[str, Any]) -> str:
     mean, std = s["mean"], s["std"]
+    if not math.isfinite(mean):
+        return "-"
     return f"{mean:+.4f}" + (f" +- {std:.4f}" if math.isfinite(std) else "")
 
 
@@ -410,14 +424,16 @@ def write_report(out: Path, specs_states: Sequence[tuple[RunSpec, RunState]], se
     for spec, st in specs_states:
         rep = (st.report or {}).get("report", {})
         per_run.append({"run": spec.name, "fold": spec.fold.index, "seed": spec.seed, **spec.fold.cuts(),
-                        "headline": {n: p["headline"] for n, p in rep.get("predictors", {}).items()}})
+                        "headline": {n: p["headline"] for n, p in rep.get("predictors", {}).items()},
+                        "pooled": {n: p["pooled"] for n, p in rep.get("predictors", {}).items()}})
     by_seed = {str(s): {"headline": r["headline"], "samples": r["samples"], "dates": r["dates"],
                         "predictors": {n: {k: p[k] for k in ("headline", "pooled", "cross_section")}
                                        for n, p in r["predictors"].items()},
                         "margins": r["margins"], "verdict": r["verdict"]}
                for s, r in reports.items()}
-    summary = {"experiment": record, "runs": per_run, "pooled_by_seed": by_seed, "over_seeds": agg,
-               "verdict": verdict(agg)}
+    folds = per_fold(per_run)
+    summary = {"experiment": record, "runs": per_run, "per_fold": folds, "pooled_by_seed": by_seed,
+               "over_seeds": agg, "verdict": verdict(agg)}
     frame = pooled.frame.copy()
     atomic_write_text(out / OOS_FILE, frame.to_csv(index=False, float_format="%.8g"))
     atomic_write_bytes(out / OOS_PARQUET, _parquet(frame))
@@ -428,11 +444,41 @@ def write_report(out: Path, specs_states: Sequence[tuple[RunSpec, RunState]], se
         series = {s: report_series(pooled_predictions(pooled, s, horizon, cost_bps)) for s in seeds}
         write_experiment_plots(out, summary, series)
     atomic_write_json(out / SUMMARY_FILE, seal_json(json_safe(summary)))
+    _print_folds_table(folds, agg, stream)
     _print_table(agg, stream)
     print(f"Verdict: {summary['verdict']}", file=stream, flush=True)
     print(f"Report: {out / SUMMARY_FILE}; out-of-sample predictions: {out / OOS_FILE} (and "
           f"{OOS_PARQUET})" + ("; plots: " + ", ".join(PLOT_NAMES) if plots else ""), file=stream, flush=True)
     return summary
+
+
+def per_fold(per_run: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per fold (oldest first): its dates, and per predictor its runs' headline IC and MSE/mean
+    as mean, std and per seed (each run scored on that fold's test period alone)."""
+    out = []
+    for fold in sorted({r["fold"] for r in per_run}):
+        runs = sorted((r for r in per_run if r["fold"] == fold), key=lambda r: r["seed"])
+        names = list(runs[0]["headline"])
+        out.append({"fold": fold, "train_start": runs[0]["train_start"], "test_start": runs[0]["test_start"],
+                    "test_end": runs[0]["test_end"], "seeds": [r["seed"] for r in runs],
+                    "predictors": {n: {"ic": _spread([r["headline"][n]["ic"] for r in runs]),
+                                       "mse_ratio": _spread([r["headline"][n]["mse_ratio"] for r in runs])}
+                                   for n in names}})
+    return out
+
+
+def _print_folds_table(folds: Sequence[dict[str, Any]], agg: dict[str, Any], stream: TextIO) -> None:
+    from ..report import STRONG_BASELINES
+
+    names = [n for n in agg["predictors"] if n == "model" or n in STRONG_BASELINES]
+    lines = [f"Per fold: {agg['headline']}, mean +- std over seeds (each fold's test period alone)",
+             f"  {'fold':<5} {'test from':<11}" + "".join(f" {n:>18}" for n in names)]
+    for f in folds:
+        start = str(f["test_start"])
+        start = start[:10] if "=" not in start else "per symbol"
+        lines.append(f"  {f['fold']:<5} {start:<11}" + "".join(
+            f" {_pm(f['predictors'][n]['ic']) if n in f['predictors'] else '-':>18}" for n in names))
+    print("\n".join(lines), file=stream, flush=True)
 
 
 def _parquet(frame: pd.DataFrame) -> bytes:
