@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..plots import _date_axis, _dates, _empty, _figure, _save
+from ..plots import MAX_PANELS, _date_axis, _dates, _empty, _figure, _save
 
 IC_PER_FOLD = "ic_per_fold.png"
 OOS_STRATEGIES = "oos_strategies.png"
@@ -88,33 +88,52 @@ def _first_date(cut: Any) -> str:
 def plot_oos_strategies(series_by_seed: Mapping[int, Mapping[str, Any]], path: str | Path) -> Path:
     """``series_by_seed``: :func:`..report.report_series` of each seed's pooled out-of-sample
     predictions. The model's sign strategy per seed and buy-and-hold (the same for every seed:
-    drawn once), cumulative log return after cost over every fold. Returns ``path``."""
-    fig = _figure(9.0, 5.0)
-    ax = fig.add_subplot()
-    drawn = False
-    for i, (_, s) in enumerate(sorted(series_by_seed.items())):
-        sign = s.get("sign_strategy") or {}
-        if len(sign.get("time", ())) == 0:
-            continue
-        drawn = True
-        ax.plot(_dates(sign["time"]), np.cumsum(np.asarray(sign["return"], np.float64)),
-                color=COLORS[0], alpha=0.35 + 0.6 / (i + 1), linewidth=1.0,
-                label="model, sign strategy (a line per seed)" if i == 0 else None)
-    first = next(iter(series_by_seed.values()), {})
-    hold = first.get("buy_and_hold") or {}
-    if len(hold.get("time", ())):
-        drawn = True
-        ax.plot(_dates(hold["time"]), np.cumsum(np.asarray(hold["return"], np.float64)), color="0.3",
-                linewidth=1.3, label="buy and hold")
-    if not drawn:
-        _empty(ax, "no out-of-sample dates")
+    drawn once), cumulative log return after cost over every fold; one panel per distinct test
+    period (symbols whose out-of-sample dates overlap, as in the run's strategies plot), so periods
+    years apart are never joined by a flat line across the gap. Returns ``path``."""
+    seeds = sorted(series_by_seed)
+    per_seed = {s: list(series_by_seed[s].get("periods") or [series_by_seed[s]]) for s in seeds}
+    count = max((len(v) for v in per_seed.values()), default=0)
+    if count == 0:
+        fig = _figure()
+        _empty(fig.add_subplot(), "no out-of-sample dates")
         return _save(fig, path)
-    _date_axis(ax)
-    ax.axhline(0.0, color="0.6", linewidth=0.6)
-    ax.set_ylabel("cum. log return after cost")
-    ax.set_title(f"Out of sample over every fold, {len(series_by_seed)} seed(s)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize="small")
+    shown = min(count, MAX_PANELS)
+    fig = _figure(9.0, 3.2 + 2.3 * shown if shown > 1 else 5.0)
+    axes = fig.subplots(shown, 1, squeeze=False)[:, 0]
+    for k, ax in enumerate(axes):
+        drawn = False
+        for i, seed in enumerate(seeds):
+            periods = per_seed[seed]
+            sign = (periods[k].get("sign_strategy") or {}) if k < len(periods) else {}
+            if len(sign.get("time", ())) == 0:
+                continue
+            drawn = True
+            ax.plot(_dates(sign["time"]), np.cumsum(np.asarray(sign["return"], np.float64)),
+                    color=COLORS[0], alpha=0.35 + 0.6 / (i + 1), linewidth=1.0,
+                    label="model, sign strategy (a line per seed)" if i == 0 else None)
+        first = per_seed[seeds[0]]
+        hold = (first[k].get("buy_and_hold") or {}) if k < len(first) else {}
+        if len(hold.get("time", ())):
+            drawn = True
+            ax.plot(_dates(hold["time"]), np.cumsum(np.asarray(hold["return"], np.float64)), color="0.3",
+                    linewidth=1.3, label="buy and hold")
+        if not drawn:
+            _empty(ax, "no out-of-sample dates")
+            continue
+        _date_axis(ax)
+        ax.axhline(0.0, color="0.6", linewidth=0.6)
+        ax.set_ylabel("cum. log return after cost", fontsize="small")
+        syms = (first[k].get("symbols") or []) if k < len(first) else []
+        if count > 1 and syms:
+            more = f" +{len(syms) - 6}" if len(syms) > 6 else ""
+            ax.set_title(", ".join(syms[:6]) + more, fontsize="small")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize="small")
+    if count > shown:
+        axes[-1].set_xlabel(f"{count - shown} more test period(s) not drawn")
+    fig.suptitle(f"Out of sample over every fold, {len(seeds)} seed(s)"
+                 + (f" ({count} separate test periods)" if count > 1 else ""))
     return _save(fig, path)
 
 
