@@ -263,6 +263,47 @@ def startup(a: dict[str, Any]) -> str:
     )
 
 
+def walk_forward(a: dict[str, Any]) -> str:
+    sec = a["seconds"]
+    rows = [["shell loop of train commands", num(sec["loop"], 1), "1.00x"],
+            ["walk-forward --jobs 1", num(sec["jobs_1"], 1), f"{sec['jobs_1'] / sec['loop']:.3f}x"],
+            ["walk-forward --jobs 2", num(sec["jobs_2"], 1), f"{sec['jobs_2'] / sec['loop']:.3f}x"]]
+    return (f"The same {a['runs']} runs ({a['threads_per_run']} thread(s) each, {a['cpus']} cores), one "
+            f"command each: the experiment's overhead over a shell loop is "
+            f"{100 * a['overhead_jobs_1_vs_loop']:+.1f}%, --jobs 2 is {a['speedup_jobs_2_vs_loop']:.2f}x the "
+            f"loop's speed. One repeat each, wall time of whole commands.\n\n"
+            + table(["variant", "seconds", "time / loop"], rows))
+
+
+def _pm(s: dict[str, Any]) -> str:
+    if s.get("mean") is None:
+        return "-"
+    return f"{s['mean']:+.4f}" + (f" ± {s['std']:.4f}" if s.get("std") is not None else "")
+
+
+def walk_forward_report(a: dict[str, Any]) -> str:
+    parts = []
+    for name, m in a["markets"].items():
+        order = ["model", *sorted(p for p in m["predictors"] if p != "model")]
+        rows = []
+        for p in order:
+            v = m["predictors"][p]
+            against = m["model_against"].get(p)
+            wins = (f"{against['ahead_in']} / {against['clearly_ahead_in']} of {against['of']}"
+                    if against else "")
+            rows.append([p, _pm(v[m["metric"]]), _pm(v["mse_ratio"]), wins])
+        folds = [[str(f["fold"]), "per symbol" if "=" in str(f["test_start"]) else str(f["test_start"])[:10],
+                  *(_pm(f["predictors"][p]["ic"]) for p in ("model", "ridge", "lightgbm"))]
+                 for f in m["per_fold"]]
+        parts += [f"**{name}**: `{m['command']}` (folds on the {m['calendar']} calendar, "
+                  f"{m['seconds']:.0f} s)", "",
+                  table(["predictor", f"pooled {m['headline']}", "MSE/mean",
+                         "model ahead / by more than its SE, seeds"], rows), "",
+                  table(["fold", "test from", f"model {m['headline']}", "ridge", "lightgbm"], folds), "",
+                  f"Verdict: {m['verdict']}", ""]
+    return "\n".join(parts).rstrip()
+
+
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "throughput": ("1. Training throughput: ours vs a bare loop vs Lightning", throughput),
     "options": ("1b. Training options vs the bare fp32 loop", options),
@@ -272,6 +313,9 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "preparation": ("5. Preparation: threads, warm start, the TA-Lib ceiling", preparation),
     "memory": ("6. Memory against universe size", memory),
     "startup": ("7. Start-up", startup),
+    "walk_forward": ("8. Walk-forward: the experiment vs a shell loop, --jobs 2", walk_forward),
+    "walk_forward_report": ("9. Walk-forward verdict: 4 folds x 3 seeds, built-in and public data",
+                            walk_forward_report),
 }
 
 
@@ -345,7 +389,8 @@ def render(results: dict[str, Any]) -> str:
             fn(area),
             "",
             commands(area) if area.get("commands") else "",
-            f"({area['wall_s']:.0f} s, load after {area['load_after']})",
+            f"({area['wall_s']:.0f} s, load after {area['load_after']}"
+            + (f"; run {area['started']}" if results.get("merged") and area.get("started") else "") + ")",
             "",
         ]
     return "\n".join(lines)

@@ -4,6 +4,7 @@
     python benchmarks/run_all.py --quick         # smaller markets, one repeat: a trial run
     python benchmarks/run_all.py --out /tmp/b    # write both files there instead of the repository
     python benchmarks/run_all.py --only throughput,resume
+    python benchmarks/run_all.py --only walk_forward --merge   # the other areas kept from results.json
 
 Each area is its own script, run here as a subprocess with ``--json``; its exact command is printed
 in the table's heading. Every figure in BENCHMARKS.md comes from the JSON of this run (render()
@@ -93,6 +94,10 @@ AREAS: dict[str, Callable[[bool, Path], dict[str, Any]]] = {
     "preparation": prepare_result,
     "memory": memory_result,
     "startup": simple("bench_startup.py", ["--quick"], []),
+    "walk_forward": simple("bench_walk_forward.py", ["--folds", "2", "--seeds", "0", "--epochs", "1"], []),
+    # Kept between runs (like memory's caches): a rerun continues the experiments, reports at once.
+    "walk_forward_report": simple("bench_walk_forward_report.py", ["--quick"], [
+        "--work-dir", str(Path(tempfile.gettempdir()) / "indicator_transformer_run_all_walk_forward")]),
 }
 
 
@@ -106,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         "(default: BENCHMARKS.md at the repository root, benchmarks/results.json)",
     )
     p.add_argument("--only", default=None, help=f"comma-separated areas of {','.join(AREAS)}")
+    p.add_argument("--merge", action="store_true", help="keep the other areas' figures from the existing "
+                   "results.json (each area says when it ran)")
     args = p.parse_args(argv)
     areas = args.only.split(",") if args.only else list(AREAS)
     unknown = sorted(set(areas) - set(AREAS))
@@ -141,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 res = {"error": str(e)}
                 print(f"   FAILED: {str(e)[:2000]}", flush=True)
             res["wall_s"], res["load_after"] = time.perf_counter() - t0, common.load_average()
+            res["started"] = time.strftime("%Y-%m-%d %H:%M:%S %Z",
+                                           time.localtime(time.time() - res["wall_s"]))
             results["areas"][name] = res
             print(f"   {res['wall_s']:.0f} s", flush=True)
     results["wall_s"], results["load_end"] = time.perf_counter() - t_all, common.load_average()
@@ -148,6 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     json_path = (out or common.BENCH_DIR) / "results.json"
     md_path = (out or common.REPO_ROOT) / "BENCHMARKS.md"
     json_path.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge and json_path.exists():  # the areas not rerun keep their figures, and their dates
+        old = json.loads(json_path.read_text())
+        for name, area in old.get("areas", {}).items():
+            if name not in results["areas"]:
+                area.setdefault("started", old.get("started"))
+                results["areas"][name] = area
+        results["areas"] = {k: results["areas"][k] for k in AREAS if k in results["areas"]}
+        results["command"] = f"{old.get('command')}` and `{shown}"
+        results["started"] = f"{old.get('started')} and {results['started']}"
+        results["wall_s"] = old.get("wall_s", 0) + results["wall_s"]
+        results["merged"] = True
     json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     md_path.write_text(render(results))
     print(f"wrote {md_path} and {json_path} in {results['wall_s']:.0f} s")

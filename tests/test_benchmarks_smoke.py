@@ -172,3 +172,37 @@ def test_run_all_refuses_an_out_path_that_is_a_file_before_running_anything(tmp_
     r = subprocess.run(cmd, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "is a file" in r.stderr, r.stderr
     assert target.read_text() == "mine" and "== checkpoint" not in r.stdout
+
+
+def _spread(mean: float | None, std: float | None = 0.0) -> dict:
+    return {"mean": mean, "std": std, "per_seed": []}
+
+
+def test_the_walk_forward_areas_render_their_figures() -> None:
+    names = ("model", "ridge", "lightgbm")
+    market = {
+        "command": "indicator-transformer walk-forward --folds 4", "seconds": 400.0, "headline": "CS IC",
+        "metric": "cs_ic", "calendar": "common", "verdict": "not distinguishable",
+        "predictors": {"model": {"cs_ic": _spread(0.085, 0.0012), "mse_ratio": _spread(0.992, 0.0004)},
+                       "zero": {"cs_ic": _spread(None, None), "mse_ratio": _spread(1.0)},
+                       "lightgbm": {"cs_ic": _spread(0.0851, 0.003), "mse_ratio": _spread(0.9911, 0.0006)}},
+        "model_against": {"lightgbm": {"ahead_in": 1, "clearly_ahead_in": 0, "of": 3}},
+        "per_fold": [{"fold": 0, "test_start": "2005-09-30T00:00:00",
+                      "predictors": {n: {"ic": _spread(0.08, 0.01)} for n in names}},
+                     {"fold": 1, "test_start": "A=2006-01-02T00:00:00,B=2009-01-02T00:00:00",
+                      "predictors": {n: {"ic": _spread(0.07, 0.01)} for n in names}}],
+    }
+    fake = {**FAKE, "merged": True, "areas": {
+        "walk_forward": {"runs": 4, "threads_per_run": 1, "cpus": 2,
+                         "seconds": {"loop": 100.0, "jobs_1": 102.0, "jobs_2": 60.0},
+                         "overhead_jobs_1_vs_loop": 0.02, "speedup_jobs_2_vs_loop": 1.667,
+                         "wall_s": 262, "load_after": "-", "started": "2026-12-07 16:00:00 UTC"},
+        "walk_forward_report": {"markets": {"built-in": market}, "wall_s": 400, "load_after": "-"}}}
+    page = render.render(fake)
+    assert "| walk-forward --jobs 1 | 102.0 | 1.020x |" in page
+    assert "overhead over a shell loop is +2.0%" in page
+    assert "; run 2026-12-07 16:00:00 UTC)" in page
+    assert "| model | +0.0850 ± 0.0012 | +0.9920 ± 0.0004 |  |" in page
+    assert "| lightgbm | +0.0851 ± 0.0030 | +0.9911 ± 0.0006 | 1 / 0 of 3 |" in page
+    assert "| zero | - | +1.0000 ± 0.0000 |  |" in page
+    assert "| 1 | per symbol | +0.0700 ± 0.0100 |" in page and "| 0 | 2005-09-30 |" in page

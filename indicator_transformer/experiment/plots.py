@@ -147,7 +147,7 @@ def plot_headline_over_seeds(over_seeds: Mapping[str, Any], path: str | Path) ->
     names = list(preds)
     drawn = False
     for i, name in enumerate(names):
-        spread = next(iter(preds[name].values()))  # the headline metric comes first
+        spread = preds[name][over_seeds["metric"]]
         vals = [v for v in (_finite(x) for x in spread["per_seed"]) if math.isfinite(v)]
         if not vals:
             continue

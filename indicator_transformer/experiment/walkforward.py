@@ -361,7 +361,8 @@ def over_seeds(reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
     seeds = sorted(reports)
     first = reports[seeds[0]]
     metric = first["headline"]["metric"]
-    out: dict[str, Any] = {"headline": first["headline"]["label"], "seeds": seeds, "predictors": {}}
+    out: dict[str, Any] = {"headline": first["headline"]["label"], "metric": metric, "seeds": seeds,
+                           "predictors": {}}
     for name in first["predictors"]:
         values = [reports[s]["predictors"][name]["headline"]["ic"] for s in seeds]
         mse = [reports[s]["predictors"][name]["headline"]["mse_ratio"] for s in seeds]
@@ -388,7 +389,7 @@ def verdict(agg: dict[str, Any]) -> str:
     """One paragraph a quant can act on, honest about seed noise: a lead counts only when it is
     larger than its standard error in every seed."""
     head = agg["headline"]
-    metric = next(iter(agg["predictors"]["model"]))
+    metric = agg["metric"]
     m = agg["predictors"]["model"][metric]
     parts = [f"Out of sample over every fold, the model's {head} is {_pm(m)} (mean +- std over "
              f"{len(agg['seeds'])} seed(s))."]
@@ -493,7 +494,7 @@ def _parquet(frame: pd.DataFrame) -> bytes:
 
 
 def _print_table(agg: dict[str, Any], stream: TextIO) -> None:
-    metric = next(iter(agg["predictors"]["model"]))
+    metric = agg["metric"]
     lines = [f"Pooled out of sample, {len(agg['seeds'])} seed(s): {agg['headline']} and MSE/mean, mean +- "
              f"std over seeds", f"  {'predictor':<12} {agg['headline']:>20} {'MSE/mean':>20}"]
     for name, p in agg["predictors"].items():
