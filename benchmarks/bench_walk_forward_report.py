@@ -41,8 +41,12 @@ def _experiment(work: Path, name: str, data: list[str], exp: list[str]) -> dict[
     doc = json.loads((work / name / "summary.json").read_text())
     agg = doc["over_seeds"]
     metric = agg["metric"]
+    runs_s = 0.0  # every run's own time (each of its run folders: a continued run has several)
+    for path in (work / name / "runs").glob("*/runs/*/summary.json"):
+        runs_s += float(json.loads(path.read_text()).get("durations", {}).get("total_s") or 0.0)
     return {"command": " ".join(["indicator-transformer walk-forward", *data, *exp]),
-            "seconds": round(seconds, 1), "headline": agg["headline"], "metric": metric,
+            "seconds": round(seconds, 1), "runs_seconds": round(runs_s, 1), "headline": agg["headline"],
+            "metric": metric,
             "seeds": agg["seeds"], "predictors": agg["predictors"], "model_against": agg["model_against"],
             "per_fold": doc["per_fold"], "verdict": doc["verdict"],
             "calendar": "per-symbol" if any("=" in str(f["test_start"]) for f in doc["per_fold"])

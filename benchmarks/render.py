@@ -295,8 +295,9 @@ def walk_forward_report(a: dict[str, Any]) -> str:
         folds = [[str(f["fold"]), "per symbol" if "=" in str(f["test_start"]) else str(f["test_start"])[:10],
                   *(_pm(f["predictors"][p]["ic"]) for p in ("model", "ridge", "lightgbm"))]
                  for f in m["per_fold"]]
-        parts += [f"**{name}**: `{m['command']}` (folds on the {m['calendar']} calendar, "
-                  f"{m['seconds']:.0f} s)", "",
+        took = (f"its runs took {m['runs_seconds']:.0f} s in all, this command {m['seconds']:.0f} s"
+                if "runs_seconds" in m else f"{m['seconds']:.0f} s")
+        parts += [f"**{name}**: `{m['command']}` (folds on the {m['calendar']} calendar; {took})", "",
                   table(["predictor", f"pooled {m['headline']}", "MSE/mean",
                          "model ahead / by more than its SE, seeds"], rows), "",
                   table(["fold", "test from", f"model {m['headline']}", "ridge", "lightgbm"], folds), "",

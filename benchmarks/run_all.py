@@ -164,9 +164,11 @@ def main(argv: list[str] | None = None) -> int:
                 area.setdefault("started", old.get("started"))
                 results["areas"][name] = area
         results["areas"] = {k: results["areas"][k] for k in AREAS if k in results["areas"]}
-        results["command"] = f"{old.get('command')}` and `{shown}"
-        results["started"] = f"{old.get('started')} and {results['started']}"
-        results["wall_s"] = old.get("wall_s", 0) + results["wall_s"]
+        first = str(old.get("command", "")).split("` and `")[0]  # the full run, then this one
+        first_start = str(old.get("started", "")).split(" and ")[0]
+        results["command"] = f"{first}` and `{shown}"
+        results["started"] = f"{first_start} and {results['started']}"
+        results["wall_s"] = sum(float(a.get("wall_s", 0)) for a in results["areas"].values())
         results["merged"] = True
     json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     md_path.write_text(render(results))
