@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -429,8 +430,11 @@ def _evaluate_and_report(trainer: Trainer, data: PreparedData, summary: RunSumma
     for name, why in skipped.items():
         print(f"note: {name} not drawn: {why}", file=stream, flush=True)
     if summary.save_predictions:
-        saved = atomic_write_text(run.root / PREDICTIONS_FILE,
-                                  test_predictions_csv(tp.symbols, tp.times, tp.target, tp.preds))
+        text = test_predictions_csv(tp.symbols, tp.times, tp.target, tp.preds)
+        saved = atomic_write_text(run.root / PREDICTIONS_FILE, text)
+        # Its digest in evaluation.json: a reader of the file (walk-forward) knows it is this report's.
+        evaluation["predictions"] = {"file": PREDICTIONS_FILE, "rows": len(tp.target),
+                                     "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
         print(f"Wrote the test split's {len(tp.target):,} predictions to {saved}", file=stream, flush=True)
     summary.finish(evaluated=which, report=rep, baseline_settings=details, plots=plots, evaluation=out,
                    plots_skipped=skipped)

@@ -143,6 +143,9 @@ def test_files_covering_different_years_get_their_folds_on_their_own_bars(mixed:
                   train_bars=800 if kind == "rolling" else None)
     assert placed.calendar == "per-symbol" and placed.reason.startswith("auto: on the common calendar ")
     assert placed.reason.split(" would have no test window")[0].rsplit(" ", 1)[1] in {"SPX", "AAPL"}
+    # The daily files are tested years before the hourly ones train: said (found by the attack).
+    assert placed.warning is not None and "cross-symbol look-ahead" in placed.warning
+    assert common.warning is None
     folds = placed.folds
     tested: dict[str, list[int]] = {s.symbol: [] for s in mixed}
     for f in folds:

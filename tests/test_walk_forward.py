@@ -150,13 +150,17 @@ def test_other_settings_in_the_same_folder_are_refused_and_new_moves_the_old_one
 def test_a_stopped_experiment_continues_to_the_figures_of_an_uninterrupted_one(finished: Path) -> None:
     env = child_env()
     env["INDICATOR_TRANSFORMER_PAUSE_AT"] = "train_step:30"
-    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "2"  # each run pauses briefly at step 30
+    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "20"  # each run pauses at step 30 (a signal ends it)
     proc = subprocess.Popen(_cmd([*EXPERIMENT, "--out", "stopped"]), cwd=finished, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
     child = Child(proc)
     try:
         child.wait_for("[2/4] fold0-seed1: starting", timeout=300)
         _wait_for_after(child, "[2/4] fold0-seed1: starting", "PAUSED train_step 30")  # the 2nd run's
+        st = _run(["--status", "--out", "stopped"], finished)  # found by the attack: said "stopped"
+        assert st.returncode == 0, st.stderr
+        assert "The experiment is running: PID" in st.stdout
+        assert [ln.split()[1] for ln in st.stdout.splitlines() if ln.startswith("fold0-seed1")] == ["running"]
         proc.send_signal(signal.SIGTERM)  # to the experiment only: it passes the stop on
         code = child.finish(timeout=300)
     finally:
@@ -253,3 +257,90 @@ def test_the_experiment_flags_read_from_the_config_file_and_the_report_has_parqu
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
     assert "bad.toml: unknown key 'fold' in [walk_forward]" in bad.stderr
     assert _figures(out) == _figures(finished / "whole")  # nothing written
+
+
+@pytest.mark.parametrize("damage", ["truncated", "column dropped", "value edited", "rows twice",
+                                    "another fold's file", "text in a number", "twice, no digest"])
+def test_a_damaged_run_prediction_file_is_named_and_never_used(finished: Path, damage: str) -> None:
+    """Found by the outside attack: a done run's predictions.csv was read unchecked, so a cut or
+    edited file changed the figures silently (or ended in a traceback)."""
+    import shutil
+
+    from indicator_transformer.integrity import seal_json
+
+    out = finished / f"damaged-{damage.replace(' ', '_').replace(',', '')}"
+    shutil.copytree(finished / "whole", out)
+    (path,) = (out / "runs" / "fold0-seed0" / "runs").glob("*/predictions.csv")
+    lines = path.read_text().splitlines(keepends=True)
+    if damage == "truncated":
+        path.write_text("".join(lines[:100]))
+    elif damage == "column dropped":
+        df = pd.read_csv(path)
+        df.drop(columns=["realised_return"]).to_csv(path, index=False)
+    elif damage == "value edited":
+        cells = lines[5].split(",")
+        cells[3] = "0.5"
+        lines[5] = ",".join(cells)
+        path.write_text("".join(lines))
+    elif damage in ("rows twice", "twice, no digest"):
+        path.write_text("".join(lines + lines[1:]))
+        if damage == "twice, no digest":  # a run of an older version: no digest, the contents checked
+            ev = out / "runs" / "fold0-seed0" / "models" / "evaluation.json"
+            doc = json.loads(ev.read_text())
+            doc.pop("sha256")
+            doc.pop("predictions")
+            ev.write_text(json.dumps(seal_json(doc), indent=2, sort_keys=True))
+    elif damage == "another fold's file":
+        (other,) = (out / "runs" / "fold1-seed0" / "runs").glob("*/predictions.csv")
+        shutil.copyfile(other, path)
+    else:
+        cells = lines[5].split(",")
+        cells[3] = "abc"
+        lines[5] = ",".join(cells)
+        path.write_text("".join(lines))
+    before = (out / "summary.json").read_bytes()
+    r = _run([*EXPERIMENT, "--out", out.name], finished)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"error: {path.relative_to(finished)}: " in r.stderr, r.stderr
+    assert "This run's test predictions are damaged" in r.stderr
+    if damage == "twice, no digest":
+        assert "repeats symbol" in r.stderr
+    assert (out / "summary.json").read_bytes() == before
+
+
+def test_runs_trained_with_other_settings_are_not_adopted_when_the_record_is_gone(finished: Path) -> None:
+    import shutil
+
+    shutil.copytree(finished / "whole", finished / "orphans")
+    (finished / "orphans" / "experiment.json").unlink()
+    (finished / "orphans" / "summary.json").unlink()
+    r = _run([*EXPERIMENT, "--lr", "0.05", "--out", "orphans"], finished)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "this run was trained with other settings than this experiment gives it (train.lr" in r.stderr
+    assert not (finished / "orphans" / "summary.json").exists()
+
+
+def test_small_mistakes_get_their_own_messages(finished: Path) -> None:
+    """Found by the outside attack: --out '' ran in the current folder; --status ignored a broken
+    --config; a [walk_forward] value's error named a flag; stale report temporaries stayed."""
+    r = _run([*EXPERIMENT, "--out", ""], finished)
+    assert r.returncode == 2 and "--out '': expected a folder name" in r.stderr, r.stderr
+    assert not (finished / "experiment.json").exists()
+    st = _run(["--status", "--config", "missing.toml"], finished)
+    assert st.returncode == 2 and "missing.toml: config file not found" in st.stderr, st.stderr
+    (finished / "jobs.toml").write_text("[walk_forward]\njobs = -1\n")
+    bad = _run(["--config", "jobs.toml", *EXPERIMENT, "--out", "whole"], finished)
+    assert bad.returncode == 2 and "jobs.toml: [walk_forward] jobs = -1: expected 1 to 256" in bad.stderr
+    stale = finished / "whole" / ".oos_predictions.parquet.4194303.0badc0de.tmp"  # a writer long gone
+    stale.write_bytes(b"half")
+    again = _run([*EXPERIMENT, "--out", "whole"], finished)
+    assert again.returncode == 0, again.stderr
+    assert not stale.exists()
+
+
+def test_a_changed_fold_is_named_by_its_index_and_key() -> None:
+    from indicator_transformer.experiment.walkforward import differences
+
+    old = {"folds": [{"index": 0, "test_start": "2002-01-25T00:00:00", "test_end": None}]}
+    new = {"folds": [{"index": 0, "test_start": "2002-01-28T00:00:00", "test_end": None}]}
+    assert differences(old, new) == ['folds[0].test_start "2002-01-25T00:00:00" -> "2002-01-28T00:00:00"']

@@ -95,15 +95,17 @@ def _experiment_flags(args: argparse.Namespace) -> None:
     from ..config import load_command_section
 
     section = {}
+    args.origin = {}  # key -> where its value came from, for the messages
     if args.config is not None and args.config.strip():
-        try:
-            section = load_command_section(args.config, "walk_forward", TOML_TYPES)
-        except (OSError, ValueError):
-            section = {}  # load_toml reports an unreadable file, naming it
+        load_toml(args.config)  # an unreadable or malformed file: its own error, naming it
+        section = load_command_section(args.config, "walk_forward", TOML_TYPES)
     for key, default in DEFAULTS.items():
         if getattr(args, key) is not None:
+            args.origin[key] = "--" + key.replace("_", "-")
             continue
         value = section.get(key, default)
+        args.origin[key] = (f"{args.config}: [walk_forward] {key} =" if key in section
+                            else "--" + key.replace("_", "-"))
         if key == "seeds" and isinstance(value, (list, int)):
             values = value if isinstance(value, list) else [value]
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
@@ -116,19 +118,21 @@ def _experiment_flags(args: argparse.Namespace) -> None:
         setattr(args, key, value)
 
 
-def _seeds(text: str) -> tuple[int, ...]:
+def _seeds(text: str, origin: str = "--seeds") -> tuple[int, ...]:
     try:
         seeds = tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise UserError(f"--seeds {text!r}: expected comma-separated whole numbers, such as 0,1,2") from None
+        raise UserError(f"{origin} {text!r}: expected comma-separated whole numbers, such as 0,1,2") from None
     if not seeds or len(set(seeds)) != len(seeds) or any(not 0 <= s < 2**63 for s in seeds):
-        raise UserError(f"--seeds {text!r}: expected distinct seeds from 0 to 2**63 - 1")
+        raise UserError(f"{origin} {text!r}: expected distinct seeds from 0 to 2**63 - 1")
     return seeds
 
 
 def run(args: argparse.Namespace) -> int:
     """Check the settings, then run (or continue) the experiment, or print its status."""
     _experiment_flags(args)
+    if not str(args.out).strip():
+        raise UserError(f"{args.origin['out']} {args.out!r}: expected a folder name for the experiment")
     out = Path(args.out)
     if args.status:
         return status(out)
@@ -144,24 +148,32 @@ def run(args: argparse.Namespace) -> int:
     for key, instead in SET_PER_RUN.items():
         if key in given or _in_toml(raw, key):
             raise UserError(f"{key.replace('_', '-')}: set for each run by the experiment (use {instead})")
+    o = args.origin
     if not 1 <= args.jobs <= 256:
-        raise UserError(f"--jobs {args.jobs}: expected 1 to 256 runs at once")
+        raise UserError(f"{o['jobs']} {args.jobs}: expected 1 to 256 runs at once")
     if not 0 <= args.nproc_per_node <= 1024:
-        raise UserError(f"--nproc-per-node {args.nproc_per_node}: expected 1 to 1,024 ranks per run")
+        raise UserError(f"{o['nproc_per_node']} {args.nproc_per_node}: expected 1 to 1,024 ranks per run")
+    if args.folds is not None and not 1 <= args.folds <= 1000:
+        raise UserError(f"{o['folds']} {args.folds}: expected 1 to 1,000")
+    for key in ("test_bars", "train_bars"):
+        if getattr(args, key) is not None and getattr(args, key) < (1 if key == "test_bars" else 2):
+            raise UserError(f"{o[key]} {getattr(args, key)}: expected at least "
+                            f"{1 if key == 'test_bars' else 2} bars")
     if args.nproc_per_node and args.jobs > 1:
         raise UserError(f"--nproc-per-node {args.nproc_per_node} with --jobs {args.jobs}: a run under "
                         f"torchrun uses every rank, so runs go one at a time (leave out --jobs)")
     if "threads" not in given and not _in_toml(raw, "threads"):
         # The runs' figures depend on their thread count: fixed for the experiment, at its first
         # start (a later start with other --jobs continues with the same).
-        given["threads"] = _recorded_threads(out) or max(1, (os.cpu_count() or 1) // args.jobs
-                                                         // max(1, args.nproc_per_node))
+        fresh = max(1, (os.cpu_count() or 1) // args.jobs // max(1, args.nproc_per_node))
+        given["threads"] = (None if args.new else _recorded_threads(out)) or fresh
     cfg = build_config(raw, given, args.config)
     settings = wf.Settings(
-        folds=args.folds, seeds=_seeds(args.seeds), window_kind=args.window_kind, test_bars=args.test_bars,
-        test_period=parse_period(args.test_period, "--test-period") if args.test_period else None,
+        folds=args.folds, seeds=_seeds(args.seeds, o["seeds"]), window_kind=args.window_kind,
+        test_bars=args.test_bars,
+        test_period=parse_period(args.test_period, o["test_period"]) if args.test_period else None,
         train_bars=args.train_bars,
-        train_period=parse_period(args.train_period, "--train-period") if args.train_period else None,
+        train_period=parse_period(args.train_period, o["train_period"]) if args.train_period else None,
         calendar=args.fold_calendar, nproc_per_node=args.nproc_per_node)
     check_folders(cfg, models=False)
     extra = [flag for flag, on in (("--no-progress", args.no_progress), ("--no-plots", args.no_plots)) if on]
@@ -192,6 +204,9 @@ def _experiment(cfg: Config, settings: wf.Settings, out: Path, handler: SignalHa
     stream = sys.stderr
     started = time.perf_counter()
     with hold_folder(out, "walk-forward", flag="--out"):
+        from ..atomic import remove_stale_temp_files
+
+        remove_stale_temp_files(out)  # report files of an experiment killed while writing them
         data = prepare_data(cfg, handler, FeatureCache(cfg.data.cache_dir).open(), stream,
                             "--no-progress" not in extra)
         if handler.should_stop:
@@ -201,6 +216,8 @@ def _experiment(cfg: Config, settings: wf.Settings, out: Path, handler: SignalHa
                       kind=settings.window_kind, train_bars=settings.train_bars,
                       train_period=settings.train_period, calendar=settings.calendar)
         folds = placed.folds
+        if placed.warning:
+            print(f"warning: {placed.warning}", file=stream, flush=True)
         record = wf.experiment_record(cfg, settings, folds, data.fingerprint)
         _print_folds(data.symbols, cfg, folds, placed.reason, stream)
         del data  # the runs read the cache themselves
@@ -210,6 +227,11 @@ def _experiment(cfg: Config, settings: wf.Settings, out: Path, handler: SignalHa
         for i, spec in enumerate(specs, 1):
             number[spec.name] = i
             state = wf.run_state(spec)
+            foreign = wf.foreign_run(spec, cfg, state)
+            if foreign is not None:
+                raise UserError(f"{spec.root}: this run was trained with other settings than this "
+                                f"experiment gives it ({foreign}); it belongs to another experiment. Use "
+                                f"another --out, or --new to move the folder's experiment aside")
             if state.status == "done":
                 print(f"[{i}/{len(specs)}] {spec.name}: done, not retrained", file=stream, flush=True)
             else:
@@ -244,8 +266,10 @@ def _experiment(cfg: Config, settings: wf.Settings, out: Path, handler: SignalHa
         if missing:
             raise UserError(f"runs {', '.join(missing)} have no report after training; run the command again")
         wf.write_report(out, states, settings.seeds, cfg.features.horizon, cfg.train.cost_bps, record, stream,
-                        plots="--no-plots" not in extra)
-        print(f"Experiment complete in {wf.elapsed(started)}", file=stream, flush=True)
+                        plots="--no-plots" not in extra, caveats=[placed.warning] if placed.warning else [])
+        late = " (a stop arrived while the report was written: every file is complete)" \
+            if handler.shutdown_requested else ""
+        print(f"Experiment complete in {wf.elapsed(started)}{late}", file=stream, flush=True)
     return 0
 
 
@@ -285,8 +309,18 @@ def status(out: Path) -> int:
     for spec in specs:
         st = wf.run_state(spec)
         rows.append([spec.name, st.status, st.detail])
+    from ..folder_lock import folder_holder
+
+    live = folder_holder(out)
+    if live:
+        for row, spec in zip(rows, specs, strict=True):
+            holder = folder_holder(spec.models)
+            if holder and row[1] != "done":
+                row[1], row[2] = "running", f"{row[2]} ({holder})"
     print_table(["run", "state", "where"], rows)
     done = sum(1 for r in rows if r[1] == "done")
+    if live:
+        print(f"The experiment is running: {live}")
     print(f"{done} of {len(rows)} run(s) done" + ("; summary: " + str(out / wf.SUMMARY_FILE)
                                                   if (out / wf.SUMMARY_FILE).exists() else ""))
     return 0

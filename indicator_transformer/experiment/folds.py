@@ -106,6 +106,7 @@ class FoldPlan:
     folds: list[Fold]
     calendar: str      # "common" or "per-symbol"
     reason: str
+    warning: str | None = None  # per-symbol folds whose test periods start on different dates
 
 
 def plan_folds(symbols: Sequence[SymbolData], *, window: int, horizon: int, folds: int,
@@ -182,7 +183,29 @@ def plan(symbols: Sequence[SymbolData], *, window: int, horizon: int, folds: int
         start = joined(k, 1)
         assert start is not None
         out.append(Fold(k, joined(k, 0), start, joined(k, 2)))
-    return FoldPlan(out, "per-symbol", reason)
+    return FoldPlan(out, "per-symbol", reason, _look_ahead(placed))
+
+
+def _look_ahead(placed: dict[str, list[tuple[int | None, int, int | None]]]) -> str | None:
+    """Per-symbol folds train some symbols on bars after another symbol's test period began: said
+    plainly (the model is one model over every symbol, so their later bars reach its predictions)."""
+    worst = None
+    for k in range(len(next(iter(placed.values()), []))):
+        starts = {sym: p[k][1] for sym, p in placed.items()}
+        early = min(starts, key=lambda sym: starts[sym])
+        late = [sym for sym, t in starts.items() if t > starts[early]]
+        if late:
+            gap = max(starts[sym] for sym in late) - starts[early]
+            if worst is None or gap > worst[0]:
+                worst = (gap, k, early, late, max(starts[sym] for sym in late), starts[early])
+    if worst is None:
+        return None
+    _, k, early, late, until, since = worst
+    names = ", ".join(late[:4]) + (f" +{len(late) - 4}" if len(late) > 4 else "")
+    return (f"with folds per symbol, fold {k} tests {early} from {_text(since)[:10]} while {names} train "
+            f"up to {_text(until)[:10]}: one model over every symbol learns from bars after {early}'s test "
+            f"dates (cross-symbol look-ahead, as a single run split per symbol has). --fold-calendar "
+            f"common tests every symbol on the same dates")
 
 
 def _text(ns: int | None) -> str | None:

@@ -119,6 +119,7 @@ class RunState:
     detail: str            # for the status table
     report: dict[str, Any] | None = None   # evaluation.json of a done run
     predictions: Path | None = None        # its test predictions
+    config: dict[str, Any] | None = None   # the settings its newest checkpoint was trained with
 
 
 def run_state(spec: RunSpec) -> RunState:
@@ -133,6 +134,7 @@ def run_state(spec: RunSpec) -> RunState:
         return RunState("not started", "no checkpoint yet")
     state = info.state or {}
     where = f"epoch {state.get('epoch')}, global step {info.global_step}"
+    config = state.get("config") if isinstance(state.get("config"), dict) else None
     del info
     if evaluation_belongs(spec.models, state):
         try:
@@ -141,21 +143,39 @@ def run_state(spec: RunSpec) -> RunState:
             report = None
         preds = spec.runs / str(report.get("run")) / PREDICTIONS if report else None
         if report is not None and preds is not None and preds.is_file():
-            return RunState("done", where, report, preds)
+            return RunState("done", where, report, preds, config)
         return RunState("stopped", f"trained to {where}; its test predictions are missing (a rerun "
-                                   f"writes them)")
-    return RunState("stopped", f"stopped at {where}")
+                                   f"writes them)", config=config)
+    return RunState("stopped", f"stopped at {where}", config=config)
 
 
 # ----------------------------------------------------------------------------- the experiment record
+# Keys that say only where files go or how fast: a run continued with other values computes the same.
+NOT_COMPUTED = ("models_dir", "runs_dir", "cache_dir", "num_workers", "prep_workers", "device")
+
+
+def _computed(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {name: {k: v for k, v in section.items() if k not in NOT_COMPUTED}
+            for name, section in cfg.items() if isinstance(section, dict)}
+
+
+def foreign_run(spec: RunSpec, base: Config, state: RunState) -> str | None:
+    """What differs between the settings a run's checkpoint was trained with and the ones this
+    experiment gives it (dotted keys), or None: a run folder left by another experiment (its
+    experiment.json gone) is never adopted as this one's."""
+    if state.config is None:
+        return None
+    diff = differences(_computed(state.config), _computed(spec.config(base).to_dict()))
+    return "; ".join(diff[:4]) + (" ..." if len(diff) > 4 else "") if diff else None
+
+
 def experiment_record(base: Config, settings: Settings, folds: Sequence[Fold], fingerprint: str
                       ) -> dict[str, Any]:
     """What must be the same for a second start to continue this experiment."""
     cfg = base.to_dict()
     for section in cfg.values():  # set per run, or only where files go: not what the runs compute
         # threads stays: the runs' figures depend on it (float reduction order).
-        for key in ("models_dir", "runs_dir", "seed", "cache_dir", "num_workers",
-                    "prep_workers", "device"):
+        for key in ("seed", *NOT_COMPUTED):
             section.pop(key, None)
     return {"settings": settings.record(), "config": cfg, "data_fingerprint": fingerprint,
             "folds": [{"index": f.index, **f.cuts()} for f in folds]}
@@ -169,6 +189,12 @@ def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
         name = f"{prefix}{key}"
         if isinstance(a, dict) and isinstance(b, dict):
             out += differences(a, b, name + ".")
+        elif isinstance(a, list) and isinstance(b, list) and a != b and a and b \
+                and all(isinstance(x, dict) for x in a + b):  # the folds: say which fold and key
+            if len(a) != len(b):
+                out.append(f"{name}: {len(a)} -> {len(b)}")
+            out += [d for i, (x, y) in enumerate(zip(a, b, strict=False))
+                    for d in differences(x, y, f"{name}[{i}].")]
         elif a != b:
             out.append(f"{name} {_short(a)} -> {_short(b)}")
     return out
@@ -306,18 +332,19 @@ class Pooled:
 
 def read_predictions(states: Sequence[tuple[RunSpec, RunState]]) -> Pooled:
     """The out-of-sample table: symbol, time, fold, seed, realised and one column per predictor
-    (the model first), sorted by seed, time, symbol."""
+    (the model first), sorted by seed, time, symbol. Each run's file is checked before it is used
+    (:func:`_checked_predictions`): a damaged one is a UserError naming it, never figures computed
+    on part of it."""
     frames = []
     names: list[str] | None = None
     for spec, st in states:
         assert st.predictions is not None
-        try:
-            df = pd.read_csv(st.predictions)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{st.predictions}: cannot read the run's test predictions ({e}); remove the "
-                            f"run's models folder to train it again") from None
+        df = _checked_predictions(spec, st)
         cols = [c for c in df.columns if c not in ("symbol", "time", "predicted_return", "rank", "split",
                                                     "realised_return")]
+        if names is not None and ["model", *cols] != names:
+            raise _damaged(st.predictions, f"its predictor columns {', '.join(cols)} are not the other runs' "
+                                           f"({', '.join(names[1:])})")
         names = names or ["model", *cols]
         out = pd.DataFrame({"symbol": df["symbol"].astype(str), "time": df["time"],
                             "fold": spec.fold.index, "seed": spec.seed,
@@ -328,6 +355,72 @@ def read_predictions(states: Sequence[tuple[RunSpec, RunState]]) -> Pooled:
     frame = pd.concat(frames, ignore_index=True)
     frame = frame.sort_values(["seed", "time", "symbol"], kind="stable").reset_index(drop=True)
     return Pooled(frame, names or ["model"])
+
+
+def _damaged(path: Path, why: str) -> UserError:
+    return UserError(f"{path}: {why}. This run's test predictions are damaged: restore the file, or remove "
+                     f"the run's folder ({path.parent.parent.parent}) to train it again")
+
+
+def _checked_predictions(spec: RunSpec, st: RunState) -> pd.DataFrame:
+    """One done run's predictions.csv, checked: the digest its evaluation.json recorded (runs of
+    an older version have none), the columns, numbers, no (symbol, time) twice, every time inside
+    the fold's test period of its symbol."""
+    import hashlib
+
+    from ..cutoffs import cut_for, parse_cuts
+
+    path = st.predictions
+    assert path is not None
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the run's test predictions ({e.strerror or e})") from None
+    recorded = (st.report or {}).get("predictions") or {}
+    if recorded.get("sha256") and hashlib.sha256(data).hexdigest() != recorded["sha256"]:
+        raise _damaged(path, f"its contents are not the ones the run wrote (sha256 recorded in "
+                             f"{spec.models / 'evaluation.json'}; {recorded.get('rows')} rows)")
+    import io
+
+    try:
+        df = pd.read_csv(io.BytesIO(data))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _damaged(path, f"not a readable CSV ({e})") from None
+    missing = [c for c in ("symbol", "time", "realised_return", "predicted_return") if c not in df.columns]
+    if missing:
+        raise _damaged(path, f"the column(s) {', '.join(missing)} are missing")
+    if df.empty:
+        raise _damaged(path, "it has no rows")
+    numeric = [c for c in df.columns if c not in ("symbol", "time", "split", "rank")]
+    for c in numeric:
+        if not pd.api.types.is_numeric_dtype(df[c]):
+            bad = df[c][pd.to_numeric(df[c], errors="coerce").isna() & df[c].notna()]
+            raise _damaged(path, f"column {c} holds {str(bad.iloc[0])!r} (row {int(bad.index[0]) + 2}), "
+                                 f"expected a number")
+    try:
+        parsed = pd.to_datetime(df["time"], utc=True, format="ISO8601")
+        times = parsed.dt.as_unit("ns").astype("int64").to_numpy()
+    except (ValueError, TypeError) as e:
+        raise _damaged(path, f"column time holds a value that is not a time ({e})") from None
+    twice = df.duplicated(["symbol", "time"])
+    if twice.any():
+        row = int(np.flatnonzero(twice.to_numpy())[0])
+        raise _damaged(path, f"row {row + 2} repeats symbol {df['symbol'].iloc[row]} at "
+                             f"{df['time'].iloc[row]}")
+    cuts = spec.fold.cuts()
+    start = parse_cuts(cuts["test_start"], "test_start")
+    end = parse_cuts(cuts["test_end"], "test_end") if cuts["test_end"] else None
+    symbols = df["symbol"].astype(str).to_numpy()
+    for sym in np.unique(symbols):
+        t = times[symbols == sym]
+        lo = cut_for(start, sym, "test_start")
+        hi = cut_for(end, sym, "test_end") if end is not None else None
+        if t.min() < lo or (hi is not None and t.max() >= hi):
+            raise _damaged(path, f"symbol {sym} has times outside fold {spec.fold.index}'s test period "
+                                 f"({cuts['test_start']} .. {cuts['test_end'] or 'the end'})")
+    if recorded.get("rows") is not None and len(df) != recorded["rows"]:
+        raise _damaged(path, f"it has {len(df):,} rows, the run wrote {recorded['rows']:,}")
+    return df
 
 
 def pooled_predictions(pooled: Pooled, seed: int, horizon: int, cost_bps: float) -> Any:
@@ -415,7 +508,7 @@ def _pm(s: dict[str, Any]) -> str:
 
 def write_report(out: Path, specs_states: Sequence[tuple[RunSpec, RunState]], seeds: Sequence[int],
                  horizon: int, cost_bps: float, record: dict[str, Any], stream: TextIO,
-                 plots: bool = True) -> dict[str, Any]:
+                 plots: bool = True, caveats: Sequence[str] = ()) -> dict[str, Any]:
     """summary.json, oos_predictions.csv/.parquet and (``plots``) the PNGs of a finished
     experiment; the table on ``stream``. summary.json last: its presence says the rest is there."""
     pooled = read_predictions(specs_states)
@@ -434,7 +527,7 @@ def write_report(out: Path, specs_states: Sequence[tuple[RunSpec, RunState]], se
                for s, r in reports.items()}
     folds = per_fold(per_run)
     summary = {"experiment": record, "runs": per_run, "per_fold": folds, "pooled_by_seed": by_seed,
-               "over_seeds": agg, "verdict": verdict(agg)}
+               "over_seeds": agg, "verdict": verdict(agg), "caveats": list(caveats)}
     frame = pooled.frame.copy()
     atomic_write_text(out / OOS_FILE, frame.to_csv(index=False, float_format="%.8g"))
     atomic_write_bytes(out / OOS_PARQUET, _parquet(frame))
