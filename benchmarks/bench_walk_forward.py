@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Walk-forward: the experiment (--jobs 1, --jobs 2) against the same runs from a shell loop.
 
-    python benchmarks/bench_walk_forward.py                 # 2 folds x 2 seeds, small runs
+    python benchmarks/bench_walk_forward.py                 # 2 folds x 2 seeds, the built-in market
     python benchmarks/bench_walk_forward.py --folds 4 --seeds 0,1,2 --epochs 3 --json out.json
 
 Side by side, in one invocation, on one warm feature cache (prepared once first, not timed):
@@ -44,10 +44,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--test-bars", type=int, default=120)
+    ap.add_argument("--test-bars", type=int, default=250)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--symbols", type=int, default=8)
-    ap.add_argument("--bars", type=int, default=1500)
+    ap.add_argument("--symbols", type=int, default=16)
+    ap.add_argument("--bars", type=int, default=2500)
     ap.add_argument("--json", metavar="PATH")
     a = ap.parse_args()
     threads = max(1, (os.cpu_count() or 2) // 2)

@@ -223,7 +223,7 @@ def _experiment(cfg: Config, settings: wf.Settings, out: Path, handler: SignalHa
         del data  # the runs read the cache themselves
         wf.claim_experiment(out, record, new, stream)
         specs = wf.run_specs(out, folds, settings.seeds)
-        todo, number = [], {}
+        todo, number, done = [], {}, {}
         for i, spec in enumerate(specs, 1):
             number[spec.name] = i
             state = wf.run_state(spec)
@@ -233,6 +233,7 @@ def _experiment(cfg: Config, settings: wf.Settings, out: Path, handler: SignalHa
                                 f"experiment gives it ({foreign}); it belongs to another experiment. Use "
                                 f"another --out, or --new to move the folder's experiment aside")
             if state.status == "done":
+                done[spec.name] = state
                 print(f"[{i}/{len(specs)}] {spec.name}: done, not retrained", file=stream, flush=True)
             else:
                 todo.append((spec, state))
@@ -261,7 +262,8 @@ def _experiment(cfg: Config, settings: wf.Settings, out: Path, handler: SignalHa
                   f"their checkpoints; the same command continues it (done runs are not retrained)",
                   file=stream, flush=True)
             return handler.exit_code
-        states = [(s, wf.run_state(s)) for s in specs]
+        # A run done at the start is not read again (its checkpoints are verified once per start).
+        states = [(s, wf.run_state(s) if s.name in before else done[s.name]) for s in specs]
         missing = [s.name for s, st in states if st.status != "done"]
         if missing:
             raise UserError(f"runs {', '.join(missing)} have no report after training; run the command again")
