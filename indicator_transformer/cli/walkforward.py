@@ -248,8 +248,11 @@ def _experiment(cfg: Config, settings: wf.Settings, out: Path, handler: SignalHa
         if todo and jobs > 1:
             print(f"Running {len(todo)} run(s), {jobs} at a time, {cfg.train.threads} thread(s) each",
                   file=stream, flush=True)
+        def checked(spec: wf.RunSpec) -> None:
+            done[spec.name] = wf.run_state(spec)
+
         ended = wf.run_all([s for s, _ in todo], cfg, handler, extra, jobs, stream, starting,
-                           settings.nproc_per_node)
+                           settings.nproc_per_node, on_done=checked)
         failed = [(s, c) for s, c in ended if c != 0]
         if failed and not handler.shutdown_requested:
             spec, code = failed[0]
@@ -262,8 +265,8 @@ def _experiment(cfg: Config, settings: wf.Settings, out: Path, handler: SignalHa
                   f"their checkpoints; the same command continues it (done runs are not retrained)",
                   file=stream, flush=True)
             return handler.exit_code
-        # A run done at the start is not read again (its checkpoints are verified once per start).
-        states = [(s, wf.run_state(s) if s.name in before else done[s.name]) for s in specs]
+        # A run done at the start is not read again, one that ended was read as the next one started.
+        states = [(s, done[s.name] if s.name in done else wf.run_state(s)) for s in specs]
         missing = [s.name for s, st in states if st.status != "done"]
         if missing:
             raise UserError(f"runs {', '.join(missing)} have no report after training; run the command again")

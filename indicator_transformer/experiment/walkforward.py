@@ -283,13 +283,17 @@ def start_run(spec: RunSpec, base: Config, extra: Sequence[str], log: Path | Non
 
 
 def run_all(specs: Sequence[RunSpec], base: Config, handler: SignalHandler, extra: Sequence[str], jobs: int,
-            stream: TextIO, on_start: Any = None, nproc_per_node: int = 0) -> list[tuple[RunSpec, int]]:
+            stream: TextIO, on_start: Any = None, nproc_per_node: int = 0, on_done: Any = None
+            ) -> list[tuple[RunSpec, int]]:
     """Run ``specs``, ``jobs`` at a time (the runs are independent), until all ended, one failed
     or a stop was requested; (spec, exit code) of each run that ended, in the order they ended. A
     stop request is passed to every run in progress, once (they are in their own process groups:
     a terminal's Ctrl-C reaches them only through here); on a failure the runs still in progress
-    are stopped the same way, saving their checkpoints."""
+    are stopped the same way, saving their checkpoints. ``on_done(spec)`` is called for each run
+    that ended with exit code 0, after the next run was started (its checks overlap that run's
+    start-up instead of adding to the experiment's time)."""
     pending = list(specs)
+    finished: list[RunSpec] = []
     running: dict[int, tuple[RunSpec, subprocess.Popen]] = {}
     ended: list[tuple[RunSpec, int]] = []
     passed = False
@@ -302,6 +306,10 @@ def run_all(specs: Sequence[RunSpec], base: Config, handler: SignalHandler, extr
             log = spec.root / "console.log" if jobs > 1 else None
             proc = start_run(spec, base, extra, log, nproc_per_node)
             running[proc.pid] = (spec, proc)
+        if on_done is not None:
+            for spec in finished:
+                on_done(spec)
+            finished.clear()
         if not running:
             break
         if (handler.shutdown_requested or failed) and not passed:
@@ -314,6 +322,8 @@ def run_all(specs: Sequence[RunSpec], base: Config, handler: SignalHandler, extr
             if code is not None:
                 del running[pid]
                 ended.append((spec, code))
+                if code == 0:
+                    finished.append(spec)
                 if jobs > 1:
                     print(f"{spec.name}: {'done' if code == 0 else f'ended with exit code {code}'} "
                           f"(its console: {spec.root / 'console.log'})", file=stream, flush=True)
