@@ -6,31 +6,21 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import child_env, default_sigint
 from trainproc import Child
+from wfproc import figures as _figures
+from wfproc import wf_paused
+from wfproc import wf_run as _run
 
 from indicator_transformer.cutoffs import parse_cuts
-from indicator_transformer.integrity import check_json
 
 TINY = ["--symbols", "4", "--bars", "700", "--epochs", "2", "--batch-size", "64", "--d-model", "16",
         "--heads", "2", "--layers", "1", "--no-progress", "--no-plots", "--window", "16", "--threads", "1"]
 EXPERIMENT = ["--folds", "2", "--seeds", "0,1", "--test-bars", "80", *TINY]
-
-
-def _cmd(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "indicator_transformer", "walk-forward", *args]
-
-
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd(args), cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=600,
-                          preexec_fn=default_sigint)
 
 
 def _wait_for_after(child: Child, first: str, then: str, timeout: float = 300) -> None:
@@ -46,12 +36,6 @@ def _wait_for_after(child: Child, first: str, then: str, timeout: float = 300) -
         assert child.proc.poll() is None, child.stderr
         time.sleep(0.05)
     raise AssertionError(f"no '{then}' after '{first}':\n{child.stderr}")
-
-
-def _figures(out: Path) -> dict:
-    doc = check_json(json.loads((out / "summary.json").read_text()))
-    doc.pop("sha256")
-    return doc
 
 
 @pytest.fixture(scope="module")
@@ -148,12 +132,8 @@ def test_other_settings_in_the_same_folder_are_refused_and_new_moves_the_old_one
 
 
 def test_a_stopped_experiment_continues_to_the_figures_of_an_uninterrupted_one(finished: Path) -> None:
-    env = child_env()
-    env["INDICATOR_TRANSFORMER_PAUSE_AT"] = "train_step:30"
-    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "20"  # each run pauses at step 30 (a signal ends it)
-    proc = subprocess.Popen(_cmd([*EXPERIMENT, "--out", "stopped"]), cwd=finished, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
-    child = Child(proc)
+    child = wf_paused([*EXPERIMENT, "--out", "stopped"], finished, "train_step:30", 20)  # a signal ends it
+    proc = child.proc
     try:
         child.wait_for("[2/4] fold0-seed1: starting", timeout=300)
         _wait_for_after(child, "[2/4] fold0-seed1: starting", "PAUSED train_step 30")  # the 2nd run's
@@ -188,12 +168,8 @@ def test_a_killed_experiment_process_makes_its_run_save_and_the_rerun_continues(
     import os
     import time
 
-    env = child_env()
-    env["INDICATOR_TRANSFORMER_PAUSE_AT"] = "train_step:30"
-    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "300"  # the run waits there for a signal
-    proc = subprocess.Popen(_cmd([*EXPERIMENT, "--out", "killed"]), cwd=finished, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
-    child = Child(proc)
+    child = wf_paused([*EXPERIMENT, "--out", "killed"], finished, "train_step:30", 300)  # waits for a signal
+    proc = child.proc
     try:
         child.wait_for("PAUSED train_step 30", timeout=300)  # the first run, paused
         (run_pid,) = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
@@ -247,6 +223,8 @@ def test_the_experiment_flags_read_from_the_config_file_and_the_report_has_parqu
     assert isinstance(pq["time"].dtype, pd.DatetimeTZDtype) and str(pq["time"].dt.tz) == "UTC"
     assert (pq["time"] == pd.to_datetime(csv["time"], utc=True)).all()
     assert np.allclose(pq["model"].to_numpy(), csv["model"].to_numpy(), rtol=1e-7, atol=0)
+    for c in pq.columns[4:]:  # realised and every predictor typed alike (zero was int64)
+        assert pq[c].dtype == np.float64, c
     assert (pq[["symbol", "fold", "seed"]].astype(str).to_numpy()
             == csv[["symbol", "fold", "seed"]].astype(str).to_numpy()).all()
     for name in ("ic_per_fold.png", "oos_strategies.png", "headline_over_seeds.png"):
@@ -333,9 +311,15 @@ def test_small_mistakes_get_their_own_messages(finished: Path) -> None:
     assert bad.returncode == 2 and "jobs.toml: [walk_forward] jobs = -1: expected 1 to 256" in bad.stderr
     stale = finished / "whole" / ".oos_predictions.parquet.4194303.0badc0de.tmp"  # a writer long gone
     stale.write_bytes(b"half")
+    old = finished / "whole" / "runs" / "fold1-seed0" / "models" / "checkpoint_epoch_1.pth"
+    saved = old.read_bytes()
+    old.write_bytes(b"")  # a damaged older checkpoint of a done run: named, not used
     again = _run([*EXPERIMENT, "--out", "whole"], finished)
+    old.write_bytes(saved)
     assert again.returncode == 0, again.stderr
     assert not stale.exists()
+    assert f"warning: fold1-seed0: {old.relative_to(finished)}: " in again.stderr, again.stderr
+    assert "(damaged, not used)" in again.stderr
 
 
 def test_a_changed_fold_is_named_by_its_index_and_key() -> None:

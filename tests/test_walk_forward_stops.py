@@ -10,36 +10,24 @@ nothing about where the stop landed. Two trials run by default; ``--run-slow`` r
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import child_env, default_sigint
 from trainproc import Child
-
-from indicator_transformer.integrity import check_json
+from wfproc import figures as _figures
+from wfproc import wf_cmd as _cmd
 
 TINY = ["--symbols", "4", "--bars", "600", "--epochs", "2", "--batch-size", "64", "--d-model", "16",
         "--heads", "2", "--layers", "1", "--no-progress", "--no-plots", "--window", "16", "--threads", "1",
         "--checkpoint-every", "7"]
 EXPERIMENT = ["--folds", "2", "--seeds", "0,1", "--test-bars", "70", *TINY]
 KINDS = ("SIGINT", "SIGTERM", "kill -9", "kill -9 of a run")
-
-
-def _cmd(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "indicator_transformer", "walk-forward", *args]
-
-
-def _figures(out: Path) -> dict:
-    doc = check_json(json.loads((out / "summary.json").read_text()))
-    doc.pop("sha256")
-    return doc
 
 
 def _descendants(pid: int) -> set[int]:

@@ -4,36 +4,18 @@ same command continues to the figures of an uninterrupted experiment."""
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import child_env, default_sigint
-from trainproc import Child, load
-
-from indicator_transformer.integrity import check_json
+from trainproc import load
+from wfproc import figures as _figures
+from wfproc import wf_paused
+from wfproc import wf_run as _run
 
 TINY = ["--symbols", "4", "--bars", "500", "--epochs", "2", "--batch-size", "64", "--d-model", "16",
         "--heads", "2", "--layers", "1", "--no-progress", "--no-plots", "--window", "16", "--threads", "1"]
 EXPERIMENT = ["--folds", "2", "--seeds", "0", "--test-bars", "60", "--nproc-per-node", "2", *TINY]
-
-
-def _cmd(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "indicator_transformer", "walk-forward", *args]
-
-
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd(args), cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=900,
-                          preexec_fn=default_sigint)
-
-
-def _figures(out: Path) -> dict:
-    doc = check_json(json.loads((out / "summary.json").read_text()))
-    doc.pop("sha256")
-    return doc
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +40,8 @@ def test_each_run_trains_under_torchrun_on_every_rank(root: Path) -> None:
 
 
 def test_a_stop_under_torchrun_saves_on_every_rank_and_the_rerun_gives_the_same_figures(root: Path) -> None:
-    env = child_env()
-    env["INDICATOR_TRANSFORMER_PAUSE_AT"] = "train_step:5"
-    env["INDICATOR_TRANSFORMER_PAUSE_TIMEOUT"] = "120"  # each rank waits there for the signal
-    proc = subprocess.Popen(_cmd([*EXPERIMENT, "--out", "stopped"]), cwd=root, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
-    child = Child(proc)
+    child = wf_paused([*EXPERIMENT, "--out", "stopped"], root, "train_step:5", 120)  # each rank waits
+    proc = child.proc
     try:
         child.wait_for("[1/2] fold0-seed0: starting", timeout=300)
         deadline = 300
@@ -79,6 +57,7 @@ def test_a_stop_under_torchrun_saves_on_every_rank_and_the_rerun_gives_the_same_
         if proc.poll() is None:
             proc.kill()
     assert code == 130, child.stderr
+    assert "Traceback" not in child.stderr, child.stderr  # found by the attack: the launcher's
     assert child.lines[-1] == "Cleanup complete", child.stderr[-3000:]
     models = root / "stopped" / "runs" / "fold0-seed0" / "models"
     (saved,) = models.glob("*_interrupted.pth")

@@ -108,6 +108,8 @@ def _experiment_flags(args: argparse.Namespace) -> None:
                             else "--" + key.replace("_", "-"))
         if key == "seeds" and isinstance(value, (list, int)):
             values = value if isinstance(value, list) else [value]
+            if not values:
+                raise UserError(f"{args.config}: [walk_forward] seeds = []: expected one seed or more")
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
                 raise UserError(f"{args.config}: [walk_forward] seeds = {value!r}: expected whole numbers")
             value = ",".join(str(v) for v in values)
@@ -147,12 +149,14 @@ def run(args: argparse.Namespace) -> int:
     raw = load_toml(args.config) if args.config is not None else {}
     for key, instead in SET_PER_RUN.items():
         if key in given or _in_toml(raw, key):
-            raise UserError(f"{key.replace('_', '-')}: set for each run by the experiment (use {instead})")
+            where = f"--{key.replace('_', '-')}" if key in given else f"{args.config}: {key}"
+            raise UserError(f"{where}: set for each run by the experiment (use {instead})")
     o = args.origin
     if not 1 <= args.jobs <= 256:
         raise UserError(f"{o['jobs']} {args.jobs}: expected 1 to 256 runs at once")
     if not 0 <= args.nproc_per_node <= 1024:
-        raise UserError(f"{o['nproc_per_node']} {args.nproc_per_node}: expected 1 to 1,024 ranks per run")
+        raise UserError(f"{o['nproc_per_node']} {args.nproc_per_node}: expected 1 to 1,024 ranks per run "
+                        f"(or 0: each run one process)")
     if args.folds is not None and not 1 <= args.folds <= 1000:
         raise UserError(f"{o['folds']} {args.folds}: expected 1 to 1,000")
     for key in ("test_bars", "train_bars"):
@@ -232,6 +236,8 @@ def _experiment(cfg: Config, settings: wf.Settings, out: Path, handler: SignalHa
                 raise UserError(f"{spec.root}: this run was trained with other settings than this "
                                 f"experiment gives it ({foreign}); it belongs to another experiment. Use "
                                 f"another --out, or --new to move the folder's experiment aside")
+            for bad in state.unusable:
+                print(f"warning: {spec.name}: {bad} (damaged, not used)", file=stream, flush=True)
             if state.status == "done":
                 done[spec.name] = state
                 print(f"[{i}/{len(specs)}] {spec.name}: done, not retrained", file=stream, flush=True)
@@ -313,7 +319,8 @@ def status(out: Path) -> int:
     rows = []
     for spec in specs:
         st = wf.run_state(spec)
-        rows.append([spec.name, st.status, st.detail])
+        rows.append([spec.name, st.status, st.detail + (f"; {len(st.unusable)} damaged checkpoint(s): "
+                                                        f"{st.unusable[0]}" if st.unusable else "")])
     from ..folder_lock import folder_holder
 
     live = folder_holder(out)

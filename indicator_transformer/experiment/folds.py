@@ -161,8 +161,11 @@ def plan(symbols: Sequence[SymbolData], *, window: int, horizon: int, folds: int
         if calendar == "common" or starved is None or len(own) < 2:
             reason = ("--fold-calendar common" if calendar == "common" else
                       "auto: every symbol has test windows in every fold on the common calendar")
+            untested = (f"on the common calendar {starved}: that fold's figures leave it out "
+                        f"(--fold-calendar per-symbol tests each symbol on its own last bars)"
+                        if starved is not None else None)
             return FoldPlan([Fold(k, _text(b), _text(t), _text(e)) for k, (b, t, e) in enumerate(common)],
-                            "common", reason)
+                            "common", reason, untested)
         reason = f"auto: on the common calendar {starved}, so each symbol's folds are placed on its own bars"
     else:
         reason = "--fold-calendar per-symbol"

@@ -62,8 +62,9 @@ def plot_ic_per_fold(runs: Sequence[Mapping[str, Any]], predictors: Sequence[str
                 drawn = True
                 ax.scatter([k + offset] * len(ok), ok, color=color, s=14, alpha=0.7, zorder=3)
             means.append(float(np.mean(ok)) if ok else math.nan)
-        ax.plot(np.arange(len(folds)) + offset, means, color=color, linewidth=1.3, marker="_",
-                markersize=14, label=name)
+        if any(math.isfinite(m) for m in means):  # a predictor without a figure gets no legend entry
+            ax.plot(np.arange(len(folds)) + offset, means, color=color, linewidth=1.3, marker="_",
+                    markersize=14, label=name)
     if not drawn:
         _empty(ax, f"no fold has a {label} (one symbol, or symbols that never share a date)")
         return _save(fig, path)
@@ -80,9 +81,7 @@ def plot_ic_per_fold(runs: Sequence[Mapping[str, Any]], predictors: Sequence[str
 def _first_date(cut: Any) -> str:
     """A fold's test start for its label: the date, or for cuts per symbol the earliest."""
     text = str(cut or "")
-    if "=" not in text:
-        return text[:10]
-    return "from " + min(part.rpartition("=")[2] for part in text.split(","))[:10]
+    return text[:10] if "=" not in text else "dates per symbol"
 
 
 def plot_oos_strategies(series_by_seed: Mapping[int, Mapping[str, Any]], path: str | Path) -> Path:

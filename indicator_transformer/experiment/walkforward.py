@@ -120,6 +120,7 @@ class RunState:
     report: dict[str, Any] | None = None   # evaluation.json of a done run
     predictions: Path | None = None        # its test predictions
     config: dict[str, Any] | None = None   # the settings its newest checkpoint was trained with
+    unusable: tuple[str, ...] = ()         # damaged checkpoint files of the run, not used
 
 
 def run_state(spec: RunSpec) -> RunState:
@@ -129,9 +130,10 @@ def run_state(spec: RunSpec) -> RunState:
 
     if not spec.models.is_dir():
         return RunState("not started", "-")
-    info, _ = ckpt.select_for_resume(spec.models)
+    info, corrupt = ckpt.select_for_resume(spec.models)
+    unusable = tuple(f"{c.path}: {c.error}" for c in corrupt)
     if info is None:
-        return RunState("not started", "no checkpoint yet")
+        return RunState("not started", "no checkpoint yet", unusable=unusable)
     state = info.state or {}
     where = f"epoch {state.get('epoch')}, global step {info.global_step}"
     config = state.get("config") if isinstance(state.get("config"), dict) else None
@@ -143,10 +145,10 @@ def run_state(spec: RunSpec) -> RunState:
             report = None
         preds = spec.runs / str(report.get("run")) / PREDICTIONS if report else None
         if report is not None and preds is not None and preds.is_file():
-            return RunState("done", where, report, preds, config)
+            return RunState("done", where, report, preds, config, unusable)
         return RunState("stopped", f"trained to {where}; its test predictions are missing (a rerun "
-                                   f"writes them)", config=config)
-    return RunState("stopped", f"stopped at {where}", config=config)
+                                   f"writes them)", config=config, unusable=unusable)
+    return RunState("stopped", f"stopped at {where}", config=config, unusable=unusable)
 
 
 # ----------------------------------------------------------------------------- the experiment record
@@ -249,6 +251,7 @@ def _die_with_parent() -> None:
 
 
 TRAIN = "import sys; from indicator_transformer.startup import train; sys.exit(train())"
+TORCHRUN = "import sys; from indicator_transformer.train_main import torchrun; sys.exit(torchrun())"
 
 
 def run_argv(spec: RunSpec, extra: Sequence[str], nproc_per_node: int = 0) -> list[str]:
@@ -256,7 +259,7 @@ def run_argv(spec: RunSpec, extra: Sequence[str], nproc_per_node: int = 0) -> li
     this machine, a rendezvous of its own) the same command as a module."""
     flags = ["--config", str(spec.root / RUN_CONFIG), "--resume", "auto", "--save-predictions", *extra]
     if nproc_per_node:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+        return [sys.executable, "-c", TORCHRUN, "--standalone",
                 f"--nproc_per_node={nproc_per_node}", "--monitor-interval", "0.5",
                 "-m", "indicator_transformer.train_main", *flags]
     return [sys.executable, "-c", TRAIN, *flags]
@@ -536,8 +539,14 @@ def write_report(out: Path, specs_states: Sequence[tuple[RunSpec, RunState]], se
                         "margins": r["margins"], "verdict": r["verdict"]}
                for s, r in reports.items()}
     folds = per_fold(per_run)
+    caveats = list(caveats)
+    if agg["metric"] != "cs_ic" and len(folds) > 1:  # found by the second outside attack
+        caveats.append(f"the headline is the {agg['headline']} (no date has 3 or more symbols): pooled over "
+                       f"folds it also counts how each predictor's level moves from fold to fold, so a "
+                       f"predictor constant within every fold (symbol_mean) gets a figure it has in no "
+                       f"fold; per_fold gives each fold's own")
     summary = {"experiment": record, "runs": per_run, "per_fold": folds, "pooled_by_seed": by_seed,
-               "over_seeds": agg, "verdict": verdict(agg), "caveats": list(caveats)}
+               "over_seeds": agg, "verdict": verdict(agg), "caveats": caveats}
     frame = pooled.frame.copy()
     atomic_write_text(out / OOS_FILE, frame.to_csv(index=False, float_format="%.8g"))
     atomic_write_bytes(out / OOS_PARQUET, _parquet(frame))
@@ -551,6 +560,8 @@ def write_report(out: Path, specs_states: Sequence[tuple[RunSpec, RunState]], se
     _print_folds_table(folds, agg, stream)
     _print_table(agg, stream)
     print(f"Verdict: {summary['verdict']}", file=stream, flush=True)
+    for c in caveats:
+        print(f"Caveat: {c}", file=stream, flush=True)
     print(f"Report: {out / SUMMARY_FILE}; out-of-sample predictions: {out / OOS_FILE} (and "
           f"{OOS_PARQUET})" + ("; plots: " + ", ".join(PLOT_NAMES) if plots else ""), file=stream, flush=True)
     return summary
@@ -591,6 +602,9 @@ def _parquet(frame: pd.DataFrame) -> bytes:
 
     typed = frame.copy()
     typed["time"] = pd.to_datetime(typed["time"], utc=True)
+    for c in typed.columns:  # every predictor and the realised return as float64 (zero reads as int)
+        if c not in ("symbol", "time", "fold", "seed"):
+            typed[c] = typed[c].astype("float64")
     buf = io.BytesIO()
     typed.to_parquet(buf, index=False, engine="pyarrow")
     return buf.getvalue()
