@@ -251,7 +251,6 @@ def _die_with_parent() -> None:
 
 
 TRAIN = "import sys; from indicator_transformer.startup import train; sys.exit(train())"
-TORCHRUN = "import sys; from indicator_transformer.train_main import torchrun; sys.exit(torchrun())"
 
 
 def run_argv(spec: RunSpec, extra: Sequence[str], nproc_per_node: int = 0) -> list[str]:
@@ -259,7 +258,7 @@ def run_argv(spec: RunSpec, extra: Sequence[str], nproc_per_node: int = 0) -> li
     this machine, a rendezvous of its own) the same command as a module."""
     flags = ["--config", str(spec.root / RUN_CONFIG), "--resume", "auto", "--save-predictions", *extra]
     if nproc_per_node:
-        return [sys.executable, "-c", TORCHRUN, "--standalone",
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={nproc_per_node}", "--monitor-interval", "0.5",
                 "-m", "indicator_transformer.train_main", *flags]
     return [sys.executable, "-c", TRAIN, *flags]
