@@ -89,15 +89,15 @@ def configure(p: argparse.ArgumentParser) -> None:
     add_common_switches(p)
 
 
-def _experiment_flags(args: argparse.Namespace) -> None:
+def _experiment_flags(args: argparse.Namespace) -> dict[str, Any]:
     """Fill the experiment's flags not given from the config file's [walk_forward] section, then
-    from the defaults (in ``args``)."""
+    from the defaults (in ``args``); the file's run settings (:func:`load_toml`, {} without one)."""
     from ..config import load_command_section
 
-    section = {}
+    section, raw = {}, {}
     args.origin = {}  # key -> where its value came from, for the messages
     if args.config is not None and args.config.strip():
-        load_toml(args.config)  # an unreadable or malformed file: its own error, naming it
+        raw = load_toml(args.config)  # an unreadable or malformed file: its own error, naming it
         section = load_command_section(args.config, "walk_forward", TOML_TYPES)
     for key, default in DEFAULTS.items():
         if getattr(args, key) is not None:
@@ -118,6 +118,7 @@ def _experiment_flags(args: argparse.Namespace) -> None:
                 raise UserError(f"{args.config}: [walk_forward] {name} = {value!r}: expected one of "
                                 f"{', '.join(allowed)}")
         setattr(args, key, value)
+    return raw
 
 
 def _seeds(text: str, origin: str = "--seeds") -> tuple[int, ...]:
@@ -132,7 +133,7 @@ def _seeds(text: str, origin: str = "--seeds") -> tuple[int, ...]:
 
 def run(args: argparse.Namespace) -> int:
     """Check the settings, then run (or continue) the experiment, or print its status."""
-    _experiment_flags(args)
+    raw = _experiment_flags(args)
     if not str(args.out).strip():
         raise UserError(f"{args.origin['out']} {args.out!r}: expected a folder name for the experiment")
     out = Path(args.out)
@@ -146,7 +147,6 @@ def run(args: argparse.Namespace) -> int:
     if args.config is not None and not args.config.strip():
         raise UserError("--config: expected a TOML file name, got an empty string")
     given = flag_values(args)
-    raw = load_toml(args.config) if args.config is not None else {}
     for key, instead in SET_PER_RUN.items():
         if key in given or _in_toml(raw, key):
             where = f"--{key.replace('_', '-')}" if key in given else f"{args.config}: {key}"
