@@ -100,6 +100,8 @@ class RunOptions:
     # the lock was held: once held, the choice is checked again (another run may have written
     # newer checkpoints, or finished, while this one prepared its data).
     recheck_choice: bool = False
+    # A sweep's trial: Trainer.epoch_hook (sweep/hook.py), reporting each epoch to the study.
+    epoch_hook: Callable[[list[dict[str, Any]], bool], bool] | None = None
 
 
 def prepare_data(cfg: Config, handler: SignalHandler, cache: FeatureCache, stream: TextIO,
@@ -279,6 +281,7 @@ def _pipeline_held(cfg: Config, handler: SignalHandler, opts: RunOptions, stream
         check_still_held(cfg.train.models_dir)  # moved while this run prepared: nothing goes there
     trainer = Trainer(cfg, data, splits, norm, handler=handler, stream=stream,
                       show_progress=opts.show_progress, dist=d)
+    trainer.epoch_hook = opts.epoch_hook
     models_dir = Path(trainer.cfg.train.models_dir)
     if state is not None:
         path = opts.resume_path or Path("checkpoint")
@@ -360,6 +363,9 @@ def _train_and_report(trainer: Trainer, data: PreparedData, summary: RunSummary,
         _report_failed(summary, reason, stream)
         raise OutOfMemory(reason) from None
     summary.mark("training")
+    if result.stopped_in == "pruned":
+        _report_pruned(summary, stream)
+        return 0
     if not result.completed:
         _report_interrupted(summary, result.stopped_in, result.checkpoint, stream, handler.exit_code)
         return handler.exit_code
@@ -689,6 +695,20 @@ def _report_interrupted(summary: RunSummary, during: str, checkpoint: Path | Non
             "during": during, "checkpoint": str(checkpoint) if checkpoint else None,
             "epoch": t.epoch, "step_in_epoch": t.step_in_epoch, "global_step": t.global_step,
             **({"checkpoint_error": unsaved, "last_good_checkpoint": last_good} if unsaved else {})})
+    except (OSError, StorageError) as e:
+        print(f"warning: could not write the run summary: {e}", file=stream, flush=True)
+
+
+def _report_pruned(summary: RunSummary, stream: TextIO) -> None:
+    """A sweep's pruner ended the run after an epoch: its checkpoint is that epoch's, no test report."""
+    t = summary.trainer
+    last = t.epoch_history[-1]
+    newest = _newest_checkpoint(Path(t.cfg.train.models_dir))
+    print(f"Pruned by the sweep after epoch {last['epoch']} of {t.cfg.train.epochs} (val_loss "
+          f"{last['val_loss']:.4f}, val IC {last['val_ic']:+.4f}); checkpoint kept: {newest}",
+          file=stream, flush=True)
+    try:
+        summary.write("pruned", pruned={"epoch": last["epoch"], "global_step": t.global_step})
     except (OSError, StorageError) as e:
         print(f"warning: could not write the run summary: {e}", file=stream, flush=True)
 

@@ -187,7 +187,8 @@ class SignalHandler:
         self.signals = list(signals) if signals is not None else default_signals()
         self.hard_exit_on_second = hard_exit_on_second
         # How soon a repeat of the first signal counts as the same request (see the module doc).
-        self.duplicate_window_s = (DUPLICATE_WINDOW_S if launched_by_torchrun() else 0.0) \
+        self.duplicate_window_s = (DUPLICATE_WINDOW_S if launched_by_torchrun() or run_of_experiment()
+                                   else 0.0) \
             if duplicate_window_s is None else duplicate_window_s
         self._first_at = 0.0
         self.shutdown_requested = False
@@ -356,6 +357,17 @@ class SignalHandler:
             f.cancel()
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+EXPERIMENT_CHILD_ENV = "INDICATOR_TRANSFORMER_RUN_OF"  # set by walk-forward and sweep for their runs
+
+
+def run_of_experiment() -> bool:
+    """Whether this process is a run started by walk-forward or sweep. Its SIGTERM on the
+    experiment's death (PR_SET_PDEATHSIG) comes once per thread of the dying parent - the kernel
+    sends it each time the child is handed to the next thread -, so its repeats within
+    ``DUPLICATE_WINDOW_S`` are one request, not the second signal that abandons the checkpoint."""
+    return bool(os.environ.get(EXPERIMENT_CHILD_ENV))
 
 
 def launched_by_torchrun() -> bool:

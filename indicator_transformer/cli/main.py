@@ -375,7 +375,16 @@ COMMANDS: dict[str, Command] = {
                             "same command continues a stopped experiment (walk-forward --folds K "
                             "--seeds 0,1,2 --test-bars N --out DIR)",
                             lambda p: _walkforward().configure(p), lambda a: _walkforward().run(a)),
+    "sweep": Command("hyperparameter sweep on Optuna: every trial an ordinary run, continued bit-exactly "
+                     "after a stop or a kill, on one machine or many (sweep --space space.toml --trials N "
+                     "--out DIR)", lambda p: _sweep().configure(p), lambda a: _sweep().run(a)),
 }
+
+
+def _sweep():  # noqa: ANN202 - the module, imported when the command is built
+    from . import sweep
+
+    return sweep
 
 
 def _walkforward():  # noqa: ANN202 - the module, imported when the command is built

@@ -66,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
                         "none, instead of moving earlier checkpoints aside. For jobs a scheduler may "
                         "start again; torchrun restarts (TORCHELASTIC_RESTART_COUNT > 0) do it by "
                         "themselves. A switch, not a saved setting")
+    # Internal: the run is a trial of `indicator-transformer sweep` (sweep/hook.py), started by it.
+    p.add_argument("--sweep-trial", default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -83,6 +85,12 @@ def run(args: argparse.Namespace) -> int:
 
     opts = RunOptions(prepare_only=args.prepare_only, show_progress=not args.no_progress,
                       plots=not args.no_plots, save_predictions=args.save_predictions)
+    if args.sweep_trial is not None:
+        if distributed.under_torchrun():
+            raise UserError("--sweep-trial: a sweep's trials run as one process each, not under torchrun")
+        from ..sweep.hook import load_hook
+
+        opts = dataclasses.replace(opts, epoch_hook=load_hook(Path(args.sweep_trial)))
     auto = not args.prepare_only and (args.resume == "auto" or distributed.restart_count() > 0)
     if not auto:
         return run_with_handler(lambda handler: run_pipeline(cfg, handler, opts))

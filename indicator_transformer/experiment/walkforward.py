@@ -275,8 +275,11 @@ def start_run(spec: RunSpec, base: Config, extra: Sequence[str], log: Path | Non
     try:
         if log is not None:
             out = open(log, "ab")  # noqa: SIM115 - the child's copy keeps it; ours is closed below
+        from ..shutdown import EXPERIMENT_CHILD_ENV
+
+        env = dict(os.environ, **{EXPERIMENT_CHILD_ENV: "1"})  # its repeated death signal: one stop
         return subprocess.Popen(argv, preexec_fn=_die_with_parent, process_group=0, stdout=out,
-                                stderr=out)
+                                stderr=out, env=env)
     except OSError as e:
         raise StorageError(f"{spec.name}: could not start its training process ({e.strerror or e})") from None
     finally:

@@ -34,7 +34,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -135,7 +135,7 @@ class FitResult:
 
     completed: bool
     checkpoint: Path | None = None          # the interrupted checkpoint, when stopped
-    stopped_in: str = ""                    # "train", "validation" or ""
+    stopped_in: str = ""                    # "train", "validation", "pruned" or ""
 
 
 class Trainer:
@@ -200,6 +200,9 @@ class Trainer:
         self._train_samples = 0
         self._train_seconds = 0.0
         self._pauses = distributed.pauses_here()  # test pause points (faults.py) on this rank?
+        # A sweep's trial (sweep/hook.py): called with the epoch history after each epoch, and once
+        # on resume; True ends the run as pruned (its end-of-epoch checkpoint is already saved).
+        self.epoch_hook: Callable[[list[dict[str, Any]], bool], bool] | None = None
 
     # ------------------------------------------------------------------ setup helpers
     def _make_scheduler(self) -> None:
@@ -445,6 +448,10 @@ class Trainer:
             check_still_held(self.models_dir)  # else the mkdir would make a new one at the old name
             self.models_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temp_files(self.models_dir)  # checkpoints abandoned by an earlier hard exit
+        # Resumed after an epoch: ask again about the last one (a stop may have come between its
+        # checkpoint and the answer), so an interrupted trial is pruned exactly where it would be.
+        if self._pruned():
+            return FitResult(False, None, "pruned")
         while self.epoch <= t.epochs:
             if self.stop_agreed():
                 return FitResult(False, self.save_interrupted(), "train")
@@ -456,7 +463,15 @@ class Trainer:
             if val is None:
                 return FitResult(False, self.save_interrupted(), "validation")
             self._end_epoch(val, time.perf_counter() - epoch_start)
+            if self._pruned():
+                return FitResult(False, None, "pruned")
         return FitResult(True)
+
+    def _pruned(self) -> bool:
+        """Whether the sweep's pruner ends this run after its last completed epoch."""
+        if self.epoch_hook is None or not self.epoch_history:
+            return False
+        return bool(self.epoch_hook(self.epoch_history, self.epoch <= self.cfg.train.epochs))
 
     def _train_epoch(self) -> bool:
         """Run the rest of the current epoch. False when stopped after a step."""

@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps on Optuna: each trial an ordinary run that resumes bit-exactly."""

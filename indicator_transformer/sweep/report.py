@@ -1,0 +1,187 @@
+"""What a sweep reports, from the study and the trials' folders (nothing is trained here):
+
+    DIR/trials.csv                 one row per trial: number, state, values, objective, epochs, seconds
+    DIR/summary.json               the same, the best trial (selected on validation) and its test
+                                   report against the baselines, the parameter importances
+    DIR/best.toml                  the best trial's settings: train_indicator_transformer.py
+                                   --config best.toml trains the same model bit for bit
+    DIR/optimization_history.png   the objective per trial, and the best so far
+    DIR/parallel_coordinate.png    each trial's values and objective
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..config import Config, to_toml
+from ..integrity import IntegrityError, check_json, json_safe
+from .storage import db_errors, shown
+from .study import FAILED_KEY, SKIPPED_KEY, TrialSpec, trial_root
+
+PLOTS = ("optimization_history.png", "parallel_coordinate.png")
+COLUMNS = ["trial", "state", "objective", "epochs", "pruned", "seconds", "params", "note"]
+
+
+def trial_rows(trials: list[Any], names: list[str]) -> list[dict[str, Any]]:
+    """One dict per trial, for the table, trials.csv and summary.json."""
+    rows = []
+    for t in trials:
+        note = t.user_attrs.get(SKIPPED_KEY) or t.user_attrs.get(FAILED_KEY) or ""
+        if t.state.name == "PRUNED" and t.intermediate_values:
+            note = f"pruned after epoch {max(t.intermediate_values)}"
+        value = t.value if t.value is not None else (
+            t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
+        epochs = t.user_attrs.get("epochs") or (max(t.intermediate_values) if t.intermediate_values else None)
+        rows.append({"trial": t.number, "state": t.state.name.lower(), "objective": value, "epochs": epochs,
+                     "pruned": t.state.name == "PRUNED", "seconds": t.user_attrs.get("seconds"),
+                     "params": {k: t.params[k] for k in names if k in t.params}, "note": note})
+    return rows
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_cell(x)}" for k, x in v.items())
+    return str(v)
+
+
+def print_trials(rows: list[dict[str, Any]], stream: TextIO) -> None:
+    """The table of trials."""
+    from ..cli.common import print_table
+
+    print_table(COLUMNS, [[_cell(r[c]) if c != "pruned" else ("yes" if r[c] else "") for c in COLUMNS]
+                          for r in rows], stream=stream)
+
+
+def best_report(out: Path, best: Any) -> dict[str, Any] | None:
+    """The best trial's evaluation.json (its test report against the baselines), or None."""
+    from ..run import EVALUATION_FILE
+
+    path = trial_root(out, best.number) / "models" / EVALUATION_FILE
+    try:
+        return check_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, IntegrityError):
+        return None
+
+
+def importances(study: Any) -> tuple[dict[str, float] | None, str]:
+    """Optuna's PED-ANOVA importances of the parameters over the completed trials (no SciPy
+    forest needed), or None and why not."""
+    import optuna
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if len(done) < 3:
+        return None, f"{len(done)} completed trial(s): at least 3 are needed"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+        return {k: float(v) for k, v in values.items()}, ""
+    except (ValueError, RuntimeError, ZeroDivisionError) as e:
+        return None, str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def write_plots(study: Any, out: Path, stream: TextIO) -> list[str]:
+    """The history and parallel-coordinate plots (Optuna's matplotlib ones); the names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    made = []
+    for name, draw in ((PLOTS[0], ovm.plot_optimization_history), (PLOTS[1], ovm.plot_parallel_coordinate)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = draw(study)
+                fig = (ax if not hasattr(ax, "__len__") else ax.flat[0]).figure
+                buf = io.BytesIO()
+                fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+                plt.close(fig)
+            atomic_write_bytes(out / name, buf.getvalue())
+            made.append(name)
+        except (ValueError, RuntimeError, TypeError, IndexError) as e:
+            print(f"note: {name} not drawn: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                  file=stream, flush=True)
+    return made
+
+
+def best_toml(base: Config, spec: TrialSpec) -> str:
+    """The best trial's settings as a config file that trains the same model (models go to the
+    default folder, or --models-dir: never into the sweep's)."""
+    cfg = spec.config(base).replace(models_dir="models", runs_dir=None)
+    head = (f"# The best trial ({spec.number}) of a sweep, selected on validation.\n"
+            f"# python train_indicator_transformer.py --config best.toml [--models-dir DIR]\n"
+            f"# trains the same model bit for bit (the same data, threads and device type).\n")
+    return head + to_toml(cfg)
+
+
+def write_report(sweep: Any, stream: TextIO | None = None, plots: bool = True) -> dict[str, Any]:
+    """Every report file of the sweep, and the table and the best trial printed."""
+    stream = stream or sys.stderr
+    out = sweep.out
+    with db_errors(sweep.url, "reading the trials"):
+        trials = sorted(sweep.study.get_trials(deepcopy=False), key=lambda t: t.number)
+        complete = [t for t in trials if t.state.name == "COMPLETE"]
+        best = sweep.study.best_trial if complete else None
+        imp, why = importances(sweep.study)
+    rows = trial_rows(trials, sweep.space.names())
+    print(f"Sweep {sweep.study_name!r}: {len(trials)} trial(s) ({sweep.objective}, "
+          f"{'lower' if sweep.objective == 'val_loss' else 'higher'} is better, on the validation split):",
+          file=stream, flush=True)
+    print_trials(rows, stream)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["trial", "state", "objective", "epochs", "pruned", "seconds", *sweep.space.names(), "note"])
+    for r in rows:
+        w.writerow([r["trial"], r["state"], r["objective"], r["epochs"], r["pruned"], r["seconds"],
+                    *[r["params"].get(n) for n in sweep.space.names()], r["note"]])
+    atomic_write_text(out / "trials.csv", buf.getvalue())
+    summary: dict[str, Any] = {"study": sweep.study_name, "storage": shown(sweep.url),
+                               "objective": sweep.objective,
+                               "direction": "minimize" if sweep.objective == "val_loss" else "maximize",
+                               "trials": rows, "best": None, "importances": imp,
+                               "importances_note": why or None}
+    if best is not None:
+        spec = TrialSpec(best.number, dict(best.params), trial_root(out, best.number))
+        report = best_report(out, best)
+        summary["best"] = {"trial": best.number, "params": dict(best.params), sweep.objective: best.value,
+                           "selected_on": "validation", "run": str(spec.root),
+                           "test": report.get("test") if report else None,
+                           "baselines": report.get("baselines") if report else None,
+                           "verdict": report.get("verdict") if report else None}
+        atomic_write_text(out / "best.toml", best_toml(sweep.base, spec))
+        print(f"\nBest trial: {best.number} ({sweep.objective} {best.value:.6g} on validation; "
+              f"{', '.join(f'{k}={_cell(v)}' for k, v in best.params.items())}); its settings: "
+              f"{out / 'best.toml'}", file=stream, flush=True)
+        if report is not None and isinstance(report.get("report"), dict):
+            from ..report_table import format_table
+
+            print(format_table(report["report"], f"Test split of trial {best.number}, selected on "
+                                                 f"validation (a sweep's best is optimistic: confirm it "
+                                                 f"with walk-forward --config best.toml)"),
+                  file=stream, flush=True)
+    else:
+        print("\nNo trial completed yet: no best trial", file=stream, flush=True)
+    if imp:
+        print("Parameter importances (PED-ANOVA): " + ", ".join(f"{k} {v:.2f}" for k, v in imp.items()),
+              file=stream, flush=True)
+    elif why:
+        print(f"note: no parameter importances: {why}", file=stream, flush=True)
+    if plots and complete:
+        summary["plots"] = write_plots(sweep.study, out, stream)
+    atomic_write_json(out / "summary.json", json_safe(summary))
+    return summary
+
