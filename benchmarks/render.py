@@ -305,6 +305,36 @@ def walk_forward_report(a: dict[str, Any]) -> str:
     return "\n".join(parts).rstrip()
 
 
+def sweep(a: dict[str, Any]) -> str:
+    parts = []
+    o = a.get("overhead")
+    if o:
+        parts += [f"Overhead: the sweep's {o['trials']} trials against the same settings run one by one as "
+                  f"train commands: {o['overhead_per_trial_s']:+.2f} s per trial "
+                  f"({100 * o['overhead_fraction']:+.1f}%).", "",
+                  table(["variant", "seconds"],
+                        [["train commands, one per trial", num(o["seconds"]["loop"], 1)],
+                         ["indicator-transformer sweep", num(o["seconds"]["sweep"], 1)]]),
+                  ""]
+    lo = a.get("lost")
+    if lo:
+        rows = [[s["kind"], str(s["stopped_at_step"]), str(s["resumed_at_step"]), str(s["lost_steps"]),
+                 str(s["lost_steps_optuna_retry"])] for s in lo["stops"]]
+        parts += [f"Work lost per interruption (stops at seeded random moments, seed {lo['seed']}; the "
+                  f"final trials equal an uninterrupted sweep's: {lo['same_trials_as_uninterrupted']}):", "",
+                  table(["stop", "trial's step at the stop", "continued from", "steps lost",
+                         "Optuna's retry would lose"], rows), ""]
+    q = a.get("quality")
+    if q:
+        parts += [f"A {q['trials']}-trial sweep on the built-in market ({q['jobs']} at a time; "
+                  f"{', '.join(f'{v} {k}' for k, v in q['states'].items())}): best validation loss "
+                  f"{q['sweep_best_val_loss']:.4f} against the default settings' "
+                  f"{q['default_best_val_loss']:.4f}; "
+                  f"best values {q['best_params']}; {q['seconds']['sweep']:.0f} s (the default run: "
+                  f"{q['seconds']['default']:.0f} s).", ""]
+    return "\n".join(parts).rstrip()
+
+
 SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "throughput": ("1. Training throughput: ours vs a bare loop vs Lightning", throughput),
     "options": ("1b. Training options vs the bare fp32 loop", options),
@@ -317,6 +347,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "walk_forward": ("8. Walk-forward: the experiment vs a shell loop, --jobs 2", walk_forward),
     "walk_forward_report": ("9. Walk-forward verdict: 4 folds x 3 seeds, built-in and public data",
                             walk_forward_report),
+    "sweep": ("10. Sweeps: overhead per trial, work lost per stop, what 20 trials find", sweep),
 }
 
 

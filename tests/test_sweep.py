@@ -211,3 +211,16 @@ def test_a_locked_database_is_one_clear_error(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stderr
     assert "database is locked" in r.stderr and "another process holds a write lock" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_jobs_2_runs_every_trial_once_each_console_in_its_folder(tmp_path: Path) -> None:
+    d = _dir(tmp_path)
+    r = sweep_run(["--space", "space.toml", "--trials", "3", "--jobs", "2", "--pruner", "none", *ONE_EPOCH,
+                   "--out", "sw"], d)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Running up to 2 trials at a time" in r.stderr
+    assert [s for _, s, *_ in outcomes(d / "sw")] == ["COMPLETE"] * 3
+    for n in range(3):
+        trial = d / "sw" / "trials" / str(n)
+        assert len(list((trial / "runs").iterdir())) == 1
+        assert "Report:" in (trial / "console.log").read_text()

@@ -119,13 +119,22 @@ def write_plots(study: Any, out: Path, stream: TextIO) -> list[str]:
 
 
 def best_toml(base: Config, spec: TrialSpec) -> str:
-    """The best trial's settings as a config file that trains the same model (models go to the
-    default folder, or --models-dir: never into the sweep's)."""
-    cfg = spec.config(base).replace(models_dir="models", runs_dir=None)
+    """The best trial's settings as a config file that trains the same model. The models folder is
+    left to the command (the default, or --models-dir: never the sweep's own), and a default seed
+    is left out, so that ``walk-forward --config best.toml`` takes the file as it is."""
+    cfg = spec.config(base)
+    lines = []
+    for line in to_toml(cfg).splitlines():
+        if line.startswith(("models_dir = ", "runs_dir = ")):
+            line = f"# {line.split(' = ')[0]}: not set here (the command's default, or its flag)"
+        elif line == "seed = 0":
+            line = "# seed = 0 is the default (walk-forward --seeds sets its own)"
+        lines.append(line)
     head = (f"# The best trial ({spec.number}) of a sweep, selected on validation.\n"
             f"# python train_indicator_transformer.py --config best.toml [--models-dir DIR]\n"
-            f"# trains the same model bit for bit (the same data, threads and device type).\n")
-    return head + to_toml(cfg)
+            f"# trains the same model bit for bit (the same data, threads and device type);\n"
+            f"# indicator-transformer walk-forward --config best.toml confirms it out of sample.\n")
+    return head + "\n".join(lines) + "\n"
 
 
 def write_report(sweep: Any, stream: TextIO | None = None, plots: bool = True) -> dict[str, Any]:
