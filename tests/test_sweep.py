@@ -224,3 +224,17 @@ def test_jobs_2_runs_every_trial_once_each_console_in_its_folder(tmp_path: Path)
         trial = d / "sw" / "trials" / str(n)
         assert len(list((trial / "runs").iterdir())) == 1
         assert "Report:" in (trial / "console.log").read_text()
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("sqlite:////nonexistent-folder/x.db", "unable to open database file"),
+    ("postgresql://me:secret@127.0.0.1:1/db", "postgresql://me:***@127.0.0.1:1/db"),
+    ("nonsense://x", "opening the database failed"),
+])
+def test_an_unreachable_database_is_one_clear_error_and_writes_nothing(tmp_path: Path, url: str,
+                                                                        says: str) -> None:
+    d = _dir(tmp_path)
+    r = sweep_run(["--space", "space.toml", *TINY, "--out", "sw", "--storage", url], d)
+    assert r.returncode in (1, 2), r.stderr
+    assert says in r.stderr and "secret" not in r.stderr and "Traceback" not in r.stderr
+    assert not (d / "sw").exists()

@@ -136,8 +136,16 @@ def _sweep(cfg: Config, space: Any, out: Path, url: str, args: argparse.Namespac
         from ..sweep.study import Sweep
     stream = sys.stderr
     started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    storage = st.open_storage(url, out)
+    made = not out.exists() and url == st.default_url(out)
+    if made:  # the default database's folder
+        out.mkdir(parents=True)
+    try:
+        storage = st.open_storage(url, out)
+    except UserError:
+        if made:
+            with contextlib.suppress(OSError):
+                os.rmdir(out)  # nothing written
+        raise
     data = prepare_data(cfg, handler, FeatureCache(cfg.data.cache_dir).open(), stream,
                         "--no-progress" not in extra)
     if handler.should_stop:
@@ -277,18 +285,16 @@ def status(out: Path, url: str, study_name: str) -> int:
             study = optuna.load_study(study_name=study_name, storage=storage)
         except KeyError:
             raise UserError(f"no study {study_name!r} in {st.shown(url)} (give --study)") from None
-        trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-        names = list((study.user_attrs.get(RECORD_KEY) or {}).get("space", {}))
-    rows = report.trial_rows(trials, names)
-    for r in rows:
-        if r["state"] == "running":
-            holder = folder_holder(trial_root(out, r["trial"]))
-            r["note"] = f"running: {holder}" if holder else "stopped: the next sweep command continues it"
-    report.print_trials(rows, sys.stdout)
-    complete = [t for t in trials if t.state.name == "COMPLETE"]
-    if complete:
-        b = study.best_trial
-        print(f"Best trial: {b.number} (objective {b.value:.6g} on validation; "
-              f"{', '.join(f'{k}={_fmt(v)}' for k, v in b.params.items())})")
-    print(f"{len(complete)} of {len(trials)} trial(s) complete")
+        record = study.user_attrs.get(RECORD_KEY) or {}
+        names = list(record.get("space", {}))
+        trials = study.get_trials(deepcopy=False)
+        running = [t.number for t in trials if t.state.name == "RUNNING"]
+        complete = sum(1 for t in trials if t.state.name == "COMPLETE")
+    report.report(study, out, study_name, url, record.get("objective", "val_loss"), names, None,
+                  sys.stdout, write=False)
+    for n in running:
+        holder = folder_holder(trial_root(out, n))
+        print(f"trial {n}: " + (f"running ({holder})" if holder else
+                                "stopped: the next sweep command continues it from its checkpoint"))
+    print(f"{complete} of {len(trials)} trial(s) complete")
     return 0

@@ -139,48 +139,59 @@ def best_toml(base: Config, spec: TrialSpec) -> str:
 
 def write_report(sweep: Any, stream: TextIO | None = None, plots: bool = True) -> dict[str, Any]:
     """Every report file of the sweep, and the table and the best trial printed."""
+    return report(sweep.study, sweep.out, sweep.study_name, sweep.url, sweep.objective, sweep.space.names(),
+                  sweep.base, stream, plots=plots, write=True)
+
+
+def report(study: Any, out: Path, study_name: str, url: str, objective: str, names: list[str],
+           base: Config | None, stream: TextIO | None = None, *, plots: bool = True, write: bool = True
+           ) -> dict[str, Any]:
+    """The table of trials, the best trial (selected on validation) with its test report against
+    the baselines, the importances; with ``write`` also trials.csv, summary.json, best.toml (needs
+    ``base``) and the plots. ``--status`` prints the same and writes nothing."""
     stream = stream or sys.stderr
-    out = sweep.out
-    with db_errors(sweep.url, "reading the trials"):
-        trials = sorted(sweep.study.get_trials(deepcopy=False), key=lambda t: t.number)
+    with db_errors(url, "reading the trials"):
+        trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
         complete = [t for t in trials if t.state.name == "COMPLETE"]
-        best = sweep.study.best_trial if complete else None
-        imp, why = importances(sweep.study)
-    rows = trial_rows(trials, sweep.space.names())
-    print(f"Sweep {sweep.study_name!r}: {len(trials)} trial(s) ({sweep.objective}, "
-          f"{'lower' if sweep.objective == 'val_loss' else 'higher'} is better, on the validation split):",
+        best = study.best_trial if complete else None
+        imp, why = importances(study)
+    rows = trial_rows(trials, names)
+    print(f"Sweep {study_name!r}: {len(trials)} trial(s) ({objective}, "
+          f"{'lower' if objective == 'val_loss' else 'higher'} is better, on the validation split):",
           file=stream, flush=True)
     print_trials(rows, stream)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["trial", "state", "objective", "epochs", "pruned", "seconds", *sweep.space.names(), "note"])
-    for r in rows:
-        w.writerow([r["trial"], r["state"], r["objective"], r["epochs"], r["pruned"], r["seconds"],
-                    *[r["params"].get(n) for n in sweep.space.names()], r["note"]])
-    atomic_write_text(out / "trials.csv", buf.getvalue())
-    summary: dict[str, Any] = {"study": sweep.study_name, "storage": shown(sweep.url),
-                               "objective": sweep.objective,
-                               "direction": "minimize" if sweep.objective == "val_loss" else "maximize",
+    if write:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["trial", "state", "objective", "epochs", "pruned", "seconds", *names, "note"])
+        for r in rows:
+            w.writerow([r["trial"], r["state"], r["objective"], r["epochs"], r["pruned"], r["seconds"],
+                        *[r["params"].get(n) for n in names], r["note"]])
+        atomic_write_text(out / "trials.csv", buf.getvalue())
+    summary: dict[str, Any] = {"study": study_name, "storage": shown(url), "objective": objective,
+                               "direction": "minimize" if objective == "val_loss" else "maximize",
                                "trials": rows, "best": None, "importances": imp,
                                "importances_note": why or None}
     if best is not None:
         spec = TrialSpec(best.number, dict(best.params), trial_root(out, best.number))
-        report = best_report(out, best)
-        summary["best"] = {"trial": best.number, "params": dict(best.params), sweep.objective: best.value,
+        rep = best_report(out, best)
+        summary["best"] = {"trial": best.number, "params": dict(best.params), objective: best.value,
                            "selected_on": "validation", "run": str(spec.root),
-                           "test": report.get("test") if report else None,
-                           "baselines": report.get("baselines") if report else None,
-                           "verdict": report.get("verdict") if report else None}
-        atomic_write_text(out / "best.toml", best_toml(sweep.base, spec))
-        print(f"\nBest trial: {best.number} ({sweep.objective} {best.value:.6g} on validation; "
-              f"{', '.join(f'{k}={_cell(v)}' for k, v in best.params.items())}); its settings: "
-              f"{out / 'best.toml'}", file=stream, flush=True)
-        if report is not None and isinstance(report.get("report"), dict):
+                           "test": rep.get("test") if rep else None,
+                           "baselines": rep.get("baselines") if rep else None,
+                           "verdict": rep.get("verdict") if rep else None}
+        if write and base is not None:
+            atomic_write_text(out / "best.toml", best_toml(base, spec))
+        print(f"\nBest trial: {best.number} ({objective} {best.value:.6g} on validation; "
+              f"{', '.join(f'{k}={_cell(v)}' for k, v in best.params.items())})"
+              + (f"; its settings: {out / 'best.toml'}" if (out / "best.toml").is_file() else ""),
+              file=stream, flush=True)
+        if rep is not None and isinstance(rep.get("report"), dict):
             from ..report_table import format_table
 
-            print(format_table(report["report"], f"Test split of trial {best.number}, selected on "
-                                                 f"validation (a sweep's best is optimistic: confirm it "
-                                                 f"with walk-forward --config best.toml)"),
+            print(format_table(rep["report"], f"Test split of trial {best.number}, selected on "
+                                              f"validation (a sweep's best is optimistic: confirm it "
+                                              f"with walk-forward --config best.toml)"),
                   file=stream, flush=True)
     else:
         print("\nNo trial completed yet: no best trial", file=stream, flush=True)
@@ -189,8 +200,8 @@ def write_report(sweep: Any, stream: TextIO | None = None, plots: bool = True) -
               file=stream, flush=True)
     elif why:
         print(f"note: no parameter importances: {why}", file=stream, flush=True)
-    if plots and complete:
-        summary["plots"] = write_plots(sweep.study, out, stream)
-    atomic_write_json(out / "summary.json", json_safe(summary))
+    if write:
+        if plots and complete:
+            summary["plots"] = write_plots(study, out, stream)
+        atomic_write_json(out / "summary.json", json_safe(summary))
     return summary
-

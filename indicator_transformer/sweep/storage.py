@@ -85,7 +85,7 @@ def open_storage(url: str, out: Path | None = None) -> Any:
                                                   grace_period=GRACE_S)
         except (ModuleNotFoundError, ImportError) as e:  # a driver not installed (psycopg2)
             raise UserError(f"--storage {shown(url)}: its database driver is not installed ({e}); "
-                            f"for PostgreSQL: pip install psycopg2-binary") from None
+                            f"PostgreSQL: pip install psycopg2-binary; MySQL: pip install pymysql") from None
         except ValueError as e:
             raise UserError(f"--storage {shown(url)}: not a database URL SQLAlchemy understands "
                             f"({e})") from None
