@@ -28,6 +28,7 @@ from ..startup import deferred_interrupt
 from .common import check_folders, run_with_handler
 from .options import add_common_switches, add_setting_flags, flag_values
 
+IDLE_S = 5.0  # a worker with free slots and no work looks for some (another's orphan) this often
 SET_PER_TRIAL = {"models_dir": "--out", "runs_dir": "--out"}
 
 
@@ -161,12 +162,15 @@ def _sweep(cfg: Config, space: Any, out: Path, url: str, args: argparse.Namespac
     beats: dict[int, float] = {}
     fatal: tuple[Any, int] | None = None
     passed = False
+    told: set[int] = set()
+    idle_until = 0.0  # no work the last time: look again after a while, not every 50 ms
     if jobs > 1:
         print(f"Running up to {jobs} trials at a time, {cfg.train.threads} thread(s) each", file=stream,
               flush=True)
     try:
         while True:
-            while not handler.shutdown_requested and fatal is None and len(running) < jobs:
+            while not handler.shutdown_requested and fatal is None and len(running) < jobs \
+                    and time.monotonic() >= idle_until:
                 held = contextlib.ExitStack()
                 try:
                     got = sweep.claim(held, args.trials, set(running))
@@ -175,6 +179,7 @@ def _sweep(cfg: Config, space: Any, out: Path, url: str, args: argparse.Namespac
                     raise
                 if got is None:
                     held.close()
+                    idle_until = time.monotonic() + IDLE_S
                     break
                 spec, how = got
                 trial_file = sweep.trial_file(spec)
@@ -190,8 +195,15 @@ def _sweep(cfg: Config, space: Any, out: Path, url: str, args: argparse.Namespac
                 running[spec.number] = (spec, proc, held, time.perf_counter())
                 sweep.heartbeat(spec.number)
                 beats[spec.number] = time.monotonic()
-            if not running:
+            if not running and (not sweep.waiting or handler.shutdown_requested or fatal is not None):
                 break
+            if not running:  # only a dead worker's trial left, its process still saving: wait for it
+                for number, holder in sweep.waiting.items():
+                    if number not in told:
+                        told.add(number)
+                        print(f"trial {number}: waiting for the process still holding its models folder "
+                              f"to end ({holder})", file=stream, flush=True)
+                idle_until = time.monotonic() + 0.5
             if (handler.shutdown_requested or fatal is not None) and not passed:
                 passed = True
                 for _, proc, _, _ in running.values():
@@ -205,6 +217,7 @@ def _sweep(cfg: Config, space: Any, out: Path, url: str, args: argparse.Namespac
                         beats[number] = time.monotonic()
                     continue
                 del running[number]
+                idle_until = 0.0  # a slot is free: another worker's orphan, or the next trial
                 try:
                     _ended(sweep, spec, code, time.perf_counter() - t0, handler, stream, jobs)
                 except TrialFailed as e:

@@ -92,6 +92,9 @@ class Sweep:
         self.objective, self.pruner, self.startup_trials = objective, pruner, startup_trials
         self.sweep_seed = sweep_seed
         self.study: Any = None
+        # Trials whose worker is gone but whose training process still holds their models folder
+        # (saving on its parent's death): claimed once that process has ended.
+        self.waiting: dict[int, str] = {}
 
     # ------------------------------------------------------------------ the study
     def record(self, fingerprint: str) -> dict[str, Any]:
@@ -125,6 +128,13 @@ class Sweep:
                 if self.study.get_trials(deepcopy=False):
                     raise UserError(f"study {self.study_name!r} in {self.url} has trials but was not made "
                                     f"by this sweep command; use another --study")
+                left = self.out / TRIALS
+                if left.is_dir() and any(left.iterdir()):
+                    # Trial folders of another study (its database removed, or another --study in
+                    # this --out): trial 0 of this one must not continue trial 0 of that one.
+                    raise UserError(f"{left}/ holds the trials of another sweep (not of study "
+                                    f"{self.study_name!r} in {self.url}); use another --out, or that "
+                                    f"sweep's --storage and --study to continue it")
                 self.study.set_user_attr(RECORD_KEY, record)
                 return
         if old != record:
@@ -159,6 +169,7 @@ class Sweep:
         self.out.mkdir(parents=True, exist_ok=True)
         try:
             lock = FileLock(str(self.out / CLAIM_LOCK), timeout=120)
+            self.waiting = {}
             with lock:
                 for t in self.trials((TrialState.RUNNING,)):
                     if t.number in mine:
@@ -187,7 +198,16 @@ class Sweep:
             inner.enter_context(hold_folder(root, "sweep", flag="--out"))
         except FolderInUse:
             return None  # another worker runs it
-        if folder_holder(root / "models"):  # a dead worker's trial process still saving: later
+        holder = folder_holder(root / "models")
+        if holder:  # a dead worker's trial process still saving: later
+            self.waiting[frozen.number] = holder
+            inner.close()
+            return None
+        if (root / PRUNED_FILE).is_file():  # pruned, then its worker died before telling the study:
+            with db_errors(self.url, f"recording trial {frozen.number}"):  # as decided, not asked again
+                self.study.tell(frozen.number, state=self._state("PRUNED"))
+            print(f"trial {frozen.number}: pruned (its worker stopped before recording it)", file=sys.stderr,
+                  flush=True)
             inner.close()
             return None
         import optuna
