@@ -238,3 +238,14 @@ def test_an_unreachable_database_is_one_clear_error_and_writes_nothing(tmp_path:
     assert r.returncode in (1, 2), r.stderr
     assert says in r.stderr and "secret" not in r.stderr and "Traceback" not in r.stderr
     assert not (d / "sw").exists()
+
+
+def test_a_new_study_refuses_trial_folders_of_another_sweep(tmp_path: Path) -> None:
+    d = _dir(tmp_path)
+    old = d / "sw" / "trials" / "0" / "models"
+    old.mkdir(parents=True)
+    (old / "note.txt").write_text("an earlier sweep's trial")
+    r = sweep_run(["--space", "space.toml", *TINY, "--out", "sw"], d)
+    assert r.returncode == 2, r.stderr
+    assert "holds the trials of another sweep" in r.stderr and "Traceback" not in r.stderr
+    assert (old / "note.txt").read_text() == "an earlier sweep's trial"
