@@ -42,6 +42,11 @@ class TrialFailed(UserError):
 
 def configure(p: argparse.ArgumentParser) -> None:
     """The flags: the sweep's own, then every train flag."""
+    p.epilog = ("Exit codes: 0 done (or nothing left to do), 130/143/138 stopped by SIGINT/SIGTERM/SIGUSR1 "
+                "(the trial in progress saved its checkpoint; the same command continues it), 2 bad "
+                "input or usage (the space file, a flag, a trial's run refusing its input), 1 a database "
+                "or storage fault, or a trial's process killed. Every train flag applies to every trial; "
+                "the space file's settings are the trial's own.")
     g = p.add_argument_group("the sweep")
     g.add_argument("--space", default=None, help="TOML file of the settings to sweep, named like the train "
                    "flags: lr = {low = 1e-4, high = 1e-2, log = true}, d_model = {choices = [16, 32, 64]}, "
