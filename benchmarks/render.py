@@ -319,7 +319,9 @@ def sweep(a: dict[str, Any]) -> str:
     lo = a.get("lost")
     if lo:
         rows = [[s["kind"], str(s["stopped_at_step"]), str(s["resumed_at_step"]), str(s["lost_steps"]),
-                 str(s["lost_steps_optuna_retry"])] for s in lo["stops"]]
+                 str(s["lost_steps_optuna_retry"])] if s["stopped_at_step"] is not None else
+                [s["kind"], "outside training (start-up, between trials)", "-", "0", "0"]
+                for s in lo["stops"]]
         parts += [f"Work lost per interruption (stops at seeded random moments, seed {lo['seed']}; the "
                   f"final trials equal an uninterrupted sweep's: {lo['same_trials_as_uninterrupted']}):", "",
                   table(["stop", "trial's step at the stop", "continued from", "steps lost",

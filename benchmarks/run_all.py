@@ -98,7 +98,7 @@ AREAS: dict[str, Callable[[bool, Path], dict[str, Any]]] = {
     # Kept between runs (like memory's caches): a rerun continues the experiments, reports at once.
     "walk_forward_report": simple("bench_walk_forward_report.py", ["--quick"], [
         "--work-dir", str(Path(tempfile.gettempdir()) / "indicator_transformer_run_all_walk_forward")]),
-    "sweep": simple("bench_sweep.py", ["--section", "overhead", "--trials", "2"], []),
+    "sweep": simple("bench_sweep.py", ["--section", "overhead", "--trials", "4"], []),
 }
 
 
