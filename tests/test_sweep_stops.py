@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from sweepproc import SPACE, TINY, outcomes, sweep_paused, sweep_run
+from trainproc import pids_alive
 
 ARGS = ["--space", "space.toml", "--trials", "4", "--sweep-seed", "3", "--pruner-startup-trials", "1",
         "--checkpoint-every", "7", *TINY]
@@ -31,14 +32,6 @@ def whole(tmp_path_factory: pytest.TempPathFactory) -> list[tuple]:
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Sweep complete" in r.stderr
     return outcomes(d / "sw")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_a_sweep_stopped_and_killed_continues_to_the_uninterrupted_trials(tmp_path: Path,
@@ -63,9 +56,9 @@ def test_a_sweep_stopped_and_killed_continues_to_the_uninterrupted_trials(tmp_pa
     os.kill(c.proc.pid, signal.SIGKILL)
     c.finish()
     deadline = time.monotonic() + 120
-    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+    while pids_alive(kids) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(_alive(k) for k in kids), "a trial's process outlived its killed sweep"
+    assert not pids_alive(kids), "a trial's process outlived its killed sweep"
     c._thread.join(timeout=30)
     saved = d / "sw" / "trials" / "0" / "models" / "checkpoint_epoch_2_interrupted.pth"
     assert saved.is_file(), c.stderr[-2000:]  # at most the current optimizer step is lost

@@ -139,14 +139,14 @@ def _sweep(cfg: Config, space: Any, out: Path, url: str, args: argparse.Namespac
         from ..run import prepare_data
         from ..sweep import report
         from ..sweep import storage as st
-        from ..sweep.study import Sweep
+        from ..sweep.study import Sweep, params_text
     stream = sys.stderr
     started = time.perf_counter()
     made = not out.exists() and url == st.default_url(out)
     if made:  # the default database's folder
         out.mkdir(parents=True)
     try:
-        storage = st.open_storage(url, out)
+        storage = st.open_storage(url)
     except UserError:
         if made:
             with contextlib.suppress(OSError):
@@ -189,7 +189,7 @@ def _sweep(cfg: Config, space: Any, out: Path, url: str, args: argparse.Namespac
                 spec, how = got
                 trial_file = sweep.trial_file(spec)
                 print(f"[trial {spec.number}] {'continuing' if how == 'resumed' else 'starting'}: "
-                      f"{', '.join(f'{k}={_fmt(v)}' for k, v in spec.params.items())} ({spec.root})",
+                      f"{params_text(spec.params)} ({spec.root})",
                       file=stream, flush=True)
                 log = spec.root / "console.log" if jobs > 1 else None
                 try:
@@ -282,10 +282,6 @@ def _signal_name(n: int) -> str:
         return f"signal {n}"
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def status(out: Path, url: str, study_name: str) -> int:
     """The trials from the storage and the folders (nothing is written)."""
     import optuna
@@ -297,7 +293,7 @@ def status(out: Path, url: str, study_name: str) -> int:
 
     if url == st.default_url(out) and not (out / "sweep.db").is_file():
         raise UserError(f"{out}: no sweep here (sweep.db is missing; give --storage if it is elsewhere)")
-    storage = st.open_storage(url, out)
+    storage = st.open_storage(url)
     with st.db_errors(url, "reading the study"):
         try:
             study = optuna.load_study(study_name=study_name, storage=storage)

@@ -82,8 +82,23 @@ class Settings:
                 **({"nproc_per_node": self.nproc_per_node} if self.nproc_per_node else {})}
 
 
+class RunFolders:
+    """Where an experiment's ordinary run keeps its files, below its ``root``: what
+    :func:`run_state` and :func:`start_run` need of a walk-forward run or a sweep's trial."""
+
+    root: Path
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+
 @dataclass(frozen=True)
-class RunSpec:
+class RunSpec(RunFolders):
     """One (fold, seed) run and where it lives."""
 
     fold: Fold
@@ -93,14 +108,6 @@ class RunSpec:
     @property
     def name(self) -> str:
         return f"fold{self.fold.index}-seed{self.seed}"
-
-    @property
-    def models(self) -> Path:
-        return self.root / "models"
-
-    @property
-    def runs(self) -> Path:
-        return self.root / "runs"
 
     def config(self, base: Config) -> Config:
         """The base configuration made this fold and seed, writing into this run's folders."""
@@ -123,7 +130,7 @@ class RunState:
     unusable: tuple[str, ...] = ()         # damaged checkpoint files of the run, not used
 
 
-def run_state(spec: RunSpec) -> RunState:
+def run_state(spec: RunFolders) -> RunState:
     """Where one run stands, from its files (nothing is written)."""
     from ..run import EVALUATION_FILE, evaluation_belongs
     from ..training import checkpoint as ckpt

@@ -61,7 +61,7 @@ def db_errors(url: str, doing: str) -> Iterator[None]:
                            f"files were touched") from None
 
 
-def open_storage(url: str, out: Path | None = None) -> Any:
+def open_storage(url: str) -> Any:
     """The RDBStorage at ``url`` (made for SQLite, whose folder must exist)."""
     import optuna
 

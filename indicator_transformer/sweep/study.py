@@ -25,7 +25,6 @@ import hashlib
 import json
 import math
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 from ..atomic import atomic_write_json
 from ..config import Config
 from ..errors import StorageError, UserError
+from ..experiment.walkforward import RunFolders
 from ..folder_lock import FolderInUse, folder_holder, hold_folder
 from .hook import OBJECTIVES, PRUNED_FILE
 from .space import Space, invalid
@@ -48,8 +48,8 @@ CLAIM_LOCK = ".claim.lock"
 
 
 @dataclass(frozen=True)
-class TrialSpec:
-    """One trial's run and where it lives (the interface walk-forward's run helpers expect)."""
+class TrialSpec(RunFolders):
+    """One trial's run and where it lives (the folders of walk-forward's runs)."""
 
     number: int
     params: dict[str, Any]
@@ -58,14 +58,6 @@ class TrialSpec:
     @property
     def name(self) -> str:
         return f"trial {self.number}"
-
-    @property
-    def models(self) -> Path:
-        return self.root / "models"
-
-    @property
-    def runs(self) -> Path:
-        return self.root / "runs"
 
     def config(self, base: Config) -> Config:
         """The base configuration with this trial's values, writing into its folders."""
@@ -246,7 +238,7 @@ class Sweep:
                 trial.set_user_attr(SKIPPED_KEY, why)
                 self.study.tell(trial.number, state=self._state("FAIL"))
             print(f"trial {trial.number}: skipped, its values make no valid model: {why} "
-                  f"({_params_text(params)})", file=sys.stderr, flush=True)
+                  f"({params_text(params)})", file=sys.stderr, flush=True)
             return None
         return TrialSpec(trial.number, params, trial_root(self.out, trial.number))
 
@@ -284,7 +276,7 @@ class Sweep:
             if pruned.is_file():
                 self.study.tell(spec.number, state=self._state("PRUNED"))
                 return "PRUNED"
-            state = run_state(spec)  # type: ignore[arg-type] - the same folder layout
+            state = run_state(spec)
             if state.status != "done":
                 raise UserError(f"{spec.name}: its run ended without a report ({state.detail}); run the "
                                 f"sweep again to continue it")
@@ -316,13 +308,11 @@ def objective_of(history: list[dict[str, Any]], objective: str) -> tuple[float, 
     return (float(best[objective]) if best is not None else float("nan")), len(history)
 
 
-def _params_text(params: dict[str, Any]) -> str:
+def params_text(params: dict[str, Any]) -> str:
+    """``lr=0.001, d_model=32``: a trial's values for a message."""
     return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
 
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-
-def wait_s(started: float) -> str:
-    return f"{time.perf_counter() - started:.1f}s"
