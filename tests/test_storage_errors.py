@@ -60,9 +60,13 @@ def _read_only(child: Child, folder: Path) -> None:
     enter = ["nsenter", "-t", str(child.proc.pid), "-U", "-m", "--preserve-credentials"]
     r = subprocess.run([*enter, "mount", "-o", "remount,bind,ro", str(folder)], capture_output=True,
                        text=True, timeout=30)
-    if r.returncode != 0 and "busy" in r.stderr:
+    tries = 0
+    while r.returncode != 0 and "busy" in r.stderr and tries < 50:
         # A file open for writing there (the cache's .lock during a commit) forbids the remount: a
-        # read-only bind stacked on it makes every file opened from now on read-only instead.
+        # read-only bind stacked on it makes every file opened from now on read-only instead. The
+        # child's preparation workers go on writing meanwhile, so a file opened between the bind
+        # and its remount makes that remount busy too (seen in CI): stack another one and retry.
+        tries += 1
         r = subprocess.run([*enter, "sh", "-c", 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1"',
                             "sh", str(folder)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
