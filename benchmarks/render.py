@@ -390,8 +390,12 @@ def render(results: dict[str, Any]) -> str:
         "repeat, so background load hits both sides alike.",
         "",
     ]
-    if results.get("quick"):
+    quick = [name for name, area in results.get("areas", {}).items() if area.get("quick")]
+    if results.get("quick") and (not results.get("merged") or not quick):
         lines += ["**Trial run (`--quick`): small markets and one repeat. Not the published figures.**", ""]
+    elif quick:  # a merge: only the areas rerun with --quick are trial figures
+        lines += [f"**Trial run (`--quick`, small markets and one repeat) for: {', '.join(quick)}. "
+                  f"The other areas are full runs.**", ""]
     lines += [
         table(
             ["machine", ""],

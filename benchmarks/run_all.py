@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # noqa: BLE001 - one failed area must not lose the others
                 res = {"error": str(e)}
                 print(f"   FAILED: {str(e)[:2000]}", flush=True)
+            res["quick"] = args.quick  # per area: a merged file mixes full and trial runs
             res["wall_s"], res["load_after"] = time.perf_counter() - t0, common.load_average()
             res["started"] = time.strftime("%Y-%m-%d %H:%M:%S %Z",
                                            time.localtime(time.time() - res["wall_s"]))
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, area in old.get("areas", {}).items():
             if name not in results["areas"]:
                 area.setdefault("started", old.get("started"))
+                area.setdefault("quick", bool(old.get("quick")))
                 results["areas"][name] = area
         results["areas"] = {k: results["areas"][k] for k in AREAS if k in results["areas"]}
         first = str(old.get("command", "")).split("` and `")[0]  # the full run, then this one
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         results["started"] = f"{first_start} and {results['started']}"
         results["wall_s"] = sum(float(a.get("wall_s", 0)) for a in results["areas"].values())
         results["merged"] = True
+        results["quick"] = any(a.get("quick") for a in results["areas"].values())
     json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     md_path.write_text(render(results))
     print(f"wrote {md_path} and {json_path} in {results['wall_s']:.0f} s")
